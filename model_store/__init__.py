@@ -1,0 +1,1 @@
+"""Artifacts and the model registry: content-addressed blobs, models, versions, aliases."""

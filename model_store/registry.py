@@ -1,0 +1,213 @@
+"""The model registry: models, versions (auto-increment per model), aliases, resolution.
+
+Every query is scoped to a tenant; another tenant's object is NotFound, as if absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_store.blobs import BlobStore
+from model_store.db import AliasRow, ModelRow, ModelVersionRow, TenantRow, utcnow
+from model_store.errors import Conflict, NotFound
+from model_store.formats import validate
+from model_store.names import check_alias, check_model_name
+from model_store.signature import Signature, VersionConfig
+
+DEFAULT_ALIAS = "production"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedVersion:
+    """Everything the serving path needs to know about one model version."""
+
+    version_id: int
+    tenant_id: int
+    model: str
+    version: int
+    format: str
+    sha256: str
+    signature: Signature
+    config: VersionConfig
+
+
+def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
+    return ResolvedVersion(
+        version_id=row.id,
+        tenant_id=model.tenant_id,
+        model=model.name,
+        version=row.version,
+        format=row.format,
+        sha256=row.sha256,
+        signature=Signature.model_validate(row.signature),
+        config=VersionConfig.model_validate(row.config),
+    )
+
+
+class Registry:
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+
+    # tenants -------------------------------------------------------------------------------
+    def ensure_tenant(self, name: str) -> int:
+        with self.sessions() as s:
+            row = s.scalar(select(TenantRow).where(TenantRow.name == name))
+            if row is not None:
+                return row.id
+            row = TenantRow(name=name)
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return s.scalars(select(TenantRow.id).where(TenantRow.name == name)).one()
+            return row.id
+
+    # models --------------------------------------------------------------------------------
+    def create_model(self, tenant_id: int, name: str, description: str = "") -> ModelRow:
+        check_model_name(name)
+        with self.sessions() as s:
+            row = ModelRow(tenant_id=tenant_id, name=name, description=description)
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                raise Conflict(f"model {name!r} already exists") from exc
+            return row
+
+    def _model(self, s: Session, tenant_id: int, name: str, *, lock: bool = False) -> ModelRow:
+        check_model_name(name)
+        q = select(ModelRow).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+        if lock:
+            q = q.with_for_update()
+        row = s.scalar(q)
+        if row is None:
+            raise NotFound(f"model {name!r} not found")
+        return row
+
+    def get_model(self, tenant_id: int, name: str) -> ModelRow:
+        with self.sessions() as s:
+            return self._model(s, tenant_id, name)
+
+    def list_models(self, tenant_id: int) -> list[ModelRow]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(select(ModelRow).where(ModelRow.tenant_id == tenant_id).order_by(ModelRow.name))
+            )
+
+    def list_versions(self, model_id: int) -> list[ModelVersionRow]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(
+                    select(ModelVersionRow)
+                    .where(ModelVersionRow.model_id == model_id)
+                    .order_by(ModelVersionRow.version)
+                )
+            )
+
+    def aliases(self, model_id: int) -> dict[str, int]:
+        with self.sessions() as s:
+            rows = s.execute(
+                select(AliasRow.alias, ModelVersionRow.version)
+                .join(ModelVersionRow, ModelVersionRow.id == AliasRow.version_id)
+                .where(AliasRow.model_id == model_id)
+            ).all()
+            return {alias: version for alias, version in rows}
+
+    # versions ------------------------------------------------------------------------------
+    def add_version(
+        self,
+        tenant_id: int,
+        name: str,
+        fmt: str,
+        upload: Path,
+        sha256: str,
+        size: int,
+        signature: Signature | None,
+        config: VersionConfig,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelVersionRow:
+        """Validate an uploaded file, store it by digest and register the next version."""
+        try:
+            self.get_model(tenant_id, name)  # 404 before any parsing of the upload
+            sig = validate(fmt, upload, signature)
+            self.blobs.commit(upload, sha256)
+        finally:
+            upload.unlink(missing_ok=True)
+        with self.sessions() as s:
+            model = self._model(s, tenant_id, name, lock=True)
+            latest = (
+                s.scalar(
+                    select(func.max(ModelVersionRow.version)).where(ModelVersionRow.model_id == model.id)
+                )
+                or 0
+            )
+            row = ModelVersionRow(
+                model_id=model.id,
+                version=latest + 1,
+                format=fmt,
+                sha256=sha256,
+                size_bytes=size,
+                signature=sig.model_dump(mode="json"),
+                config=config.model_dump(mode="json"),
+                lineage=lineage,
+            )
+            s.add(row)
+            s.commit()
+            return row
+
+    def set_alias(self, tenant_id: int, name: str, alias: str, version: int) -> None:
+        check_alias(alias)
+        with self.sessions() as s:
+            model = self._model(s, tenant_id, name, lock=True)
+            target = s.scalar(
+                select(ModelVersionRow).where(
+                    ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
+                )
+            )
+            if target is None:
+                raise NotFound(f"version {version} of model {name!r} not found")
+            row = s.get(AliasRow, (model.id, alias))
+            if row is None:
+                s.add(AliasRow(model_id=model.id, alias=alias, version_id=target.id))
+            else:
+                row.version_id = target.id
+                row.updated_at = utcnow()
+            s.commit()
+
+    def resolve(self, tenant_id: int, name: str, ref: int | str | None) -> ResolvedVersion:
+        """A version by number or alias; with none, `production` if set, else the newest."""
+        with self.sessions() as s:
+            model = self._model(s, tenant_id, name)
+            base = select(ModelVersionRow).where(ModelVersionRow.model_id == model.id)
+            row: ModelVersionRow | None
+            if isinstance(ref, int):
+                row = s.scalar(base.where(ModelVersionRow.version == ref))
+            else:
+                alias = s.get(AliasRow, (model.id, ref or DEFAULT_ALIAS))
+                if alias is not None:
+                    row = s.get(ModelVersionRow, alias.version_id)
+                elif ref is None:
+                    row = s.scalar(base.order_by(ModelVersionRow.version.desc()).limit(1))
+                else:
+                    row = None
+            if row is None:
+                what = f"version {ref}" if ref is not None else "a version"
+                raise NotFound(f"{what} of model {name!r} not found")
+            return _resolved(model, row)
+
+    def by_version_id(self, version_id: int) -> ResolvedVersion:
+        with self.sessions() as s:
+            row = s.get(ModelVersionRow, version_id)
+            if row is None:
+                raise NotFound("model version not found")
+            model = s.get(ModelRow, row.model_id)
+            assert model is not None
+            return _resolved(model, row)

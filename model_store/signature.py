@@ -1,0 +1,102 @@
+"""Tensor signatures (Open Inference Protocol names, datatypes and shapes) and version config."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+DATATYPE_OF: dict[np.dtype, str] = {v: k for k, v in NUMPY_DTYPES.items()}
+
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$"
+Dim = Annotated[int, Field(ge=-1, le=2**31)]
+
+
+class TensorSpec(BaseModel):
+    """One input or output: name, OIP datatype, shape with -1 for a dynamic dimension."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=TENSOR_NAME)
+    datatype: Datatype
+    shape: tuple[Dim, ...] = Field(max_length=16)
+
+    def matches_shape(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) != len(self.shape):
+            return False
+        return all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1, max_length=64)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Signature:
+        for group in (self.inputs, self.outputs):
+            names = [t.name for t in group]
+            if len(names) != len(set(names)):
+                raise ValueError("tensor names must be unique within inputs and within outputs")
+        return self
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def batched(self) -> bool:
+        """True when every input and output has a dynamic first (batch) dimension."""
+        return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+
+
+class VersionConfig(BaseModel):
+    """Per-version serving policy, given at upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=8, ge=0, le=4096)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("max_queue_delay_ms")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v

@@ -1,0 +1,100 @@
+"""The app factory. Builds everything from one Settings object; no side effects at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from model_store.blobs import BlobStore
+from model_store.db import make_engine, make_sessionmaker
+from model_store.registry import Registry
+from service import __version__, errors, keys
+from service.auth import Authenticator
+from service.inference import InferenceService
+from service.metrics import GatewayMetrics
+from service.routes import health, inference, models
+from service.settings import Settings
+from service.state import AppState
+from service.versions import VersionResolver
+from workers.client import StreamsEngineClient
+from workers.keys import Keys
+
+log = logging.getLogger("kiln.gateway")
+_METRICS: GatewayMetrics | None = None
+
+
+def gateway_metrics() -> GatewayMetrics:
+    """One set of collectors per process (the registry is global to prometheus-client)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = GatewayMetrics()
+    return _METRICS
+
+
+def bootstrap_admin(settings: Settings, registry: Registry, state_sessions: object) -> None:
+    if not settings.bootstrap_admin_key:
+        return
+    if keys.count_keys(state_sessions) == 0:  # type: ignore[arg-type]
+        tenant = registry.ensure_tenant(settings.default_tenant)
+        keys.create_key(
+            state_sessions,
+            tenant,
+            ["admin"],
+            name="bootstrap",  # type: ignore[arg-type]
+            secret=settings.bootstrap_admin_key,
+        )
+        log.info("seeded the bootstrap admin key for tenant %r", settings.default_tenant)
+
+
+def build_state(settings: Settings) -> AppState:
+    engine_db = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine_db)
+    blobs = BlobStore(settings.blob_dir)
+    registry = Registry(sessions, blobs)
+    redis_keys = Keys(settings.redis_prefix)
+    engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
+    resolver = VersionResolver(registry, settings.version_cache_ttl_s)
+    return AppState(
+        settings=settings,
+        engine_db=engine_db,
+        sessions=sessions,
+        blobs=blobs,
+        registry=registry,
+        auth=Authenticator(sessions, settings.key_cache_ttl_s),
+        engine=engine,
+        inference=InferenceService(settings, resolver, engine, redis_keys, gateway_metrics()),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        await run_in_threadpool(bootstrap_admin, settings, state.registry, state.sessions)
+        await state.engine.start()
+        app.state.kiln = state
+        try:
+            yield
+        finally:
+            await state.engine.close()
+            state.engine_db.dispose()
+
+    app = FastAPI(
+        title="modelkiln",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(inference.router)
+    app.include_router(models.router)
+    return app

@@ -1,0 +1,72 @@
+"""Named dependencies for routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from model_store.registry import Registry
+from service.auth import require_scope
+from service.errors import PayloadTooLarge
+from service.inference import InferenceService
+from service.keys import Principal
+from service.settings import Settings
+from service.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.kiln
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def _principal(request: Request, state: StateDep) -> Principal:
+    return await state.auth.authenticate(request.headers.get("authorization"))
+
+
+def scoped(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def dep(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        return require_scope(principal, scope)
+
+    return dep
+
+
+InferPrincipal = Annotated[Principal, Depends(scoped("infer"))]
+ManagePrincipal = Annotated[Principal, Depends(scoped("manage"))]
+AdminPrincipal = Annotated[Principal, Depends(scoped("admin"))]
+
+
+def _registry(state: StateDep) -> Registry:
+    return state.registry
+
+
+def _settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def _inference(state: StateDep) -> InferenceService:
+    return state.inference
+
+
+RegistryDep = Annotated[Registry, Depends(_registry)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+InferenceDep = Annotated[InferenceService, Depends(_inference)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (checked before reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,142 @@
+"""`kiln serve`: gateway + workers + SQLite + local artifacts + a private Redis, one command."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from model_store.errors import Conflict
+from service.cli import _free_port, curl_line, spawn
+from service.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
+from service.embedded import PrivateRedis
+from service.settings import Settings
+
+
+def _admin_key(settings: Settings) -> str | None:
+    """The admin key to show: the bootstrap key, one made now for an empty database, or the
+    one this data directory made before. Stored 0600 in the data directory."""
+    from model_store.blobs import BlobStore
+    from model_store.db import make_engine, make_sessionmaker
+    from model_store.registry import Registry
+    from service import keys
+
+    if settings.bootstrap_admin_key:
+        return settings.bootstrap_admin_key
+    key_file = settings.data_dir / "admin.key"
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        if keys.count_keys(sessions) == 0:
+            tenant = Registry(sessions, BlobStore(settings.blob_dir)).ensure_tenant(settings.default_tenant)
+            _row, secret = keys.create_key(sessions, tenant, ["admin"], name="serve")
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
+            return secret
+        return key_file.read_text().strip() if key_file.exists() else None
+    finally:
+        engine.dispose()
+
+
+def register_demo(settings: Settings) -> None:
+    from model_store.blobs import BlobStore
+    from model_store.db import make_engine, make_sessionmaker
+    from model_store.registry import Registry
+    from model_store.signature import VersionConfig
+
+    engine = make_engine(settings.resolved_database_url)
+    blobs = BlobStore(settings.blob_dir)
+    registry = Registry(make_sessionmaker(engine), blobs)
+    tenant = registry.ensure_tenant(settings.default_tenant)
+    with contextlib.suppress(Conflict):
+        registry.create_model(tenant, DEMO_MODEL, "demo: y = tanh(x @ W + b)")
+    model = registry.get_model(tenant, DEMO_MODEL)
+    if not registry.list_versions(model.id):
+        fd, tmp = blobs.new_tempfile()
+        data = demo_onnx_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        row = registry.add_version(
+            tenant,
+            DEMO_MODEL,
+            "onnx",
+            tmp,
+            hashlib.sha256(data).hexdigest(),
+            len(data),
+            None,
+            VersionConfig(max_batch_size=64),
+        )
+        registry.set_alias(tenant, DEMO_MODEL, "production", row.version)
+    engine.dispose()
+
+
+def _announce_when_ready(url: str, key: str | None, demo: bool) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+    lines = [f"modelkiln is up at {url}"]
+    if key:
+        lines.append(f"admin key: {key}")
+    else:
+        lines.append(
+            "admin key: not shown (this data directory's keys were made elsewhere); "
+            "make one with: kiln keys create --scope admin"
+        )
+    if demo and key:
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": DEMO_INPUT[0]}]}
+        lines.append("try it:")
+        lines.append("CURL " + curl_line(url, key, DEMO_MODEL, body))
+    print("\n".join(lines), flush=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from migrations.upgrade import upgrade
+    from service.app import create_app
+
+    data_dir = Path(args.data_dir or os.environ.get("KILN_DATA_DIR", ".kiln")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["KILN_DATA_DIR"] = str(data_dir)
+    private: PrivateRedis | None = None
+    if not os.environ.get("KILN_REDIS_URL"):
+        private = PrivateRedis(data_dir)
+        private.start()
+        os.environ["KILN_REDIS_URL"] = private.url
+    settings = Settings()
+    upgrade(settings.resolved_database_url)
+    key = _admin_key(settings)
+    if args.demo:
+        register_demo(settings)
+    env = dict(os.environ)
+    workers = [
+        spawn(["worker", "--metrics-port", str(_free_port())], env) for _ in range(max(1, args.workers))
+    ]
+    url = f"http://{args.host}:{args.port}"
+    threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
+    try:
+        uvicorn.run(
+            create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False
+        )
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(15)
+            except Exception:
+                w.kill()
+        if private is not None:
+            private.stop()
+    return 0

@@ -1,0 +1,137 @@
+"""Typed errors, mapped to HTTP in one place. Error bodies are OIP-shaped
+`{"error": "...", "code": "..."}` and never carry a stack trace, path or address."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_store import errors as store
+from service.responses import JSONBody
+from workers import errors as engine
+
+log = logging.getLogger("kiln.errors")
+
+
+class KilnError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(max(1, round(retry_after)))
+
+
+class InvalidInput(KilnError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthorized(KilnError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(KilnError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(KilnError):
+    status, code = 404, "not_found"
+
+
+class Conflict(KilnError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(KilnError):
+    status, code = 413, "payload_too_large"
+
+
+class Unprocessable(KilnError):
+    status, code = 422, "unprocessable"
+
+
+class RateLimited(KilnError):
+    status, code = 429, "rate_limited"
+
+
+class ModelFailed(KilnError):
+    status, code = 500, "model_error"
+
+
+class Unavailable(KilnError):
+    status, code = 503, "unavailable"
+
+
+class DeadlineExceeded(KilnError):
+    status, code = 504, "deadline_exceeded"
+
+
+_STORE_MAP: dict[type[store.StoreError], type[KilnError]] = {
+    store.NotFound: NotFound,
+    store.Conflict: Conflict,
+    store.InvalidName: InvalidInput,
+    store.InvalidArtifact: Unprocessable,
+    store.ArtifactTooLarge: PayloadTooLarge,
+    store.IntegrityFailure: Unavailable,
+}
+
+
+def from_store(exc: store.StoreError) -> KilnError:
+    for kind, mapped in _STORE_MAP.items():
+        if isinstance(exc, kind):
+            return mapped(str(exc))
+    return KilnError("internal error")
+
+
+def from_engine(exc: engine.EngineError) -> KilnError:
+    if isinstance(exc, engine.ReplyTimeout):
+        return DeadlineExceeded("request deadline exceeded")
+    if isinstance(exc, engine.EngineUnavailable):
+        return Unavailable("inference queue is unavailable", retry_after=1)
+    return KilnError("internal error")
+
+
+def _body(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONBody:
+    return JSONBody({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KilnError)
+    async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
+        return _body(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(store.StoreError)
+    async def _store(_req: Request, exc: store.StoreError) -> JSONBody:
+        mapped = from_store(exc)
+        return _body(mapped.status, mapped.code, mapped.message)
+
+    @app.exception_handler(engine.EngineError)
+    async def _engine(_req: Request, exc: engine.EngineError) -> JSONBody:
+        mapped = from_engine(exc)
+        return _body(mapped.status, mapped.code, mapped.message, mapped.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONBody:
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+        return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONBody:
+        log.exception("unhandled error", exc_info=exc)
+        return _body(500, "internal", "internal error")

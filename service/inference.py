@@ -1,0 +1,90 @@
+"""The inference stage: resolve the version, admit the request, enqueue, wait for the reply.
+Routes call this; it owns no HTTP details beyond the typed errors."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from model_store.registry import ResolvedVersion
+from service.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    KilnError,
+    ModelFailed,
+    Unavailable,
+    from_engine,
+)
+from service.keys import Principal
+from service.metrics import GatewayMetrics
+from service.oip import encode_response, parse_infer_request
+from service.settings import Settings
+from service.versions import VersionResolver
+from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
+from workers.errors import EngineError
+from workers.keys import Keys
+
+_REPLY_ERRORS: dict[str, type[KilnError]] = {
+    ErrorCode.INVALID_INPUT: InvalidInput,
+    ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    ErrorCode.MODEL_ERROR: ModelFailed,
+    ErrorCode.DEAD_LETTERED: ModelFailed,
+    ErrorCode.LOAD_FAILED: Unavailable,
+    ErrorCode.UNAVAILABLE: Unavailable,
+}
+
+
+class InferenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: VersionResolver,
+        engine: EngineClient,
+        keys: Keys,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.engine = engine
+        self.keys = keys
+        self.metrics = metrics
+
+    async def infer(self, principal: Principal, model: str, ref: str | None, body: bytes) -> bytes:
+        version = await self.resolver.resolve(principal.tenant_id, model, ref)
+        started = time.perf_counter()
+        try:
+            client_id, reply = await self._roundtrip(principal, version, body)
+        except KilnError as exc:
+            self.metrics.failed(version.model, version.version, exc.code)
+            raise
+        self.metrics.ok(version.model, version.version, time.perf_counter() - started)
+        return encode_response(version, client_id, reply)
+
+    async def _roundtrip(
+        self, principal: Principal, version: ResolvedVersion, body: bytes
+    ) -> tuple[str | None, InferReplyMsg]:
+        parsed = parse_infer_request(body, version.signature, self.settings.max_tensor_elements)
+        timeout_s = self.settings.request_timeout_s
+        now_ms = int(time.time() * 1000)
+        msg = InferRequestMsg(
+            request_id=uuid.uuid4().hex,
+            reply_to=self.engine.reply_stream,
+            deadline_ms=now_ms + int(timeout_s * 1000),
+            enqueued_ms=now_ms,
+            tenant_id=principal.tenant_id,
+            inputs=parsed.inputs,
+            tensors=parsed.tensors,
+            outputs=parsed.outputs,
+            parameters=parsed.parameters,
+        )
+        self.metrics.pending.inc()
+        try:
+            await self.engine.submit(self.keys.request_stream(version.version_id), msg)
+            reply = await self.engine.wait(msg.request_id, timeout_s)
+        except EngineError as exc:
+            raise from_engine(exc) from exc
+        finally:
+            self.metrics.pending.dec()
+        if not reply.ok:
+            raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
+        return parsed.id, reply

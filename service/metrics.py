@@ -1,0 +1,68 @@
+"""Gateway metrics. Hooks never raise. With several gateway processes, set
+PROMETHEUS_MULTIPROC_DIR (`kiln gateway --workers N` does) and /metrics aggregates them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+log = logging.getLogger("kiln.metrics")
+_LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry
+        labels = ("model", "version")
+        self.success = Counter(
+            "kiln_inference_request_success", "Inference requests answered", labels, registry=r
+        )
+        self.failure = Counter(
+            "kiln_inference_request_failure", "Inference requests failed", (*labels, "reason"), registry=r
+        )
+        self.duration = Histogram(
+            "kiln_inference_request_duration_seconds",
+            "End-to-end inference latency at the gateway",
+            labels,
+            buckets=_LAT,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "kiln_inference_pending_request_count",
+            "Requests waiting for a reply",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def ok(self, model: str, version: int, seconds: float) -> None:
+        try:
+            self.success.labels(model, str(version)).inc()
+            self.duration.labels(model, str(version)).observe(seconds)
+        except Exception:
+            log.exception("metrics hook failed")
+
+    def failed(self, model: str, version: int, reason: str) -> None:
+        try:
+            self.failure.labels(model, str(version), reason).inc()
+        except Exception:
+            log.exception("metrics hook failed")
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,123 @@
+"""Open Inference Protocol v2 routes: model metadata, readiness, infer. Thin: parse, call on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
+from service.oip import model_metadata
+from service.responses import JSONBody
+
+router = APIRouter(prefix="/v2/models", tags=["inference"])
+
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype", "data"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string"},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc}
+    for code, desc in (
+        (400, "invalid input"),
+        (401, "no or bad key"),
+        (403, "scope"),
+        (404, "unknown model"),
+        (413, "too large"),
+        (503, "queue unavailable"),
+        (504, "deadline exceeded"),
+    )
+}
+
+
+async def _metadata(
+    principal: InferPrincipal, registry: RegistryDep, state: StateDep, model: str, version: str | None
+) -> dict[str, object]:
+    resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
+    row = await run_in_threadpool(registry.get_model, principal.tenant_id, model)
+    versions = await run_in_threadpool(registry.list_versions, row.id)
+    return model_metadata(resolved, [v.version for v in versions])
+
+
+@router.get("/{model}", responses=_ERRORS)
+async def metadata(
+    model: str, principal: InferPrincipal, registry: RegistryDep, state: StateDep
+) -> dict[str, object]:
+    return await _metadata(principal, registry, state, model, None)
+
+
+@router.get("/{model}/versions/{version}", responses=_ERRORS)
+async def version_metadata(
+    model: str, version: str, principal: InferPrincipal, registry: RegistryDep, state: StateDep
+) -> dict[str, object]:
+    return await _metadata(principal, registry, state, model, version)
+
+
+async def _ready(principal: InferPrincipal, state: StateDep, model: str, version: str | None) -> JSONBody:
+    resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
+    health = await state.engine.health()
+    ok = bool(health["redis"]) and health["workers"] > 0
+    body = {"name": resolved.model, "version": str(resolved.version), "ready": ok}
+    return JSONBody(body, status_code=200 if ok else 503)
+
+
+@router.get("/{model}/ready", responses=_ERRORS)
+async def model_ready(model: str, principal: InferPrincipal, state: StateDep) -> JSONBody:
+    return await _ready(principal, state, model, None)
+
+
+@router.get("/{model}/versions/{version}/ready", responses=_ERRORS)
+async def version_ready(model: str, version: str, principal: InferPrincipal, state: StateDep) -> JSONBody:
+    return await _ready(principal, state, model, version)
+
+
+async def _infer(
+    request: Request, principal: InferPrincipal, inference: InferenceDep, model: str, version: str | None
+) -> Response:
+    body = await read_body(request, inference.settings.max_body_bytes)
+    out = await inference.infer(principal, model, version, body)
+    return Response(out, media_type="application/json")
+
+
+@router.post("/{model}/infer", openapi_extra=_INFER_BODY, responses=_ERRORS)
+async def infer(model: str, request: Request, principal: InferPrincipal, inference: InferenceDep) -> Response:
+    return await _infer(request, principal, inference, model, None)
+
+
+@router.post("/{model}/versions/{version}/infer", openapi_extra=_INFER_BODY, responses=_ERRORS)
+async def infer_version(
+    model: str, version: str, request: Request, principal: InferPrincipal, inference: InferenceDep
+) -> Response:
+    return await _infer(request, principal, inference, model, version)

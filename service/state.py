@@ -1,0 +1,27 @@
+"""Everything the app holds for its lifetime, built once in the app factory's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_store.blobs import BlobStore
+from model_store.registry import Registry
+from service.auth import Authenticator
+from service.inference import InferenceService
+from service.settings import Settings
+from workers.client import StreamsEngineClient
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine_db: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    registry: Registry
+    auth: Authenticator
+    engine: StreamsEngineClient
+    inference: InferenceService

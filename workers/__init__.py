@@ -1,0 +1,1 @@
+"""Everything that runs models: the wire contract, the Redis Streams queue, workers."""

@@ -1,0 +1,149 @@
+"""The gateway side of the queue: submit to a version's stream, one reply reader per process.
+
+One connection pool for writes, one dedicated connection for the blocking reply reader, one
+future per in-flight request. No polling, no per-request connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from workers.contract import ContractError, InferReplyMsg, InferRequestMsg
+from workers.errors import EngineUnavailable, ReplyTimeout
+from workers.keys import Keys
+
+log = logging.getLogger("kiln.engine")
+
+
+class StreamsEngineClient:
+    """EngineClient implemented on Redis Streams."""
+
+    def __init__(self, redis_url: str, keys: Keys, *, max_connections: int = 64) -> None:
+        self.keys = keys
+        self.gateway_id = uuid.uuid4().hex[:16]
+        self.reply_stream = keys.reply_stream(self.gateway_id)
+        self._url = redis_url
+        self._redis = aioredis.from_url(redis_url, max_connections=max_connections)
+        self._reader = aioredis.from_url(redis_url, max_connections=1)
+        self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
+        self._announced: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = False
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    async def start(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._reader.ping()
+            self.connected = True
+        self._task = asyncio.create_task(self._read_replies(), name="kiln-reply-reader")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._fail_all("gateway shutting down")
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self.reply_stream)
+        await self._redis.aclose()
+        await self._reader.aclose()
+
+    async def submit(self, stream: str, msg: InferRequestMsg) -> None:
+        """Register the waiter, then enqueue (one round trip; the stream is announced once)."""
+        if not self.connected:
+            raise EngineUnavailable("queue is unavailable")
+        fut: asyncio.Future[InferReplyMsg] = asyncio.get_running_loop().create_future()
+        self._pending[msg.request_id] = fut
+        try:
+            if stream in self._announced:
+                await self._redis.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(self.keys.streams, stream)
+                    pipe.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+                    await pipe.execute()
+                self._announced.add(stream)
+        except (RedisError, OSError) as exc:
+            self._pending.pop(msg.request_id, None)
+            raise EngineUnavailable("queue is unavailable") from exc
+
+    async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg:
+        fut = self._pending.get(request_id)
+        if fut is None:
+            raise KeyError(request_id)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError as exc:
+            raise ReplyTimeout("no reply before the deadline") from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def cancel(self, request_id: str) -> None:
+        fut = self._pending.pop(request_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await self._redis.ping()
+            workers = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+        except (RedisError, OSError):
+            return {"redis": False, "workers": 0}
+        return {"redis": True, "workers": len(workers)}
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(EngineUnavailable(reason))
+
+    async def _read_replies(self) -> None:
+        last_id = "0-0"
+        backoff = 0.05
+        while not self._closed:
+            try:
+                if not self.connected:
+                    await self._reader.ping()
+                    self.connected = True
+                    backoff = 0.05
+                resp: Any = await self._reader.xread({self.reply_stream: last_id}, count=1024, block=1000)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("reply reader lost Redis: %s", type(exc).__name__)
+                self.connected = False
+                self._announced.clear()
+                self._fail_all("queue connection lost")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            for _stream, entries in resp or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    self._resolve(fields)
+
+    def _resolve(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            reply = InferReplyMsg.from_fields(fields)
+        except ContractError:
+            log.error("dropped a malformed reply")
+            return
+        fut = self._pending.get(reply.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)

@@ -1,0 +1,184 @@
+"""The wire contract between gateways and workers: versioned, typed messages.
+
+A request is one stream entry: `v` (contract version), `h` (a JSON header) and one raw
+tensor per input (`i0`, `i1`, ...). A reply has the same shape with outputs `o0`, ...
+Tensors travel as raw bytes (never base64, never pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+CONTRACT_VERSION = b"1"
+
+
+class ContractError(ValueError):
+    """A message that does not follow this contract version."""
+
+
+class ErrorCode:
+    """Failure reasons carried in replies; the gateway maps each to one HTTP status."""
+
+    INVALID_INPUT = "invalid_input"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    MODEL_ERROR = "model_error"
+    LOAD_FAILED = "load_failed"
+    DEAD_LETTERED = "dead_lettered"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorMeta:
+        return cls(str(d["name"]), str(d["datatype"]), tuple(int(x) for x in d["shape"]))
+
+
+@dataclass(slots=True)
+class InferRequestMsg:
+    request_id: str
+    reply_to: str
+    deadline_ms: int  # wall-clock epoch milliseconds: it crosses process boundaries
+    enqueued_ms: int
+    tenant_id: int
+    inputs: list[TensorMeta]
+    tensors: list[bytes]
+    outputs: list[str] | None = None
+    priority: int = 0
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        header = {
+            "id": self.request_id,
+            "reply": self.reply_to,
+            "deadline": self.deadline_ms,
+            "enq": self.enqueued_ms,
+            "tenant": self.tenant_id,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": self.outputs,
+            "priority": self.priority,
+            "params": self.parameters,
+        }
+        fields = {b"v": CONTRACT_VERSION, b"h": orjson.dumps(header)}
+        for i, buf in enumerate(self.tensors):
+            fields[b"i%d" % i] = buf
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> InferRequestMsg:
+        if fields.get(b"v") != CONTRACT_VERSION:
+            raise ContractError(f"unsupported contract version {fields.get(b'v')!r}")
+        try:
+            h = orjson.loads(fields[b"h"])
+            inputs = [TensorMeta.from_json(t) for t in h["inputs"]]
+            tensors = [fields[b"i%d" % i] for i in range(len(inputs))]
+            return cls(
+                request_id=str(h["id"]),
+                reply_to=str(h["reply"]),
+                deadline_ms=int(h["deadline"]),
+                enqueued_ms=int(h["enq"]),
+                tenant_id=int(h["tenant"]),
+                inputs=inputs,
+                tensors=tensors,
+                outputs=h.get("outputs"),
+                priority=int(h.get("priority", 0)),
+                parameters=h.get("params") or {},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed request message: {exc}") from exc
+
+    @staticmethod
+    def peek_id(fields: dict[bytes, bytes]) -> tuple[str, str] | None:
+        """(request id, reply stream) of a message, even one that fails full decoding."""
+        try:
+            h = orjson.loads(fields[b"h"])
+            return str(h["id"]), str(h["reply"])
+        except Exception:
+            return None
+
+
+@dataclass(slots=True)
+class InferReplyMsg:
+    request_id: str
+    ok: bool
+    outputs: list[TensorMeta] = field(default_factory=list)
+    tensors: list[bytes] = field(default_factory=list)
+    error_code: str = ""
+    error: str = ""
+    queue_us: int = 0
+    compute_us: int = 0
+    batch_size: int = 0
+    worker: str = ""
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        header: dict[str, Any] = {
+            "id": self.request_id,
+            "ok": self.ok,
+            "q": self.queue_us,
+            "c": self.compute_us,
+            "b": self.batch_size,
+            "w": self.worker,
+        }
+        if self.ok:
+            header["outputs"] = [t.to_json() for t in self.outputs]
+        else:
+            header["code"] = self.error_code
+            header["error"] = self.error
+        fields = {b"v": CONTRACT_VERSION, b"h": orjson.dumps(header)}
+        for i, buf in enumerate(self.tensors):
+            fields[b"o%d" % i] = buf
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> InferReplyMsg:
+        if fields.get(b"v") != CONTRACT_VERSION:
+            raise ContractError(f"unsupported contract version {fields.get(b'v')!r}")
+        try:
+            h = orjson.loads(fields[b"h"])
+            outputs = [TensorMeta.from_json(t) for t in h.get("outputs") or []]
+            return cls(
+                request_id=str(h["id"]),
+                ok=bool(h["ok"]),
+                outputs=outputs,
+                tensors=[fields[b"o%d" % i] for i in range(len(outputs))],
+                error_code=str(h.get("code", "")),
+                error=str(h.get("error", "")),
+                queue_us=int(h.get("q", 0)),
+                compute_us=int(h.get("c", 0)),
+                batch_size=int(h.get("b", 0)),
+                worker=str(h.get("w", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed reply message: {exc}") from exc
+
+    @classmethod
+    def failure(cls, request_id: str, code: str, message: str, worker: str = "") -> InferReplyMsg:
+        return cls(request_id=request_id, ok=False, error_code=code, error=message, worker=worker)
+
+
+class EngineClient(Protocol):
+    """The one boundary between the gateway and GPU work (implemented on Redis Streams)."""
+
+    reply_stream: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, stream: str, msg: InferRequestMsg) -> None: ...
+
+    async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg: ...
+
+    async def cancel(self, request_id: str) -> None: ...
+
+    async def health(self) -> dict[str, Any]: ...

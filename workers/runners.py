@@ -1,0 +1,94 @@
+"""Model runners: onnxruntime and TorchScript. CUDA first when present and asked for, CPU
+otherwise; the CUDA execution provider is requested only when a GPU is present."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+
+from model_store.loading import run_torchscript
+from model_store.registry import ResolvedVersion
+from workers.errors import LoadError
+
+log = logging.getLogger("kiln.runner")
+
+
+class Runner(Protocol):
+    device: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def pick_device(preference: str) -> str:
+    if preference == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if preference == "cuda":
+        raise LoadError("this version asks for CUDA and no GPU is present")
+    return "cpu"
+
+
+class OnnxRunner:
+    def __init__(self, version: ResolvedVersion, data: bytes, device: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers: list[str] = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            device = "cpu"
+        self.device = device
+        self._session = ort.InferenceSession(data, sess_options=opts, providers=providers)
+        self._outputs = [t.name for t in version.signature.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._outputs, inputs)
+        return dict(zip(self._outputs, results, strict=True))
+
+
+class TorchScriptRunner:
+    def __init__(self, version: ResolvedVersion, data: bytes, device: str, threads: int) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self._device = torch.device(device)
+        self._module: Any = torch.jit.load(io.BytesIO(data), map_location=self._device)
+        self._module.eval()
+        self._sig = version.signature
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_torchscript(self._module, self._sig, inputs, self._device)
+
+
+def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runner:
+    device = pick_device(version.config.device)
+    try:
+        if version.format == "onnx":
+            return OnnxRunner(version, data, device, threads)
+        if version.format == "torchscript":
+            return TorchScriptRunner(version, data, device, threads)
+    except LoadError:
+        raise
+    except Exception as exc:
+        raise LoadError(f"could not load {version.format} model: {type(exc).__name__}") from exc
+    raise LoadError(f"no runner for format {version.format!r}")

@@ -1,0 +1,387 @@
+"""The inference worker: a consumer of every active request stream.
+
+Loop: read up to N entries across streams (blocking only until the next batch is due), drop
+expired ones, validate each item alone, batch dynamically per version, run, split results,
+reply to the asking gateway and ack, all in one round trip per batch. Entries a dead consumer
+left pending are taken over with XAUTOCLAIM; after max_deliveries they are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from model_store.blobs import BlobStore
+from model_store.errors import StoreError
+from model_store.registry import Registry, ResolvedVersion
+from workers.batcher import Batcher, BatchPolicy, Item
+from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
+from workers.errors import LoadError
+from workers.keys import Keys
+from workers.metrics import WorkerMetrics
+from workers.queue import Entry, WorkQueue
+from workers.runners import Runner, load_runner
+from workers.tensors import TensorDecodeError, from_bytes, to_bytes
+
+log = logging.getLogger("kiln.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    read_count: int = 64
+    claim_idle_ms: int = 10_000
+    claim_interval_ms: int = 1_000
+    max_deliveries: int = 3
+    heartbeat_ttl_s: float = 10.0
+    reply_ttl_s: int = 300
+    threads: int = 0
+    metrics_port: int = 0
+
+
+@dataclass(slots=True)
+class Loaded:
+    version: ResolvedVersion
+    runner: Runner
+    policy: BatchPolicy
+
+
+class ItemRejected(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Worker:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        registry: Registry,
+        blobs: BlobStore,
+        config: WorkerConfig,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.queue = WorkQueue(client, keys, self.worker_id, config.reply_ttl_s)
+        self.registry = registry
+        self.blobs = blobs
+        self.config = config
+        self.metrics = metrics or WorkerMetrics()
+        self.batcher = Batcher()
+        self.models: dict[int, Loaded] = {}
+        self._stop = threading.Event()
+        self._streams: list[str] = []
+        self._next_refresh = 0.0
+        self._next_claim = 0.0
+
+    # lifecycle --------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %s: stop taking new work", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        log.info("worker %s starting", self.worker_id)
+        self.metrics.up.set(1)
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                backoff = 0.05
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying", type(exc).__name__)
+                self.queue.forget_groups()
+                self._next_refresh = 0.0
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Finish what was already read, then leave; unread entries stay in the stream."""
+        try:
+            for version_id, items in self.batcher.ready(time.monotonic(), flush=True):
+                self._execute(version_id, items)
+            self.queue.drop_heartbeat(self.worker_id)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            log.warning("redis unavailable at shutdown; unacknowledged entries will be reclaimed")
+        self.metrics.up.set(0)
+        log.info("worker %s stopped", self.worker_id)
+
+    # one turn of the loop ---------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._streams = self.queue.active_streams()
+            self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
+            self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
+        if now >= self._next_claim:
+            for stream in self._streams:
+                self._accept(self.queue.claim_stale(stream, self.config.claim_idle_ms))
+            self._next_claim = now + self.config.claim_interval_ms / 1000
+        if not self._streams:
+            self._stop.wait(0.1)
+            return
+        due = self.batcher.seconds_until_due(time.monotonic())
+        wait_s = min(due if due is not None else 1.0, self._next_refresh - now, 1.0)
+        entries = self.queue.read(self._streams, self._read_count(), int(max(wait_s, 0.001) * 1000))
+        self._accept(entries)
+        for version_id, items in self.batcher.ready(time.monotonic()):
+            self._execute(version_id, items)
+
+    def _read_count(self) -> int:
+        sizes = [m.policy.max_batch_size for m in self.models.values()]
+        return max([self.config.read_count, *sizes])
+
+    def _info(self) -> dict[str, object]:
+        return {
+            "id": self.worker_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "metrics_port": self.config.metrics_port,
+            "loaded": sorted(m.version.version_id for m in self.models.values()),
+        }
+
+    # admission of dequeued entries ------------------------------------------------------------
+    def _accept(self, entries: list[Entry]) -> None:
+        failed: list[tuple[str, InferReplyMsg]] = []
+        done: list[Entry] = []
+        for entry in entries:
+            outcome = self._admit(entry)
+            if outcome is not None:
+                done.append(entry)
+                if outcome[0]:  # a message too broken to name its reply stream gets none
+                    failed.append(outcome)
+        if done:
+            self.queue.finish(failed, done)
+
+    def _admit(self, entry: Entry) -> tuple[str, InferReplyMsg] | None:
+        """Queue the entry for batching, or return the failure reply that finishes it."""
+        if entry.deliveries > self.config.max_deliveries:
+            self.queue.dead_letter(entry, f"delivered {entry.deliveries} times")
+            self.metrics.dead_lettered.inc()
+            ident = InferRequestMsg.peek_id(entry.fields) or ("", "")
+            return ident[1], InferReplyMsg.failure(
+                ident[0],
+                ErrorCode.DEAD_LETTERED,
+                "request failed on every delivery and was dead-lettered",
+                self.worker_id,
+            )
+        try:
+            msg = InferRequestMsg.from_fields(entry.fields)
+        except ContractError as exc:
+            ident = InferRequestMsg.peek_id(entry.fields) or ("", "")
+            return ident[1], InferReplyMsg.failure(ident[0], ErrorCode.INVALID_INPUT, str(exc))
+        remaining_ms = msg.deadline_ms - now_ms()
+        if remaining_ms <= 0:
+            return msg.reply_to, InferReplyMsg.failure(
+                msg.request_id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued", self.worker_id
+            )
+        try:
+            loaded = self._model(self.queue.keys.version_of(entry.stream))
+            inputs, count, shape_key = self._decode(loaded, msg)
+        except ItemRejected as exc:
+            return msg.reply_to, InferReplyMsg.failure(msg.request_id, exc.code, str(exc), self.worker_id)
+        mono = time.monotonic()
+        self.batcher.add(
+            loaded.version.version_id,
+            loaded.policy,
+            Item(
+                key=(entry, msg),
+                inputs=inputs,
+                count=count,
+                shape_key=shape_key,
+                arrived=mono,
+                deadline=mono + remaining_ms / 1000,
+            ),
+        )
+        return None
+
+    def _model(self, version_id: int) -> Loaded:
+        loaded = self.models.get(version_id)
+        if loaded is not None:
+            return loaded
+        started = time.monotonic()
+        try:
+            version = self.registry.by_version_id(version_id)
+            runner = load_runner(version, self.blobs.read_verified(version.sha256), self.config.threads)
+        except (StoreError, LoadError) as exc:
+            log.error("load of version %s failed: %s", version_id, exc)
+            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
+        cfg = version.config
+        batching = version.signature.batched() and cfg.max_batch_size > 1
+        policy = BatchPolicy(cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000)
+        loaded = self.models[version_id] = Loaded(version, runner, policy)
+        self.metrics.load_duration.labels(version.model, str(version.version)).observe(
+            time.monotonic() - started
+        )
+        self.metrics.loaded.set(len(self.models))
+        log.info("loaded %s:%s on %s", version.model, version.version, runner.device)
+        return loaded
+
+    @staticmethod
+    def _decode(loaded: Loaded, msg: InferRequestMsg) -> tuple[dict[str, np.ndarray], int, tuple[Any, ...]]:
+        """Check one item against the signature on its own and decode its tensors."""
+        sig = loaded.version.signature
+        given = {t.name for t in msg.inputs}
+        wanted = {t.name for t in sig.inputs}
+        if given != wanted:
+            raise ItemRejected(ErrorCode.INVALID_INPUT, f"inputs must be exactly {sorted(wanted)}")
+        inputs: dict[str, np.ndarray] = {}
+        for meta, buf in zip(msg.inputs, msg.tensors, strict=True):
+            spec = sig.input(meta.name)
+            assert spec is not None
+            if meta.datatype != spec.datatype or not spec.matches_shape(meta.shape):
+                raise ItemRejected(
+                    ErrorCode.INVALID_INPUT, f"input {meta.name!r} does not match the signature"
+                )
+            try:
+                inputs[meta.name] = from_bytes(buf, meta.datatype, meta.shape)
+            except TensorDecodeError as exc:
+                raise ItemRejected(ErrorCode.INVALID_INPUT, f"input {meta.name!r}: {exc}") from exc
+        batching = loaded.policy.batching
+        counts = {arr.shape[0] for arr in inputs.values()} if batching else {1}
+        if len(counts) != 1:
+            raise ItemRejected(ErrorCode.INVALID_INPUT, "inputs disagree on the batch dimension")
+        shape_key = tuple(inputs[t.name].shape[1:] for t in sig.inputs) if batching else ()
+        return inputs, counts.pop(), shape_key
+
+    # execution --------------------------------------------------------------------------------
+    def _execute(self, version_id: int, items: list[Item]) -> None:
+        loaded = self.models[version_id]
+        now = time.monotonic()
+        replies: list[tuple[str, InferReplyMsg]] = []
+        live: list[Item] = []
+        for item in items:
+            if item.deadline <= now:
+                _entry, msg = item.key
+                replies.append(
+                    (
+                        msg.reply_to,
+                        InferReplyMsg.failure(
+                            msg.request_id,
+                            ErrorCode.DEADLINE_EXCEEDED,
+                            "deadline passed while queued",
+                            self.worker_id,
+                        ),
+                    )
+                )
+            else:
+                live.append(item)
+        if live:
+            replies.extend(self._run_group(loaded, live))
+        self.queue.finish(replies, [item.key[0] for item in items])
+
+    def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
+        """Run items as one batch; if it fails, run each alone so one bad item fails alone."""
+        v = loaded.version
+        started = time.perf_counter()
+        try:
+            outputs = self._forward(loaded, items)
+        except Exception as exc:
+            if len(items) > 1:
+                log.warning("batch of %d failed (%s); running items alone", len(items), type(exc).__name__)
+                return [r for item in items for r in self._run_group(loaded, [item])]
+            self.metrics.failure(v.model, v.version, ErrorCode.MODEL_ERROR)
+            _entry, msg = items[0].key
+            return [
+                (
+                    msg.reply_to,
+                    InferReplyMsg.failure(
+                        msg.request_id,
+                        ErrorCode.MODEL_ERROR,
+                        f"model execution failed: {type(exc).__name__}: {str(exc)[:300]}",
+                        self.worker_id,
+                    ),
+                )
+            ]
+        compute_s = time.perf_counter() - started
+        wall = now_ms()
+        self.metrics.batch(
+            v.model,
+            v.version,
+            sum(i.count for i in items),
+            len(items),
+            compute_s,
+            [max(0, wall - item.key[1].enqueued_ms) / 1000 - compute_s for item in items],
+        )
+        return self._split(loaded, items, outputs, compute_s)
+
+    @staticmethod
+    def _forward(loaded: Loaded, items: list[Item]) -> dict[str, np.ndarray]:
+        sig = loaded.version.signature
+        if len(items) == 1:
+            batch = items[0].inputs
+        else:
+            batch = {t.name: np.concatenate([i.inputs[t.name] for i in items]) for t in sig.inputs}
+        outputs = loaded.runner.run(batch)
+        total = sum(i.count for i in items)
+        for spec in sig.outputs:
+            out = outputs.get(spec.name)
+            if out is None:
+                raise ValueError(f"model produced no output {spec.name!r}")
+            if loaded.policy.batching and (out.ndim == 0 or out.shape[0] != total):
+                raise ValueError(
+                    f"model returned {out.shape[0] if out.ndim else 0} rows of "
+                    f"{spec.name!r} for {total} items"
+                )
+        return outputs
+
+    def _split(
+        self, loaded: Loaded, items: list[Item], outputs: dict[str, np.ndarray], compute_s: float
+    ) -> list[tuple[str, InferReplyMsg]]:
+        sig = loaded.version.signature
+        replies = []
+        offset = 0
+        total = sum(i.count for i in items)
+        for item in items:
+            _entry, msg = item.key
+            names = msg.outputs or [t.name for t in sig.outputs]
+            metas: list[TensorMeta] = []
+            bufs: list[bytes] = []
+            for name in names:
+                spec = sig.output(name)
+                assert spec is not None
+                arr = outputs[name]
+                if loaded.policy.batching:
+                    arr = arr[offset : offset + item.count]
+                metas.append(TensorMeta(name, spec.datatype, tuple(int(d) for d in arr.shape)))
+                bufs.append(to_bytes(arr, spec.datatype))
+            offset += item.count
+            replies.append(
+                (
+                    msg.reply_to,
+                    InferReplyMsg(
+                        request_id=msg.request_id,
+                        ok=True,
+                        outputs=metas,
+                        tensors=bufs,
+                        compute_us=int(compute_s * 1e6),
+                        batch_size=total,
+                        worker=self.worker_id,
+                    ),
+                )
+            )
+        return replies
