@@ -15,10 +15,12 @@ def run_torchscript(
     """Call a TorchScript module with inputs in signature order; map outputs to their names."""
     import torch
 
-    args = [
-        torch.from_numpy(np.ascontiguousarray(inputs[t.name])).to(device, non_blocking=True)
-        for t in sig.inputs
-    ]
+    args = []
+    for t in sig.inputs:
+        arr = np.ascontiguousarray(inputs[t.name])
+        if not arr.flags.writeable:  # decoded straight from the wire: torch wants its own copy
+            arr = arr.copy()
+        args.append(torch.from_numpy(arr).to(device, non_blocking=True))
     with torch.inference_mode():
         result = module(*args)
     if isinstance(result, torch.Tensor):

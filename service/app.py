@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from model_store.blobs import BlobStore
@@ -35,16 +36,16 @@ def gateway_metrics() -> GatewayMetrics:
     return _METRICS
 
 
-def bootstrap_admin(settings: Settings, registry: Registry, state_sessions: object) -> None:
+def bootstrap_admin(settings: Settings, registry: Registry, sessions: sessionmaker[Session]) -> None:
     if not settings.bootstrap_admin_key:
         return
-    if keys.count_keys(state_sessions) == 0:  # type: ignore[arg-type]
+    if keys.count_keys(sessions) == 0:
         tenant = registry.ensure_tenant(settings.default_tenant)
         keys.create_key(
-            state_sessions,
+            sessions,
             tenant,
             ["admin"],
-            name="bootstrap",  # type: ignore[arg-type]
+            name="bootstrap",
             secret=settings.bootstrap_admin_key,
         )
         log.info("seeded the bootstrap admin key for tenant %r", settings.default_tenant)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+M = TypeVar("M", Signature, VersionConfig)
 _CHUNK = 1 << 20
 
 
@@ -75,9 +76,7 @@ async def get_model(name: str, principal: ManagePrincipal, registry: RegistryDep
     return await run_in_threadpool(load)
 
 
-def _parse_json_field(
-    model: type[Signature] | type[VersionConfig], raw: str | None, field: str
-) -> Signature | VersionConfig | None:
+def _parse_json_field(model: type[M], raw: str | None, field: str) -> M | None:
     if raw is None or raw == "":
         return None
     try:
@@ -117,7 +116,7 @@ async def create_version(
     tmp, sha, size = await state.blobs.receive(_chunks(file), settings.max_upload_bytes)
     row = await run_in_threadpool(
         registry.add_version, principal.tenant_id, name, format, tmp, sha, size, sig, cfg
-    )  # type: ignore[arg-type]
+    )
     return _version_public(name, row)
 
 

@@ -1,0 +1,162 @@
+"""Shared fixtures: a clean PostgreSQL database per test (copied from a migrated template),
+a private key prefix on the real Redis per test, the app in-process, workers in threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from migrations.upgrade import upgrade
+from model_store.blobs import BlobStore
+from model_store.db import make_engine, make_sessionmaker
+from model_store.registry import Registry
+from service import keys
+from service.app import create_app
+from service.settings import Settings
+from workers.keys import Keys
+from workers.metrics import WorkerMetrics
+from workers.worker import Worker, WorkerConfig
+
+PG_ADMIN = os.environ.get("KILN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KILN_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ADMIN_KEY = "kiln_testadmin_" + "a" * 40
+
+
+def _pg_url(db: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+
+
+def _admin_conn() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    name = f"kiln_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with _admin_conn() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(_pg_url(name))
+    yield name
+    with _admin_conn() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test only."""
+    name = f"kiln_t_{uuid.uuid4().hex[:12]}"
+    with _admin_conn() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield _pg_url(name)
+    with _admin_conn() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix on the real Redis that no other test uses; its keys are removed after."""
+    prefix = f"kt{uuid.uuid4().hex[:10]}"
+    yield prefix
+    r = redis.Redis.from_url(REDIS_URL)
+    keys_ = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys_:
+        r.delete(*keys_)
+    r.close()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(REDIS_URL)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_url: str, redis_prefix: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", database_url=pg_url, redis_url=REDIS_URL,
+        redis_prefix=redis_prefix, bootstrap_admin_key=ADMIN_KEY, request_timeout_s=20,
+        claim_idle_ms=1000, claim_interval_ms=200, key_cache_ttl_s=0.5, version_cache_ttl_s=0.2,
+    )
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Iterator[Registry]:
+    engine = make_engine(settings.resolved_database_url)
+    yield Registry(make_sessionmaker(engine), BlobStore(settings.blob_dir))
+    engine.dispose()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process (lifespan run), called through httpx's ASGI transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kiln",
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                                     timeout=30) as c:
+            c.app = app  # type: ignore[attr-defined]
+            yield c
+
+
+def make_key(settings: Settings, scopes: list[str], tenant: str | None = None) -> str:
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    tenant_id = Registry(sessions, BlobStore(settings.blob_dir)).ensure_tenant(
+        tenant or settings.default_tenant)
+    _row, secret = keys.create_key(sessions, tenant_id, scopes)
+    engine.dispose()
+    return secret
+
+
+class WorkerThread:
+    """A real Worker running its loop in a thread, with its own metrics registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.metrics_registry = CollectorRegistry()
+        engine = make_engine(settings.resolved_database_url)
+        self._engine = engine
+        blobs = BlobStore(settings.blob_dir)
+        self.worker = Worker(
+            redis.Redis.from_url(settings.resolved_redis_url), Keys(settings.redis_prefix),
+            Registry(make_sessionmaker(engine), blobs), blobs,
+            WorkerConfig(claim_idle_ms=settings.claim_idle_ms,
+                         claim_interval_ms=settings.claim_interval_ms,
+                         max_deliveries=settings.max_deliveries, threads=1),
+            WorkerMetrics(self.metrics_registry),
+        )
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+
+    def start(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(10)
+        self._engine.dispose()
+
+    def sample(self, name: str) -> float:
+        total = 0.0
+        for metric in self.metrics_registry.collect():
+            for s in metric.samples:
+                if s.name == name:
+                    total += s.value
+        return total
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[WorkerThread]:
+    w = WorkerThread(settings).start()
+    yield w
+    w.stop()

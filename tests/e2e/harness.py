@@ -1,0 +1,112 @@
+"""Real processes on free ports: start, poll health, fail fast when a child dies, kill the
+process tree at the end (after vLLM's tests/utils.py::RemoteOpenAIServer)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *argv], env=env, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill9(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int | None:
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+class Stack:
+    """A gateway and N workers as real `kiln` processes against the given database and Redis."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+        self.gateway_port = free_port()
+        self.url = f"http://127.0.0.1:{self.gateway_port}"
+        self.worker_ports: dict[str, int] = {}
+
+    def start_gateway(self, processes: int = 1) -> Proc:
+        p = Proc("gateway", ["gateway", "--port", str(self.gateway_port), "--workers",
+                             str(processes)], self.env, self.log_dir)
+        self.procs.append(p)
+        self.wait_http(f"{self.url}/v2/health/ready", p)
+        return p
+
+    def start_worker(self, name: str) -> Proc:
+        port = free_port()
+        p = Proc(name, ["worker", "--metrics-port", str(port), "--threads", "1"], self.env,
+                 self.log_dir)
+        self.procs.append(p)
+        self.worker_ports[name] = port
+        self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
+        return p
+
+    def wait_http(self, url: str, proc: Proc, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.log()}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{proc.name} not ready at {url}:\n{proc.log()}")
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} died:\n{p.log()}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+
+
+def metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
