@@ -115,6 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         WorkerConfig(
             read_count=settings.worker_read_count,
             claim_idle_ms=settings.claim_idle_ms,
+            hung_claim_ms=settings.hung_claim_ms,
             claim_interval_ms=settings.claim_interval_ms,
             max_deliveries=settings.max_deliveries,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,

@@ -32,10 +32,11 @@ class Settings(BaseSettings):
 
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)
-    claim_idle_ms: int = Field(default=10_000, ge=100)
+    claim_idle_ms: int = Field(default=1_000, ge=100)  # a dead worker's entries: taken over after
+    hung_claim_ms: int = Field(default=120_000, ge=1_000)  # a live but stuck worker's entries
     claim_interval_ms: int = Field(default=1_000, ge=50)
     max_deliveries: int = Field(default=3, ge=1, le=100)
-    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
 
     @model_validator(mode="after")

@@ -83,9 +83,16 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str, redis_prefix: str) -> Settings:
     return Settings(
-        data_dir=tmp_path / "data", database_url=pg_url, redis_url=REDIS_URL,
-        redis_prefix=redis_prefix, bootstrap_admin_key=ADMIN_KEY, request_timeout_s=20,
-        claim_idle_ms=1000, claim_interval_ms=200, key_cache_ttl_s=0.5, version_cache_ttl_s=0.2,
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        bootstrap_admin_key=ADMIN_KEY,
+        request_timeout_s=20,
+        claim_idle_ms=1000,
+        claim_interval_ms=200,
+        key_cache_ttl_s=0.5,
+        version_cache_ttl_s=0.2,
     )
 
 
@@ -102,9 +109,12 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://kiln",
-                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                                     timeout=30) as c:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://kiln",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        ) as c:
             c.app = app  # type: ignore[attr-defined]
             yield c
 
@@ -113,7 +123,8 @@ def make_key(settings: Settings, scopes: list[str], tenant: str | None = None) -
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
     tenant_id = Registry(sessions, BlobStore(settings.blob_dir)).ensure_tenant(
-        tenant or settings.default_tenant)
+        tenant or settings.default_tenant
+    )
     _row, secret = keys.create_key(sessions, tenant_id, scopes)
     engine.dispose()
     return secret
@@ -128,11 +139,16 @@ class WorkerThread:
         self._engine = engine
         blobs = BlobStore(settings.blob_dir)
         self.worker = Worker(
-            redis.Redis.from_url(settings.resolved_redis_url), Keys(settings.redis_prefix),
-            Registry(make_sessionmaker(engine), blobs), blobs,
-            WorkerConfig(claim_idle_ms=settings.claim_idle_ms,
-                         claim_interval_ms=settings.claim_interval_ms,
-                         max_deliveries=settings.max_deliveries, threads=1),
+            redis.Redis.from_url(settings.resolved_redis_url),
+            Keys(settings.redis_prefix),
+            Registry(make_sessionmaker(engine), blobs),
+            blobs,
+            WorkerConfig(
+                claim_idle_ms=settings.claim_idle_ms,
+                claim_interval_ms=settings.claim_interval_ms,
+                max_deliveries=settings.max_deliveries,
+                threads=1,
+            ),
             WorkerMetrics(self.metrics_registry),
         )
         self.thread = threading.Thread(target=self.worker.run, daemon=True)

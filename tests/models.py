@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -22,8 +21,10 @@ def onnx_add_bytes() -> bytes:
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "y"], ["z"])],
         "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3]),
+        ],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -38,9 +39,12 @@ def onnx_with_external_data(location: str) -> bytes:
     entry.key, entry.value = "location", location
     w.ClearField("raw_data")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "ext",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "ext",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return bytes(model.SerializeToString())
 

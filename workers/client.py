@@ -30,7 +30,11 @@ class StreamsEngineClient:
         self.gateway_id = uuid.uuid4().hex[:16]
         self.reply_stream = keys.reply_stream(self.gateway_id)
         self._url = redis_url
-        self._redis = aioredis.from_url(redis_url, max_connections=max_connections)
+        # a blocking pool: under a burst, requests wait for a free connection instead of failing
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=max_connections, timeout=10
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._reader = aioredis.from_url(redis_url, max_connections=1)
         self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
         self._announced: set[str] = set()
@@ -77,6 +81,7 @@ class StreamsEngineClient:
                 self._announced.add(stream)
         except (RedisError, OSError) as exc:
             self._pending.pop(msg.request_id, None)
+            log.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
             raise EngineUnavailable("queue is unavailable") from exc
 
     async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg:

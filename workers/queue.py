@@ -72,28 +72,40 @@ class WorkQueue:
             out.extend(Entry(name, eid, fields) for eid, fields in entries if fields)
         return out
 
+    def claim_orphans(self, stream: str, min_idle_ms: int, count: int = 256) -> list[Entry]:
+        """Take over the pending entries of consumers whose heartbeat has expired (dead workers)."""
+        summary: Any = self.r.xpending(stream, GROUP)
+        if not summary or not summary.get("pending"):
+            return []
+        out: list[Entry] = []
+        for c in summary.get("consumers") or ():
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            if name == self.consumer or self.r.exists(self.keys.worker(name)):
+                continue
+            rows: Any = self.r.xpending_range(stream, GROUP, min="-", max="+", count=count, consumername=name)
+            out.extend(self._claim(stream, rows, min_idle_ms))
+        return out
+
     def claim_stale(self, stream: str, min_idle_ms: int, count: int = 256) -> list[Entry]:
-        """Take over entries another consumer read but did not ack within min_idle_ms."""
-        resp = self.r.xautoclaim(
-            stream, GROUP, self.consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
-        )
-        claimed = resp[1] if resp else []
-        entries = [Entry(stream, eid, fields) for eid, fields in claimed if fields]
-        deleted = [eid for eid, fields in claimed if not fields]
-        if deleted:
-            self.r.xack(stream, GROUP, *deleted)
-        if entries:
-            counts = self.r.xpending_range(
-                stream,
-                GROUP,
-                min=entries[0].entry_id,
-                max=entries[-1].entry_id,
-                count=len(entries) + 64,
-                consumername=self.consumer,
-            )
-            by_id = {c["message_id"]: int(c["times_delivered"]) for c in counts}
-            for e in entries:
-                e.deliveries = by_id.get(e.entry_id, 1)
+        """Take over entries idle past min_idle_ms whoever holds them (a hung but live worker)."""
+        rows: Any = self.r.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
+        rows = [row for row in rows if self._decode(row["consumer"]) != self.consumer]
+        return self._claim(stream, rows, min_idle_ms)
+
+    @staticmethod
+    def _decode(value: bytes | str) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _claim(self, stream: str, rows: Any, min_idle_ms: int) -> list[Entry]:
+        ids = [row["message_id"] for row in rows if int(row["time_since_delivered"]) >= min_idle_ms]
+        if not ids:
+            return []
+        delivered = {row["message_id"]: int(row["times_delivered"]) for row in rows}
+        claimed: Any = self.r.xclaim(stream, GROUP, self.consumer, min_idle_ms, ids)
+        entries = [Entry(stream, eid, fields, delivered.get(eid, 0) + 1) for eid, fields in claimed if fields]
+        gone = [eid for eid, fields in claimed if not fields]
+        if gone:  # deleted while pending: nothing to run
+            self.r.xack(stream, GROUP, *gone)
         return entries
 
     def finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:

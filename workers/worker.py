@@ -42,10 +42,11 @@ log = logging.getLogger("kiln.worker")
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     read_count: int = 64
-    claim_idle_ms: int = 10_000
+    claim_idle_ms: int = 1_000  # a dead worker's entries are taken over once this idle
+    hung_claim_ms: int = 120_000  # a live worker's entries are taken over once this idle
     claim_interval_ms: int = 1_000
     max_deliveries: int = 3
-    heartbeat_ttl_s: float = 10.0
+    heartbeat_ttl_s: float = 5.0
     reply_ttl_s: int = 300
     threads: int = 0
     metrics_port: int = 0
@@ -90,6 +91,7 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
+        self._loop_ts = time.monotonic()
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -103,9 +105,22 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
+    def _beat(self) -> None:
+        """Heartbeat on its own thread: a long load or batch must not look like a dead worker."""
+        interval = self.config.heartbeat_ttl_s / 3
+        while not self._stop.is_set():
+            try:
+                self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                log.debug("heartbeat failed; retrying")
+            self._stop.wait(interval)
+
     def run(self) -> None:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
+        self._loop_ts = time.monotonic()
+        self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
+        threading.Thread(target=self._beat, name="kiln-heartbeat", daemon=True).start()
         backoff = 0.05
         while not self._stop.is_set():
             try:
@@ -133,13 +148,14 @@ class Worker:
     # one turn of the loop ---------------------------------------------------------------------
     def tick(self) -> None:
         now = time.monotonic()
+        self._loop_ts = now
         if now >= self._next_refresh:
             self._streams = self.queue.active_streams()
-            self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
-            self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
+            self._next_refresh = now + 1.0
         if now >= self._next_claim:
             for stream in self._streams:
-                self._accept(self.queue.claim_stale(stream, self.config.claim_idle_ms))
+                self._accept(self.queue.claim_orphans(stream, self.config.claim_idle_ms))
+                self._accept(self.queue.claim_stale(stream, self.config.hung_claim_ms))
             self._next_claim = now + self.config.claim_interval_ms / 1000
         if not self._streams:
             self._stop.wait(0.1)
@@ -161,6 +177,7 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "metrics_port": self.config.metrics_port,
+            "loop_age_s": round(time.monotonic() - self._loop_ts, 3),
             "loaded": sorted(m.version.version_id for m in self.models.values()),
         }
 

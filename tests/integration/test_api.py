@@ -30,8 +30,9 @@ async def test_register_onnx_and_infer(client, worker: WorkerThread) -> None:
     assert body["signature"]["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
 
     x = np.array([[1, 2, 3, 4], [-1, 0.5, 0, 2]], dtype=np.float32)
-    r = await client.post("/v2/models/demo/infer",
-                          json=infer_body("x", x.reshape(-1).tolist(), [2, 4], id="req-1"))
+    r = await client.post(
+        "/v2/models/demo/infer", json=infer_body("x", x.reshape(-1).tolist(), [2, 4], id="req-1")
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_name"] == "demo" and out["model_version"] == "1" and out["id"] == "req-1"
@@ -41,8 +42,7 @@ async def test_register_onnx_and_infer(client, worker: WorkerThread) -> None:
 
 
 async def test_register_torchscript_and_infer(client, worker: WorkerThread) -> None:
-    r = await register(client, "scale", torchscript_bytes(Scale()), "torchscript",
-                       signature=SCALE_SIGNATURE)
+    r = await register(client, "scale", torchscript_bytes(Scale()), "torchscript", signature=SCALE_SIGNATURE)
     assert r.status_code == 201, r.text
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     r = await client.post("/v2/models/scale/versions/1/infer", json=infer_body("x", x.tolist(), [3, 4]))
@@ -78,8 +78,11 @@ async def test_versions_and_aliases_resolve(client, worker: WorkerThread) -> Non
 async def test_unknown_model_and_version_are_404(client) -> None:
     assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
     body = infer_body("x", [1, 2, 3, 4], [1, 4])
-    for path in ("/v2/models/nope/infer", "/v2/models/demo/versions/7/infer",
-                 "/v2/models/demo/versions/canary/infer"):
+    for path in (
+        "/v2/models/nope/infer",
+        "/v2/models/demo/versions/7/infer",
+        "/v2/models/demo/versions/canary/infer",
+    ):
         r = await client.post(path, json=body)
         assert r.status_code == 404, (path, r.text)
         assert "error" in r.json()
@@ -99,8 +102,9 @@ async def test_auth_errors(client, settings) -> None:
     body = infer_body("x", [1, 2, 3, 4], [1, 4])
     r = await client.post("/v2/models/demo/infer", json=body, headers={"Authorization": ""})
     assert r.status_code == 401
-    r = await client.post("/v2/models/demo/infer", json=body,
-                          headers={"Authorization": "Bearer kiln_nope_nope"})
+    r = await client.post(
+        "/v2/models/demo/infer", json=body, headers={"Authorization": "Bearer kiln_nope_nope"}
+    )
     assert r.status_code == 401
     infer_key = make_key(settings, ["infer"])
     as_infer = {"Authorization": f"Bearer {infer_key}"}
@@ -113,8 +117,9 @@ async def test_auth_errors(client, settings) -> None:
         assert r.status_code == 403, (path, r.text)
     assert (await client.get("/v1/models/demo")).json()["aliases"] == {}
     manage_key = make_key(settings, ["manage"])
-    r = await client.post("/v2/models/demo/infer", json=body,
-                          headers={"Authorization": f"Bearer {manage_key}"})
+    r = await client.post(
+        "/v2/models/demo/infer", json=body, headers={"Authorization": f"Bearer {manage_key}"}
+    )
     assert r.status_code == 403
 
 
@@ -129,8 +134,9 @@ async def test_auth_errors(client, settings) -> None:
         ([], "inputs"),
     ],
 )
-async def test_bad_input_is_400_and_nothing_enqueued(client, settings, redis_client, inputs,
-                                                     fragment) -> None:
+async def test_bad_input_is_400_and_nothing_enqueued(
+    client, settings, redis_client, inputs, fragment
+) -> None:
     assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
     stream = f"{settings.redis_prefix}:req:1"
     before = redis_client.xlen(stream)
@@ -156,24 +162,24 @@ async def test_pickle_upload_refused_and_never_loaded(client, tmp_path) -> None:
         r = await register(client, "evil", malicious_pickle(marker), fmt, signature=SCALE_SIGNATURE)
         assert r.status_code == 422, r.text
         assert "pickle" in r.json()["error"]
-    r = await register(client, "evil", torch_save_checkpoint(), "torchscript",
-                       signature=SCALE_SIGNATURE)
+    r = await register(client, "evil", torch_save_checkpoint(), "torchscript", signature=SCALE_SIGNATURE)
     assert r.status_code == 422
     assert not marker.exists()
     assert (await client.get("/v1/models/evil")).json()["versions"] == []
 
 
 async def test_torchscript_signature_is_checked_at_upload(client) -> None:
-    wrong = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
-             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
+    wrong = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    }
     r = await register(client, "scale", torchscript_bytes(Scale()), "torchscript", signature=wrong)
     assert r.status_code == 422
     r = await register(client, "scale", torchscript_bytes(Scale()), "torchscript")
     assert r.status_code == 422 and "signature" in r.json()["error"]
 
 
-async def test_tampered_artifact_is_refused_at_load(client, worker: WorkerThread, registry,
-                                                   settings) -> None:
+async def test_tampered_artifact_is_refused_at_load(client, worker: WorkerThread, registry, settings) -> None:
     r = await register(client, "demo", demo_onnx_bytes(), "onnx")
     sha = r.json()["sha256"]
     path = registry.blobs.path_for(sha)
@@ -188,8 +194,9 @@ async def test_tampered_artifact_is_refused_at_load(client, worker: WorkerThread
 
 
 async def test_concurrent_requests_are_batched(client, worker: WorkerThread) -> None:
-    r = await register(client, "demo", demo_onnx_bytes(), "onnx",
-                       config={"max_batch_size": 32, "max_queue_delay_ms": 20})
+    r = await register(
+        client, "demo", demo_onnx_bytes(), "onnx", config={"max_batch_size": 32, "max_queue_delay_ms": 20}
+    )
     assert r.status_code == 201
     xs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
 
