@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import hashlib
 import os
+import signal
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import FrameType
 
 from model_store.errors import Conflict
 from service.cli import _free_port, curl_line, spawn
@@ -100,6 +102,10 @@ def _announce_when_ready(url: str, key: str | None, demo: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -123,6 +129,9 @@ def serve(args: argparse.Namespace) -> int:
     workers = [
         spawn(["worker", "--metrics-port", str(_free_port())], env) for _ in range(max(1, args.workers))
     ]
+    # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
+    # cleanup below (workers, the private redis-server) always runs
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     url = f"http://{args.host}:{args.port}"
     threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
     try:

