@@ -38,6 +38,7 @@ class TenantRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # 0002
 
 
 class ApiKeyRow(Base):
@@ -52,6 +53,10 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # 0002: optional model allowlist (names), own limits, the key this one was rotated from
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
 
 
 class ModelRow(Base):
@@ -63,6 +68,10 @@ class ModelRow(Base):
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # 0002: "private" (owner only, plus model_shares) or "public" (every tenant, read-only)
+    visibility: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="private", server_default="private"
+    )
 
 
 class ModelVersionRow(Base):
@@ -88,6 +97,16 @@ class AliasRow(Base):
     alias: Mapped[str] = mapped_column(String(32), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelShareRow(Base):
+    """0002: a model shared read-only with another tenant."""
+
+    __tablename__ = "model_shares"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

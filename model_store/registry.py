@@ -9,18 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.blobs import BlobStore
-from model_store.db import AliasRow, ModelRow, ModelVersionRow, TenantRow, utcnow
-from model_store.errors import Conflict, NotFound
+from model_store.db import AliasRow, ModelRow, ModelShareRow, ModelVersionRow, TenantRow, utcnow
+from model_store.errors import Conflict, InvalidName, NotFound
 from model_store.formats import validate
 from model_store.names import check_alias, check_model_name
 from model_store.signature import Signature, VersionConfig
 
 DEFAULT_ALIAS = "production"
+SHARED_SEP = "~"  # "{owner tenant}~{model}" names a model another tenant shared
+VISIBILITIES = ("private", "public")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,59 @@ class Registry:
     def get_model(self, tenant_id: int, name: str) -> ModelRow:
         with self.sessions() as s:
             return self._model(s, tenant_id, name)
+
+    # sharing -------------------------------------------------------------------------------
+    def _visible_model(self, s: Session, tenant_id: int, name: str) -> ModelRow:
+        """The caller's own model, or `owner~model` if the owner made it public or shared it
+        with the caller; anything else is NotFound, exactly as if it did not exist."""
+        if SHARED_SEP not in name:
+            return self._model(s, tenant_id, name)
+        owner_name, _, model_name = name.partition(SHARED_SEP)
+        owner = s.scalar(select(TenantRow.id).where(TenantRow.name == owner_name))
+        if owner is None:
+            raise NotFound(f"model {name!r} not found")
+        try:
+            model = self._model(s, owner, model_name)
+        except NotFound as exc:
+            raise NotFound(f"model {name!r} not found") from exc
+        if owner == tenant_id or model.visibility == "public":
+            return model
+        if s.get(ModelShareRow, (model.id, tenant_id)) is None:
+            raise NotFound(f"model {name!r} not found")
+        return model
+
+    def get_visible_model(self, tenant_id: int, name: str) -> ModelRow:
+        with self.sessions() as s:
+            return self._visible_model(s, tenant_id, name)
+
+    def set_sharing(self, tenant_id: int, name: str, visibility: str, tenants: list[str]) -> None:
+        """Replace the model's visibility and the tenants it is shared with (read-only)."""
+        if visibility not in VISIBILITIES:
+            raise InvalidName(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        with self.sessions() as s:
+            model = self._model(s, tenant_id, name, lock=True)
+            found = s.execute(select(TenantRow.name, TenantRow.id).where(TenantRow.name.in_(tenants)))
+            ids: dict[str, int] = {name: ident for name, ident in found}
+            missing = sorted(set(tenants) - set(ids))
+            if missing:
+                raise NotFound(f"tenant {missing[0]!r} not found")
+            model.visibility = visibility
+            s.execute(delete(ModelShareRow).where(ModelShareRow.model_id == model.id))
+            s.add_all(
+                ModelShareRow(model_id=model.id, tenant_id=t) for t in set(ids.values()) if t != tenant_id
+            )
+            s.commit()
+
+    def sharing(self, tenant_id: int, name: str) -> tuple[str, list[str]]:
+        with self.sessions() as s:
+            model = self._model(s, tenant_id, name)
+            names = s.scalars(
+                select(TenantRow.name)
+                .join(ModelShareRow, ModelShareRow.tenant_id == TenantRow.id)
+                .where(ModelShareRow.model_id == model.id)
+                .order_by(TenantRow.name)
+            )
+            return model.visibility, list(names)
 
     def list_models(self, tenant_id: int) -> list[ModelRow]:
         with self.sessions() as s:
@@ -185,7 +240,7 @@ class Registry:
     def resolve(self, tenant_id: int, name: str, ref: int | str | None) -> ResolvedVersion:
         """A version by number or alias; with none, `production` if set, else the newest."""
         with self.sessions() as s:
-            model = self._model(s, tenant_id, name)
+            model = self._visible_model(s, tenant_id, name)
             base = select(ModelVersionRow).where(ModelVersionRow.model_id == model.id)
             row: ModelVersionRow | None
             if isinstance(ref, int):

@@ -13,11 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import __version__, errors, keys
+from service import __version__, errors, keys, openapi
+from service.admission import Admission
 from service.auth import Authenticator
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
 from service.routes import health, inference, models
+from service.routes import keys as key_routes
+from service.routes import sharing as sharing_routes
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
@@ -67,7 +70,14 @@ def build_state(settings: Settings) -> AppState:
         registry=registry,
         auth=Authenticator(sessions, settings.key_cache_ttl_s),
         engine=engine,
-        inference=InferenceService(settings, resolver, engine, redis_keys, gateway_metrics()),
+        inference=InferenceService(
+            settings,
+            resolver,
+            engine,
+            redis_keys,
+            gateway_metrics(),
+            Admission(engine.redis, settings.redis_prefix, settings.metrics_max_tenants),
+        ),
     )
 
 
@@ -98,4 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(key_routes.router)
+    app.include_router(sharing_routes.router)
+    openapi.install(app)
     return app

@@ -61,6 +61,90 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions() -> Any:
+    from model_store.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(Settings().resolved_database_url))
+
+
+def _tenant_id(sessions: Any, name: str | None) -> int:
+    from service import tenants
+
+    return tenants.by_name(sessions, name or Settings().default_tenant).id
+
+
+def _key_json(row: Any) -> dict[str, Any]:
+    from service.routes.keys import key_public
+
+    return key_public(row).model_dump(mode="json")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service import keys
+
+    sessions = _sessions()
+    for row in keys.list_keys(sessions, _tenant_id(sessions, args.tenant)):
+        print(json.dumps(_key_json(row)))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from service import keys
+
+    sessions = _sessions()
+    print(json.dumps(_key_json(keys.revoke(sessions, _tenant_id(sessions, args.tenant), args.id))))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from service import keys
+
+    sessions = _sessions()
+    overlap = Settings().key_rotation_overlap_s if args.overlap is None else args.overlap
+    row, secret = keys.rotate(sessions, _tenant_id(sessions, args.tenant), args.id, overlap)
+    print(json.dumps({**_key_json(row), "key": secret}))
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    from service import tenants
+
+    row = tenants.create_tenant(_sessions(), args.name)
+    print(json.dumps({"id": row.id, "name": row.name}))
+    return 0
+
+
+def cmd_tenants_list(_args: argparse.Namespace) -> int:
+    from service import tenants
+
+    for row in tenants.list_tenants(_sessions()):
+        print(json.dumps({"id": row.id, "name": row.name, "limits": row.limits}))
+    return 0
+
+
+def _add_key_commands(k: Any) -> None:
+    for name, func, help_ in (
+        ("list", cmd_keys_list, "list a tenant's keys (prefixes only)"),
+        ("revoke", cmd_keys_revoke, "revoke a key"),
+        ("rotate", cmd_keys_rotate, "issue a successor; the old key works for --overlap seconds"),
+    ):
+        c = k.add_parser(name, help=help_)
+        if name != "list":
+            c.add_argument("id", type=int)
+        if name == "rotate":
+            c.add_argument("--overlap", type=int, default=None, help="seconds (default: setting)")
+        c.add_argument("--tenant", default=None)
+        c.set_defaults(func=func)
+
+
+def _add_tenant_commands(sub: Any) -> None:
+    t = sub.add_parser("tenants", help="tenants").add_subparsers(dest="tenants_cmd", required=True)
+    tc = t.add_parser("create", help="create a tenant (direct database access)")
+    tc.add_argument("name")
+    tc.set_defaults(func=cmd_tenants_create)
+    t.add_parser("list", help="list tenants").set_defaults(func=cmd_tenants_list)
+
+
 # models (over HTTP, like any client) ----------------------------------------------------------
 def cmd_models_push(args: argparse.Namespace) -> int:
     from service.client import KilnClient
@@ -188,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", default=None)
     kc.add_argument("--name", default=None)
     kc.set_defaults(func=cmd_keys_create)
+    _add_key_commands(k)
+    _add_tenant_commands(sub)
 
     m = sub.add_parser("models", help="models").add_subparsers(dest="models_cmd", required=True)
     mp = m.add_parser("push", help="create the model if needed and upload a new version")

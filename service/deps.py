@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from model_store.registry import Registry
 from service.auth import require_scope
-from service.errors import PayloadTooLarge
+from service.errors import Forbidden, PayloadTooLarge
 from service.inference import InferenceService
 from service.keys import Principal
 from service.settings import Settings
@@ -28,10 +28,19 @@ async def _principal(request: Request, state: StateDep) -> Principal:
     return await state.auth.authenticate(request.headers.get("authorization"))
 
 
-def scoped(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
-    async def dep(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
-        return require_scope(principal, scope)
+def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency requiring `scope`; on routes with a {model} it also applies the key's
+    model allowlist. The scope is recorded on the dependency (`kiln_scope`) for the route
+    table tests."""
 
+    async def dep(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        require_scope(principal, scope)
+        model = request.path_params.get("model")
+        if model is not None and not principal.may_use(model):
+            raise Forbidden(f"this key may not use model {model[:64]!r}")
+        return principal
+
+    dep.kiln_scope = scope  # type: ignore[attr-defined]
     return dep
 
 

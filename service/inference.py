@@ -7,6 +7,7 @@ import time
 import uuid
 
 from model_store.registry import ResolvedVersion
+from service.admission import Admission
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -42,15 +43,23 @@ class InferenceService:
         engine: EngineClient,
         keys: Keys,
         metrics: GatewayMetrics,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.resolver = resolver
         self.engine = engine
         self.keys = keys
         self.metrics = metrics
+        self.admission = admission
 
     async def infer(self, principal: Principal, model: str, ref: str | None, body: bytes) -> bytes:
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
+        if self.admission is None:
+            return await self._infer(principal, version, body)
+        async with self.admission.hold(principal, self.settings.request_timeout_s):
+            return await self._infer(principal, version, body)
+
+    async def _infer(self, principal: Principal, version: ResolvedVersion, body: bytes) -> bytes:
         started = time.perf_counter()
         try:
             client_id, reply = await self._roundtrip(principal, version, body)
@@ -76,6 +85,7 @@ class InferenceService:
             tensors=parsed.tensors,
             outputs=parsed.outputs,
             parameters=parsed.parameters,
+            key_id=principal.key_id,
         )
         self.metrics.pending.inc()
         try:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_store.db import ApiKeyRow, utcnow
+from model_store.db import ApiKeyRow, TenantRow, utcnow
+from model_store.errors import NotFound
+from service.limits import Limits
 
 SCOPES = ("infer", "manage", "finetune", "admin")
 KEY_PREFIX = "kiln"
@@ -26,9 +28,15 @@ class Principal:
     tenant_id: int
     scopes: frozenset[str]
     prefix: str
+    allowed_models: frozenset[str] | None = None  # None: every model the tenant can see
+    key_limits: Limits | None = None
+    tenant_limits: Limits | None = None
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
 
 
 def digest(secret: str) -> str:
@@ -55,6 +63,9 @@ def create_key(
     name: str = "",
     secret: str | None = None,
     expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    limits: Limits | None = None,
+    rotated_from: int | None = None,
 ) -> tuple[ApiKeyRow, str]:
     full, prefix = new_secret()
     if secret is not None:
@@ -66,6 +77,9 @@ def create_key(
         key_hash=digest(full),
         scopes=",".join(check_scopes(scopes)),
         expires_at=expires_at,
+        allowed_models=sorted(set(allowed_models)) if allowed_models is not None else None,
+        limits=limits.model_dump(exclude_defaults=True) if limits is not None and limits.any else None,
+        rotated_from=rotated_from,
     )
     with sessions() as s:
         s.add(row)
@@ -78,13 +92,86 @@ def count_keys(sessions: sessionmaker[Session]) -> int:
         return int(s.scalar(select(func.count()).select_from(ApiKeyRow)) or 0)
 
 
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=utcnow().tzinfo)
+
+
+def is_active(row: ApiKeyRow) -> bool:
+    if row.revoked_at is not None:
+        return False
+    return row.expires_at is None or _aware(row.expires_at) > utcnow()
+
+
 def lookup(sessions: sessionmaker[Session], secret: str) -> Principal | None:
     with sessions() as s:
-        row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest(secret)))
-    if row is None or row.revoked_at is not None:
+        found = s.execute(
+            select(ApiKeyRow, TenantRow.limits)
+            .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+            .where(ApiKeyRow.key_hash == digest(secret))
+        ).first()
+    if found is None or not is_active(found[0]):
         return None
-    if row.expires_at is not None:
-        exp = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=utcnow().tzinfo)
-        if exp <= utcnow():
-            return None
-    return Principal(row.id, row.tenant_id, frozenset(row.scopes.split(",")), row.prefix)
+    row, tenant_limits = found
+    return Principal(
+        row.id,
+        row.tenant_id,
+        frozenset(row.scopes.split(",")),
+        row.prefix,
+        allowed_models=frozenset(row.allowed_models) if row.allowed_models is not None else None,
+        key_limits=Limits.from_row(row.limits),
+        tenant_limits=Limits.from_row(tenant_limits),
+    )
+
+
+# management (every query scoped to the caller's tenant) --------------------------------------
+def list_keys(sessions: sessionmaker[Session], tenant_id: int) -> list[ApiKeyRow]:
+    with sessions() as s:
+        return list(
+            s.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id).order_by(ApiKeyRow.id))
+        )
+
+
+def _owned(s: Session, tenant_id: int, key_id: int) -> ApiKeyRow:
+    row = s.get(ApiKeyRow, key_id) if 0 < key_id < 2**31 else None
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("key not found")
+    return row
+
+
+def get_key(sessions: sessionmaker[Session], tenant_id: int, key_id: int) -> ApiKeyRow:
+    with sessions() as s:
+        return _owned(s, tenant_id, key_id)
+
+
+def revoke(sessions: sessionmaker[Session], tenant_id: int, key_id: int) -> ApiKeyRow:
+    with sessions() as s:
+        row = _owned(s, tenant_id, key_id)
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            s.commit()
+        return row
+
+
+def rotate(
+    sessions: sessionmaker[Session], tenant_id: int, key_id: int, overlap_s: float
+) -> tuple[ApiKeyRow, str]:
+    """A successor with the same scopes, allowlist and limits; the old key keeps working for
+    `overlap_s` seconds (or until its own expiry, if sooner), then stops."""
+    with sessions() as s:
+        old = _owned(s, tenant_id, key_id)
+        if not is_active(old):
+            raise NotFound("key not found")
+        until = utcnow() + timedelta(seconds=overlap_s)
+        if old.expires_at is None or _aware(old.expires_at) > until:
+            old.expires_at = until
+        s.commit()
+    return create_key(
+        sessions,
+        tenant_id,
+        old.scopes.split(","),
+        name=old.name,
+        expires_at=None,
+        allowed_models=old.allowed_models,
+        limits=Limits.from_row(old.limits),
+        rotated_from=old.id,
+    )

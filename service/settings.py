@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     docs_enabled: bool = True
 
+    # tenants
+    key_rotation_overlap_s: int = Field(default=86_400, ge=0, le=90 * 86_400)
+    metrics_max_tenants: int = Field(default=100, ge=1, le=10_000)
+
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)
     claim_idle_ms: int = Field(default=1_000, ge=100)  # a dead worker's entries: taken over after

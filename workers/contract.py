@@ -56,6 +56,7 @@ class InferRequestMsg:
     outputs: list[str] | None = None
     priority: int = 0
     parameters: dict[str, Any] = field(default_factory=dict)
+    key_id: int = 0  # optional in contract version 1: the API key charged for usage (0: none)
 
     def to_fields(self) -> dict[bytes, bytes]:
         header = {
@@ -69,6 +70,8 @@ class InferRequestMsg:
             "priority": self.priority,
             "params": self.parameters,
         }
+        if self.key_id:
+            header["key"] = self.key_id
         fields = {b"v": CONTRACT_VERSION, b"h": orjson.dumps(header)}
         for i, buf in enumerate(self.tensors):
             fields[b"i%d" % i] = buf
@@ -93,6 +96,7 @@ class InferRequestMsg:
                 outputs=h.get("outputs"),
                 priority=int(h.get("priority", 0)),
                 parameters=h.get("params") or {},
+                key_id=int(h.get("key", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"malformed request message: {exc}") from exc

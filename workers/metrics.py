@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from workers.usage import Charge, TenantLabels
+
 log = logging.getLogger("kiln.metrics")
 
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -13,7 +15,7 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, max_tenant_labels: int = 100) -> None:
         r = registry
         labels = ("model", "version")
         self.inference_count = Counter(
@@ -61,6 +63,14 @@ class WorkerMetrics:
         )
         self.loaded = Gauge("kiln_loaded_versions", "Model versions loaded on this worker", registry=r)
         self.up = Gauge("kiln_worker_up", "1 while the worker loop runs", registry=r)
+        self.tenant_labels = TenantLabels(max_tenant_labels)
+        self.tenant_compute = Counter(
+            "kiln_tenant_compute_seconds",
+            "Compute seconds charged to a tenant (tenants past the label limit fold into 'other')",
+            ("tenant",),
+            registry=r,
+        )
+        self.tenant_items = Counter("kiln_tenant_inference_count", "Items inferred", ("tenant",), registry=r)
 
     def batch(
         self, model: str, version: int, items: int, requests: int, compute_s: float, queue_s: list[float]
@@ -80,5 +90,14 @@ class WorkerMetrics:
     def failure(self, model: str, version: int, reason: str, n: int = 1) -> None:
         try:
             self.failures.labels(model, str(version), reason).inc(n)
+        except Exception:
+            log.exception("metrics hook failed")
+
+    def charge(self, charges: list[Charge]) -> None:
+        try:
+            for c in charges:
+                label = self.tenant_labels(c.tenant_id)
+                self.tenant_compute.labels(label).inc(c.compute_s)
+                self.tenant_items.labels(label).inc(c.items)
         except Exception:
             log.exception("metrics hook failed")

@@ -15,6 +15,7 @@ import orjson
 import redis
 from redis.exceptions import ResponseError
 
+from workers import usage
 from workers.contract import InferReplyMsg
 from workers.keys import GROUP, Keys
 
@@ -108,9 +109,16 @@ class WorkQueue:
             self.r.xack(stream, GROUP, *gone)
         return entries
 
-    def finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:
-        """Send replies and acknowledge + delete the finished entries in one round trip."""
+    def finish(
+        self,
+        replies: list[tuple[str, InferReplyMsg]],
+        done: list[Entry],
+        charges: list[usage.Charge] | None = None,
+    ) -> None:
+        """Send replies, charge usage and acknowledge + delete the finished entries in one
+        round trip."""
         pipe = self.r.pipeline(transaction=False)
+        usage.record(pipe, self.keys.prefix, charges or [])
         reply_streams = set()
         for reply_to, reply in replies:
             pipe.xadd(reply_to, reply.to_fields(), maxlen=100_000, approximate=True)  # type: ignore[arg-type]

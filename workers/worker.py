@@ -35,6 +35,7 @@ from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
 from workers.runners import Runner, load_runner
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
+from workers.usage import Charge, split_compute
 
 log = logging.getLogger("kiln.worker")
 
@@ -92,6 +93,7 @@ class Worker:
         self._next_refresh = 0.0
         self._next_claim = 0.0
         self._loop_ts = time.monotonic()
+        self._charges: list[Charge] = []  # usage of the batch being finished (see _run_group)
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -309,7 +311,8 @@ class Worker:
                 live.append(item)
         if live:
             replies.extend(self._run_group(loaded, live))
-        self.queue.finish(replies, [item.key[0] for item in items])
+        charges, self._charges = self._charges, []
+        self.queue.finish(replies, [item.key[0] for item in items], charges)
 
     def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
         """Run items as one batch; if it fails, run each alone so one bad item fails alone."""
@@ -344,7 +347,15 @@ class Worker:
             compute_s,
             [max(0, wall - item.key[1].enqueued_ms) / 1000 - compute_s for item in items],
         )
+        self._charge(v, items, compute_s)
         return self._split(loaded, items, outputs, compute_s)
+
+    def _charge(self, v: ResolvedVersion, items: list[Item], compute_s: float) -> None:
+        """Divide the batch's compute time among its requests by item count."""
+        requests = [(i.key[1].tenant_id, i.key[1].key_id, i.count) for i in items]
+        charges = split_compute(v.model, v.version, requests, compute_s)
+        self._charges.extend(charges)
+        self.metrics.charge(charges)
 
     @staticmethod
     def _forward(loaded: Loaded, items: list[Item]) -> dict[str, np.ndarray]:

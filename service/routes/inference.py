@@ -66,7 +66,7 @@ async def _metadata(
     principal: InferPrincipal, registry: RegistryDep, state: StateDep, model: str, version: str | None
 ) -> dict[str, object]:
     resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
-    row = await run_in_threadpool(registry.get_model, principal.tenant_id, model)
+    row = await run_in_threadpool(registry.get_visible_model, principal.tenant_id, model)
     versions = await run_in_threadpool(registry.list_versions, row.id)
     return model_metadata(resolved, [v.version for v in versions])
 

@@ -1,0 +1,61 @@
+"""Tenants: created by an admin; every model, version, key and job belongs to one."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_store.db import TenantRow
+from model_store.errors import Conflict, InvalidName, NotFound
+from service.limits import Limits
+
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_tenant_name(name: str) -> str:
+    if not TENANT_NAME.fullmatch(name):
+        raise InvalidName("tenant names are 1-63 characters of a-z, 0-9, '_' and '-'")
+    return name
+
+
+def _limits_json(limits: Limits | None) -> dict[str, float] | None:
+    return limits.model_dump(exclude_defaults=True) if limits is not None and limits.any else None
+
+
+def create_tenant(sessions: sessionmaker[Session], name: str, limits: Limits | None = None) -> TenantRow:
+    check_tenant_name(name)
+    with sessions() as s:
+        row = TenantRow(name=name, limits=_limits_json(limits))
+        s.add(row)
+        try:
+            s.commit()
+        except IntegrityError as exc:
+            raise Conflict(f"tenant {name!r} already exists") from exc
+        return row
+
+
+def list_tenants(sessions: sessionmaker[Session]) -> list[TenantRow]:
+    with sessions() as s:
+        return list(s.scalars(select(TenantRow).order_by(TenantRow.id)))
+
+
+def by_name(sessions: sessionmaker[Session], name: str) -> TenantRow:
+    with sessions() as s:
+        row = s.scalar(select(TenantRow).where(TenantRow.name == name))
+    if row is None:
+        raise NotFound(f"tenant {name[:64]!r} not found")
+    return row
+
+
+def set_limits(sessions: sessionmaker[Session], name: str, limits: Limits | None) -> TenantRow:
+    """Takes effect on each gateway within the key cache TTL."""
+    with sessions() as s:
+        row = s.scalar(select(TenantRow).where(TenantRow.name == name))
+        if row is None:
+            raise NotFound(f"tenant {name[:64]!r} not found")
+        row.limits = _limits_json(limits)
+        s.commit()
+        return row

@@ -1,0 +1,185 @@
+"""Tenants and keys over HTTP: key lifecycle, isolation, sharing, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.cli import main as kiln
+from tests.conftest import WorkerThread
+from tests.integration.helpers import infer_body, register
+from tests.integration.tenancy import eventually, new_key, new_tenant
+from tests.models import demo_onnx_bytes
+
+BODY = infer_body("x", [1, 2, 3, 4], [1, 4])
+
+
+async def test_key_secret_shown_once_and_stored_hashed(client, registry) -> None:
+    await new_tenant(client, "acme")
+    r = await client.post("/v1/keys", json={"scopes": ["infer"], "tenant": "acme", "name": "ci"})
+    assert r.status_code == 201
+    created = r.json()
+    secret = created["key"]
+    assert secret.startswith(created["prefix"]) and created["active"]
+    listed = (await client.get("/v1/keys")).json()["data"]
+    assert all("key" not in k and secret not in json.dumps(k) for k in listed)
+    assert created["id"] not in [k["id"] for k in listed]  # acme's key is not the admin's tenant's
+    with registry.sessions() as s:
+        from model_store.db import ApiKeyRow
+        row = s.get(ApiKeyRow, created["id"])
+        assert row.key_hash != secret and secret not in (row.prefix, row.key_hash)
+
+
+async def test_revoked_key_stops_within_seconds(client, worker: WorkerThread) -> None:
+    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+    key_id, auth = await new_key(client, ["infer"])
+    assert (await client.post("/v2/models/demo/infer", json=BODY, headers=auth)).status_code == 200
+    assert (await client.delete(f"/v1/keys/{key_id}")).json()["active"] is False
+
+    async def refused() -> bool:
+        r = await client.post("/v2/models/demo/infer", json=BODY, headers=auth)
+        return r.status_code == 401
+
+    assert await eventually(refused, timeout=5.0)
+
+
+async def test_rotation_overlap(client) -> None:
+    key_id, old = await new_key(client, ["manage"])
+    r = await client.post(f"/v1/keys/{key_id}/rotate", json={"overlap_s": 3600})
+    assert r.status_code == 201, r.text
+    new = {"Authorization": f"Bearer {r.json()['key']}"}
+    assert r.json()["rotated_from"] == key_id and r.json()["scopes"] == ["manage"]
+    assert (await client.get("/v1/models", headers=old)).status_code == 200  # overlap window
+    assert (await client.get("/v1/models", headers=new)).status_code == 200
+    r = await client.post(f"/v1/keys/{r.json()['id']}/rotate", json={"overlap_s": 0})
+    newest = {"Authorization": f"Bearer {r.json()['key']}"}
+
+    async def old_refused() -> bool:
+        return (await client.get("/v1/models", headers=new)).status_code == 401
+
+    assert await eventually(old_refused)
+    assert (await client.get("/v1/models", headers=newest)).status_code == 200
+
+
+async def test_keys_cannot_grant_more_than_their_creator(client) -> None:
+    _id, manage = await new_key(client, ["manage"])
+    r = await client.post("/v1/keys", json={"scopes": ["admin"]}, headers=manage)
+    assert r.status_code == 403
+    r = await client.post("/v1/keys", json={"scopes": ["infer"]}, headers=manage)
+    assert r.status_code == 403  # a manage-only key lacks infer
+    r = await client.post("/v1/keys", json={"scopes": ["manage"], "tenant": "default"}, headers=manage)
+    assert r.status_code == 403
+    assert (await client.post("/v1/tenants", json={"name": "x"}, headers=manage)).status_code == 403
+    r = await client.post("/v1/keys", json={"scopes": ["manage"]}, headers=manage)
+    assert r.status_code == 201
+
+
+async def test_another_tenants_objects_are_404(client) -> None:
+    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+    key_id, _ = await new_key(client, ["infer"])
+    await new_tenant(client, "other")
+    _oid, other = await new_key(client, ["infer", "manage"], tenant="other")
+    for method, path in (
+        ("GET", "/v1/models/demo"),
+        ("GET", "/v1/models/demo/versions/1"),
+        ("GET", "/v2/models/demo"),
+        ("POST", "/v2/models/demo/infer"),
+        ("GET", f"/v1/keys/{key_id}"),
+        ("DELETE", f"/v1/keys/{key_id}"),
+        ("POST", f"/v1/keys/{key_id}/rotate"),
+        ("GET", "/v1/models/demo/sharing"),
+        ("GET", "/v2/models/default~demo"),
+        ("POST", "/v2/models/default~demo/infer"),
+    ):
+        r = await client.request(method, path, headers=other, json=BODY if "infer" in path else None)
+        assert r.status_code == 404, (method, path, r.text)
+        assert set(r.json()) == {"error", "code"}
+    # the same name in the other tenant is a different model
+    assert (await client.post("/v1/models", json={"name": "demo"}, headers=other)).status_code == 201
+
+
+async def test_sharing_read_only_and_public(client, worker: WorkerThread) -> None:
+    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+    await new_tenant(client, "guest")
+    await new_tenant(client, "stranger")
+    _g, guest = await new_key(client, ["infer", "manage"], tenant="guest")
+    _s, stranger = await new_key(client, ["infer"], tenant="stranger")
+    r = await client.put("/v1/models/demo/sharing", json={"tenants": ["guest"]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model": "demo", "visibility": "private", "tenants": ["guest"],
+                        "shared_name": "default~demo"}
+
+    async def guest_can_infer() -> bool:
+        r = await client.post("/v2/models/default~demo/infer", json=BODY, headers=guest)
+        return r.status_code == 200
+
+    assert await eventually(guest_can_infer)
+    assert (await client.get("/v2/models/default~demo", headers=guest)).json()["versions"] == ["1"]
+    assert (await client.post("/v2/models/default~demo/infer", json=BODY,
+                              headers=stranger)).status_code == 404
+    # read-only: the management API still sees only the guest's own models
+    assert (await client.get("/v1/models/demo", headers=guest)).status_code == 404
+    r = await client.put("/v1/models/demo/sharing", json={"visibility": "public"}, headers=guest)
+    assert r.status_code == 404
+    r = await client.put("/v1/models/demo/sharing", json={"visibility": "public"})
+    assert r.json()["tenants"] == []
+
+    async def stranger_can_infer() -> bool:
+        r = await client.post("/v2/models/default~demo/infer", json=BODY, headers=stranger)
+        return r.status_code == 200
+
+    assert await eventually(stranger_can_infer)
+    await client.put("/v1/models/demo/sharing", json={"visibility": "private"})
+
+    async def stranger_refused() -> bool:
+        r = await client.post("/v2/models/default~demo/infer", json=BODY, headers=stranger)
+        return r.status_code == 404
+
+    assert await eventually(stranger_refused)
+
+
+async def test_model_allowlist(client) -> None:
+    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+    assert (await register(client, "other", demo_onnx_bytes(), "onnx")).status_code == 201
+    _id, auth = await new_key(client, ["infer"], models=["other"])
+    r = await client.get("/v2/models/demo", headers=auth)
+    assert r.status_code == 403
+    r = await client.post("/v2/models/demo/infer", json=BODY, headers=auth)
+    assert r.status_code == 403
+    assert (await client.get("/v2/models/other", headers=auth)).status_code == 200
+
+
+async def test_tenants_admin_api(client) -> None:
+    await new_tenant(client, "acme", {"rate_per_s": 5})
+    assert (await client.post("/v1/tenants", json={"name": "acme"})).status_code == 409
+    assert (await client.post("/v1/tenants", json={"name": "Bad Name"})).status_code == 422
+    names = [t["name"] for t in (await client.get("/v1/tenants")).json()["data"]]
+    assert names == ["default", "acme"]
+    r = await client.put("/v1/tenants/acme/limits", json={"max_concurrent": 3})
+    assert r.json()["limits"]["max_concurrent"] == 3 and r.json()["limits"]["rate_per_s"] == 0
+    assert (await client.put("/v1/tenants/nope/limits", json={})).status_code == 404
+
+
+def test_cli_tenants_and_keys(settings, monkeypatch, capsys) -> None:
+    from migrations.upgrade import upgrade
+
+    monkeypatch.setenv("KILN_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("KILN_DATA_DIR", str(settings.data_dir))
+    upgrade(settings.database_url)
+
+    def run(*argv: str) -> list[dict]:
+        assert kiln(list(argv)) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    assert run("tenants", "create", "acme")[0]["name"] == "acme"
+    assert [t["name"] for t in run("tenants", "list")] == ["acme"]
+    created = run("keys", "create", "--scope", "infer", "--tenant", "acme")[0]
+    listed = run("keys", "list", "--tenant", "acme")
+    assert [k["prefix"] for k in listed] == [created["prefix"]] and "key" not in listed[0]
+    rotated = run("keys", "rotate", str(created["id"]), "--tenant", "acme", "--overlap", "0")[0]
+    assert rotated["rotated_from"] == created["id"] and rotated["key"]
+    revoked = run("keys", "revoke", str(rotated["id"]), "--tenant", "acme")[0]
+    assert revoked["active"] is False and revoked["revoked_at"]
+    with pytest.raises(Exception, match="not found"):
+        kiln(["keys", "revoke", str(rotated["id"]), "--tenant", "nope"])
