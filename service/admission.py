@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -139,6 +140,15 @@ class Admission:
         self._prefix = prefix
         self._script = redis.register_script(_ADMIT)
         self._labels = TenantLabels(max_tenant_labels)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, max_tenant_labels: int = 100) -> Admission:
+        """Its own blocking pool: a burst of requests waits for a connection, never fails."""
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        return cls(aioredis.Redis(connection_pool=pool), prefix, max_tenant_labels)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
 
     @asynccontextmanager
     async def hold(self, principal: Principal, deadline_s: float) -> AsyncIterator[None]:

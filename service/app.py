@@ -76,7 +76,9 @@ def build_state(settings: Settings) -> AppState:
             engine,
             redis_keys,
             gateway_metrics(),
-            Admission(engine.redis, settings.redis_prefix, settings.metrics_max_tenants),
+            Admission.from_url(
+                settings.resolved_redis_url, settings.redis_prefix, settings.metrics_max_tenants
+            ),
         ),
     )
 
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.engine.close()
+            if state.inference.admission is not None:
+                await state.inference.admission.close()
             state.engine_db.dispose()
 
     app = FastAPI(

@@ -15,8 +15,9 @@ async def new_tenant(client: httpx.AsyncClient, name: str, limits: dict[str, Any
     assert r.status_code == 201, r.text
 
 
-async def new_key(client: httpx.AsyncClient, scopes: list[str], tenant: str | None = None,
-                  **extra: Any) -> tuple[int, dict[str, str]]:
+async def new_key(
+    client: httpx.AsyncClient, scopes: list[str], tenant: str | None = None, **extra: Any
+) -> tuple[int, dict[str, str]]:
     """(key id, Authorization header) of a fresh key."""
     r = await client.post("/v1/keys", json={"scopes": scopes, "tenant": tenant, **extra})
     assert r.status_code == 201, r.text

@@ -27,6 +27,7 @@ async def test_key_secret_shown_once_and_stored_hashed(client, registry) -> None
     assert created["id"] not in [k["id"] for k in listed]  # acme's key is not the admin's tenant's
     with registry.sessions() as s:
         from model_store.db import ApiKeyRow
+
         row = s.get(ApiKeyRow, created["id"])
         assert row.key_hash != secret and secret not in (row.prefix, row.key_hash)
 
@@ -107,8 +108,12 @@ async def test_sharing_read_only_and_public(client, worker: WorkerThread) -> Non
     _s, stranger = await new_key(client, ["infer"], tenant="stranger")
     r = await client.put("/v1/models/demo/sharing", json={"tenants": ["guest"]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"model": "demo", "visibility": "private", "tenants": ["guest"],
-                        "shared_name": "default~demo"}
+    assert r.json() == {
+        "model": "demo",
+        "visibility": "private",
+        "tenants": ["guest"],
+        "shared_name": "default~demo",
+    }
 
     async def guest_can_infer() -> bool:
         r = await client.post("/v2/models/default~demo/infer", json=BODY, headers=guest)
@@ -116,8 +121,9 @@ async def test_sharing_read_only_and_public(client, worker: WorkerThread) -> Non
 
     assert await eventually(guest_can_infer)
     assert (await client.get("/v2/models/default~demo", headers=guest)).json()["versions"] == ["1"]
-    assert (await client.post("/v2/models/default~demo/infer", json=BODY,
-                              headers=stranger)).status_code == 404
+    assert (
+        await client.post("/v2/models/default~demo/infer", json=BODY, headers=stranger)
+    ).status_code == 404
     # read-only: the management API still sees only the guest's own models
     assert (await client.get("/v1/models/demo", headers=guest)).status_code == 404
     r = await client.put("/v1/models/demo/sharing", json={"visibility": "public"}, headers=guest)
