@@ -125,7 +125,7 @@ async def test_usage_equals_worker_compute_within_1pct(client, worker: WorkerThr
     assert r.status_code == 201
     await client.put("/v1/models/demo/sharing", json={"visibility": "public"})
     await new_tenant(client, "acme")
-    acme_key, acme = await new_key(client, ["infer", "manage"], tenant="acme")
+    _acme_key, acme = await new_key(client, ["infer", "manage"], tenant="acme")
     own_key, own = await new_key(client, ["infer"])
     rng = np.random.default_rng(1)
 
