@@ -17,7 +17,7 @@ from model_store.blobs import BlobStore
 from model_store.db import AliasRow, ModelRow, ModelShareRow, ModelVersionRow, TenantRow, utcnow
 from model_store.errors import Conflict, InvalidName, NotFound
 from model_store.formats import validate
-from model_store.names import check_alias, check_model_name
+from model_store.names import check_alias, check_model_name, is_tenant_name
 from model_store.signature import Signature, VersionConfig
 
 DEFAULT_ALIAS = "production"
@@ -105,6 +105,8 @@ class Registry:
         if SHARED_SEP not in name:
             return self._model(s, tenant_id, name)
         owner_name, _, model_name = name.partition(SHARED_SEP)
+        if not is_tenant_name(owner_name):
+            raise NotFound(f"model {name!r} not found")
         owner = s.scalar(select(TenantRow.id).where(TenantRow.name == owner_name))
         if owner is None:
             raise NotFound(f"model {name!r} not found")
@@ -126,6 +128,8 @@ class Registry:
         """Replace the model's visibility and the tenants it is shared with (read-only)."""
         if visibility not in VISIBILITIES:
             raise InvalidName(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        if not all(is_tenant_name(t) for t in tenants):
+            raise NotFound("tenant not found")
         with self.sessions() as s:
             model = self._model(s, tenant_id, name, lock=True)
             found = s.execute(select(TenantRow.name, TenantRow.id).where(TenantRow.name.in_(tenants)))

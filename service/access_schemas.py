@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.limits import Limits
 
 Scope = Literal["infer", "manage", "finetune", "admin"]
-ModelName = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no NUL or control characters (PostgreSQL refuses NUL)
 
 
 class ErrorBody(BaseModel):
@@ -42,9 +42,9 @@ class TenantList(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="", max_length=128)
+    name: str = Field(default="", max_length=128, pattern=_PRINTABLE)
     scopes: list[Scope] = Field(min_length=1, max_length=4)
-    models: list[str] | None = Field(
+    models: list[Annotated[str, Field(min_length=1, max_length=63, pattern=_PRINTABLE)]] | None = Field(
         default=None, max_length=1000, description="allowlist of model names; null: every model"
     )
     expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86_400)
@@ -89,7 +89,9 @@ class SharingSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     visibility: Literal["private", "public"] = "private"
-    tenants: list[str] = Field(default_factory=list, max_length=1000)
+    tenants: list[Annotated[str, Field(max_length=63, pattern=_PRINTABLE)]] = Field(
+        default_factory=list, max_length=1000
+    )
 
 
 class SharingPublic(BaseModel):

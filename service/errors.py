@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_store import errors as store
@@ -125,6 +126,11 @@ def install(app: FastAPI) -> None:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
         return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(DataError)
+    async def _data(_req: Request, _exc: DataError) -> JSONBody:
+        # the database refused a value (a NUL character, a number out of range): the client's input
+        return _body(422, "unprocessable", "a value has characters or a range the store cannot hold")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:

@@ -33,6 +33,17 @@ _RATE_HEADERS = {
         ("X-RateLimit-Reset", "seconds until the limit resets"),
     )
 }
+# examples that name the demo model of `kiln serve --demo` (documentation, and seeds for fuzzers)
+_PARAM_EXAMPLES = {
+    "model": "demo",
+    "name": "demo",
+    "version": "1",
+    "alias": "production",
+    "tenant": "default",
+}
+_INFER_EXAMPLE = {
+    "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]
+}
 _PUBLIC = {"health"}  # unauthenticated probes: only their own declared answers
 
 
@@ -50,8 +61,9 @@ def document(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorBody"] = ErrorBody.model_json_schema()
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for op in operations.values():
+            _add_examples(path, op)
             if set(op.get("tags", ())) & _PUBLIC:
                 continue
             responses = op.setdefault("responses", {})
@@ -62,6 +74,15 @@ def document(app: FastAPI) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     return schema
+
+
+def _add_examples(path: str, op: dict[str, Any]) -> None:
+    for param in op.get("parameters", ()):
+        if param.get("in") == "path" and param.get("name") in _PARAM_EXAMPLES:
+            param.setdefault("example", _PARAM_EXAMPLES[param["name"]])
+    body = op.get("requestBody", {}).get("content", {}).get("application/json")
+    if path.endswith("/infer") and body is not None:
+        body.setdefault("example", _INFER_EXAMPLE)
 
 
 def install(app: FastAPI) -> None:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.db import TenantRow
-from model_store.errors import Conflict, InvalidName, NotFound
+from model_store.errors import Conflict, NotFound
+from model_store.names import check_tenant_name, is_tenant_name
 from service.limits import Limits
-
-TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-
-
-def check_tenant_name(name: str) -> str:
-    if not TENANT_NAME.fullmatch(name):
-        raise InvalidName("tenant names are 1-63 characters of a-z, 0-9, '_' and '-'")
-    return name
 
 
 def _limits_json(limits: Limits | None) -> dict[str, float] | None:
@@ -43,6 +34,8 @@ def list_tenants(sessions: sessionmaker[Session]) -> list[TenantRow]:
 
 
 def by_name(sessions: sessionmaker[Session], name: str) -> TenantRow:
+    if not is_tenant_name(name):
+        raise NotFound("tenant not found")
     with sessions() as s:
         row = s.scalar(select(TenantRow).where(TenantRow.name == name))
     if row is None:
@@ -52,6 +45,8 @@ def by_name(sessions: sessionmaker[Session], name: str) -> TenantRow:
 
 def set_limits(sessions: sessionmaker[Session], name: str, limits: Limits | None) -> TenantRow:
     """Takes effect on each gateway within the key cache TTL."""
+    if not is_tenant_name(name):
+        raise NotFound("tenant not found")
     with sessions() as s:
         row = s.scalar(select(TenantRow).where(TenantRow.name == name))
         if row is None:
