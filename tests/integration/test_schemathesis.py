@@ -1,6 +1,7 @@
 """schemathesis against the gateway's own OpenAPI document, in-process (ASGI): generated
 requests (valid and schema-violating) for every operation, with an admin key, must never get
-a 5xx and every answer must conform to the document (status code declared, content type, body schema, headers).
+a 5xx and every answer must conform to the document (status code declared, content type, body
+schema, headers).
 
 Bounded: EXAMPLES per operation, derandomized, so it runs in about a minute in `make test`."""
 
