@@ -189,3 +189,24 @@ def test_cli_tenants_and_keys(settings, monkeypatch, capsys) -> None:
     assert revoked["active"] is False and revoked["revoked_at"]
     with pytest.raises(Exception, match="not found"):
         kiln(["keys", "revoke", str(rotated["id"]), "--tenant", "nope"])
+
+
+async def test_expired_key_is_refused(client) -> None:
+    _id, auth = await new_key(client, ["manage"], expires_in_s=1)
+    listed = {k["id"]: k for k in (await client.get("/v1/keys")).json()["data"]}
+    assert listed[_id]["expires_at"] is not None
+
+    async def refused() -> bool:
+        return (await client.get("/v1/models", headers=auth)).status_code == 401
+
+    assert await eventually(refused, timeout=5.0)
+    listed = {k["id"]: k for k in (await client.get("/v1/keys")).json()["data"]}
+    assert listed[_id]["active"] is False
+
+
+async def test_tenant_metrics_are_labelled(client, worker: WorkerThread) -> None:
+    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+    assert (await client.post("/v2/models/demo/infer", json=BODY)).status_code == 200
+    text = (await client.get("/metrics")).text
+    assert 'kiln_tenant_requests_total{outcome="ok",tenant="1"}' in text
+    assert worker.sample("kiln_tenant_inference_count_total") == 1
