@@ -97,6 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from model_store.db import make_engine, make_sessionmaker
     from model_store.registry import Registry
     from workers.keys import Keys
+    from workers.runners import preload_runtimes
     from workers.worker import Worker, WorkerConfig
 
     settings = Settings()
@@ -124,6 +125,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
         ),
     )
+    preload_runtimes()  # import torch/onnxruntime now, not on the first request
     worker.install_signal_handlers()
     worker.run()
     return 0

@@ -8,6 +8,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from model_store import errors as store
 from service.responses import JSONBody
@@ -130,6 +132,10 @@ def install(app: FastAPI) -> None:
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
         return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody is listening; nothing to log
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONBody:
