@@ -1,4 +1,8 @@
-"""Named dependencies for routes."""
+"""Named dependencies for routes.
+
+Every dependency here is `async def`: FastAPI runs a plain `def` dependency in the threadpool,
+which cost about 100 us per dependency per request on the inference path.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from service.settings import Settings
 from service.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.kiln
     return state
 
@@ -40,15 +44,15 @@ ManagePrincipal = Annotated[Principal, Depends(scoped("manage"))]
 AdminPrincipal = Annotated[Principal, Depends(scoped("admin"))]
 
 
-def _registry(state: StateDep) -> Registry:
+async def _registry(state: StateDep) -> Registry:
     return state.registry
 
 
-def _settings(state: StateDep) -> Settings:
+async def _settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def _inference(state: StateDep) -> InferenceService:
+async def _inference(state: StateDep) -> InferenceService:
     return state.inference
 
 
