@@ -15,6 +15,7 @@ from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
 from service import __version__, errors, keys
 from service.auth import Authenticator
+from service.fastpath import InferFastPath
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
 from service.routes import health, inference, models
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(InferFastPath)
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)
