@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str = ""
     default_tenant: str = "default"
 
+    # logs: "json" for one JSON object per line; log_requests adds a line per request (with its id)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = False
+
     # request path
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=64 << 20, gt=0)
