@@ -43,9 +43,17 @@ class Prometheus:
         prom = binary("prometheus")
         assert prom is not None
         self.popen = subprocess.Popen(
-            [prom, f"--config.file={self.config_path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                prom,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log(self) -> str:
         self._log.flush()
