@@ -67,7 +67,7 @@ def test_grafana_provisioning_points_at_the_dashboards_and_datasource() -> None:
             assert panel["datasource"]["uid"] in uids
             assert all(t["datasource"]["uid"] in uids for t in panel["targets"])
     providers = yaml.safe_load((prov / "dashboards" / "kiln.yml").read_text())["providers"]
-    assert providers[0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
 
 
 def _exported_names() -> set[str]:
