@@ -97,3 +97,15 @@ def test_real_gpu_exports_every_device() -> None:
     text = _exposition(GpuCollector())
     for name in ("utilization", "memory_used_bytes", "memory_total_bytes", "temperature_celsius"):
         assert f"kiln_gpu_{name}{{" in text
+
+
+def test_memory_probe_on_cpu() -> None:
+    from workers import memory
+
+    before = memory.snapshot()
+    assert before[0] > 0 and before[1] == 0  # no GPU here
+    block = bytearray(64 << 20)
+    used = memory.used_since(before, "cpu")
+    assert used is not None and used >= 0
+    assert memory.used_since(before, "cuda") == 0
+    del block
