@@ -173,3 +173,15 @@ def test_kustomization_lists_every_manifest_and_env_names_are_settings() -> None
     k = _kinds()
     env = {**k[("ConfigMap", "kiln-config")]["data"], **k[("Secret", "kiln-secrets")]["stringData"]}
     assert set(env) <= known, set(env) - known
+
+
+def test_scraped_pods_are_named_after_the_alerting_jobs() -> None:
+    """prometheus-k8s.yml makes a pod's app.kubernetes.io/name its job; the alerts use these."""
+    jobs = set()
+    for _f, d in _builtin():
+        template = d.get("spec", {}).get("template", {}).get("metadata", {})
+        if template.get("annotations", {}).get("prometheus.io/scrape") == "true":
+            jobs.add(template["labels"]["app.kubernetes.io/name"])
+    assert jobs == {"kiln-gateway", "kiln-worker", "kiln-trainer"}
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert 'job="kiln-worker"' in alerts and 'job="kiln-gateway"' in alerts

@@ -40,6 +40,27 @@ def test_promtool_check_config() -> None:
 
 
 @promtool
+def test_kubernetes_prometheus_config(tmp_path: Path) -> None:
+    """Debian's Prometheus is built without Kubernetes discovery, so promtool checks the rest of
+    prometheus-k8s.yml (relabelling, rules) with the discovery swapped for a static target."""
+    config = yaml.safe_load((PROMDIR / "prometheus-k8s.yml").read_text())
+    for job in config["scrape_configs"]:
+        sd = job.pop("kubernetes_sd_configs")
+        assert sd[0]["role"] == "pod"
+        job["static_configs"] = [{"targets": ["127.0.0.1:9101"]}]
+    (tmp_path / "prometheus-k8s.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(PROMDIR / "alerts.yml", tmp_path / "alerts.yml")
+    r = subprocess.run(
+        ["promtool", "check", "config", "prometheus-k8s.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@promtool
 def test_promtool_check_rules() -> None:
     _promtool("check", "rules", "alerts.yml")
 
