@@ -91,7 +91,7 @@ def _missing(server: prom.Prometheus) -> list[str]:
 def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
     stack: Stack, tmp_path: Path
 ) -> None:
-    stack.start_gateway()
+    stack.start_gateway(processes=2)  # metrics aggregated across processes
     stack.start_worker("worker-1")
     stack.start_worker("worker-2")
     _register_add_model(stack.url)
