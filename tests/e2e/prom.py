@@ -25,6 +25,12 @@ def binary(name: str) -> str | None:
     return shutil.which(name)
 
 
+def missing(name: str) -> bool:
+    """Skip without the binary on a developer's machine; in CI (CI=true, after `make test`
+    installed it) a missing binary fails the test instead of skipping it."""
+    return binary(name) is None and not os.environ.get("CI")
+
+
 class Prometheus:
     def __init__(self, tmp: Path, targets: dict[str, list[str]], rule_files: list[Path]) -> None:
         self.port = free_port()

@@ -85,9 +85,7 @@ def _missing(server: prom.Prometheus) -> list[str]:
     return problems
 
 
-@pytest.mark.skipif(
-    prom.binary("prometheus") is None, reason="prometheus is not installed (make test installs it)"
-)
+@pytest.mark.skipif(prom.missing("prometheus"), reason="prometheus is not installed (make test installs it)")
 def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -24,9 +24,7 @@ from workers.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMDIR = ROOT / "deploy" / "prometheus"
-promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool missing (make test installs it)"
-)
+promtool = pytest.mark.skipif(prom.missing("promtool"), reason="promtool missing (make test installs it)")
 
 
 def _promtool(*args: str) -> None:
