@@ -170,3 +170,19 @@ def test_gateway_and_worker_log_lines_share_the_request_id(stack: Stack) -> None
     assert gateway[0]["outcome"] == "success" and gateway[0]["model"] == "adder"
     assert worker[0]["ok"] is True and worker[0]["logger"] == "kiln.requests"
     assert gateway[0]["worker"] == worker[0]["worker"]
+
+
+def _cuda() -> bool:
+    from workers.runners import cuda_available
+
+    return cuda_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+def test_a_worker_on_a_gpu_exports_its_telemetry(stack: Stack) -> None:
+    stack.start_gateway()
+    stack.start_worker("worker-1")
+    text = httpx.get(f"http://127.0.0.1:{stack.worker_ports['worker-1']}/metrics", timeout=10).text
+    for name in ("utilization", "memory_used_bytes", "memory_total_bytes", "temperature_celsius"):
+        assert f"kiln_gpu_{name}{{" in text, name
