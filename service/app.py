@@ -18,10 +18,12 @@ from service.auth import Authenticator
 from service.fastpath import InferFastPath
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
+from service.request_id import RequestIdMiddleware
 from service.routes import health, inference, models
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
+from workers import jsonlog
 from workers.client import StreamsEngineClient
 from workers.keys import Keys
 
@@ -97,6 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(InferFastPath)
+    # added after the fast path, so the request id wraps it too
+    app.add_middleware(RequestIdMiddleware)
+    if settings.log_format == "json":  # gateway processes started by uvicorn --workers too
+        jsonlog.configure(settings.log_format, settings.log_level, settings.log_requests)
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="kiln", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     bootstrap_admin_key: str = ""
     default_tenant: str = "default"
+
+    # logs: "json" for one JSON object per line; log_requests adds a line per request (with its id)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = False
 
     # request path
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
@@ -38,6 +43,11 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_dev(self) -> Settings:
