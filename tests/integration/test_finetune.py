@@ -1,0 +1,216 @@
+"""Fine-tuning over HTTP with a real trainer (in a thread) on real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from service.settings import Settings
+from tests.conftest import WorkerThread, make_key
+from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
+from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
+from tests.integration.helpers import infer_body, register
+from tests.models import demo_onnx_bytes
+
+
+@pytest.fixture
+def trainer(settings: Settings) -> Iterator[TrainerThread]:
+    t = TrainerThread(settings).start()
+    yield t
+    t.stop()
+
+
+async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: WorkerThread) -> None:
+    train, valid = await setup_classifier(client)
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, promote="production"))
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["object"] == "fine_tuning.job" and job["status"] == "queued" and job["seed"] == 7
+    job = await wait_for(client, job["id"])
+    assert job["status"] == "succeeded", job
+    assert job["fine_tuned_model"] == "clf-tuned:1"
+    result = job["result"]
+    assert result["metrics"]["accuracy"] > result["parent_metrics"]["accuracy"]
+    assert result["promoted"] is True
+
+    metrics = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics")).json()
+    assert [v["epoch"] for v in metrics["valid"]] == [1, 2, 3, 4]
+    assert [t["step"] for t in metrics["train"]] == list(range(1, 4 * 10 + 1))
+    ckpts = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")).json()["data"]
+    assert [c["epoch"] for c in ckpts] == [1, 2, 3, 4] and ckpts[-1]["step_number"] == 40
+    assert "accuracy" in ckpts[-1]["metrics"]
+    events = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/events")).json()["data"]
+    assert any("epoch 4 done" == e["message"] for e in events)
+    assert events[-1]["message"].startswith("fine-tuned model clf-tuned:1")
+
+    version = (await client.get("/v1/models/clf-tuned/versions/production")).json()
+    lineage = version["lineage"]
+    assert lineage["parent"]["model"] == "clf" and lineage["parent"]["version"] == 1
+    assert len(lineage["training_file"]["sha256"]) == 64 and lineage["seed"] == 7
+    assert lineage["hyperparameters"]["epochs"] == 4 and lineage["trainer_host"]
+    assert version["signature"] == {**MLP_SIGNATURE, "inputs": MLP_SIGNATURE["inputs"]}
+
+    x, y = rows(120, 2)
+    r = await client.post("/v2/models/clf-tuned/infer", json=infer_body("x", x.reshape(-1).tolist(), [120, 4]))
+    assert r.status_code == 200, r.text
+    logits = np.array(r.json()["outputs"][0]["data"]).reshape(120, 3)
+    assert float((logits.argmax(1) == y).mean()) == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
+
+    # the events also come as server-sent events (the job is finished: the stream ends)
+    async with client.stream("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true") as s:
+        text = "".join([chunk async for chunk in s.aiter_text()])
+    assert "event: metrics" in text and "event: done" in text
+
+
+async def test_same_seed_same_metrics(client, trainer) -> None:
+    train, valid = await setup_classifier(client)
+    runs = []
+    for suffix in ("a", "b"):
+        r = await client.post("/v1/fine_tuning/jobs", json=job_body(
+            train, valid, suffix=suffix, hyperparameters={"dropout": 0.1, "lr_scheduler": "cosine",
+                                                           "warmup_steps": 5}))
+        job = await wait_for(client, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        runs.append((await client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics")).json())
+    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in m["valid"]] for m in runs]
+    assert strip[0] == strip[1]
+    assert runs[0]["train"] == runs[1]["train"]
+
+
+async def test_bad_inputs_are_refused_before_queueing(client, settings) -> None:
+    r = await upload(client, b'{"input": [1, 2, 3, 4], "label": 0}\n{"input": [1, 2], "label": 1}\nnope\n')
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "invalid_dataset" and "line 2" in body["error"]
+    assert [(e["line"], e["field"]) for e in body["report"]["errors"]] == [(2, "input"), (3, "")]
+    assert (await upload(client, b"")).json()["report"]["errors"][0]["message"] == "file is empty (no rows)"
+    assert (await client.post("/v1/files", data={"purpose": "other"},
+                              files={"file": ("a.jsonl", b"{}")})).status_code == 422
+
+    train, valid = await setup_classifier(client)
+    x, y = rows(30, 3)
+    y[4] = 5
+    bad = (await upload(client, jsonl(x, y), "bad.jsonl")).json()["id"]
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(bad, valid))
+    assert r.status_code == 422 and "line 5" in r.json()["error"] and "unknown label 5" in r.json()["error"]
+    assert r.json()["report"]["training_file"]["errors"][0]["line"] == 5
+
+    assert (await register(client, "onnxy", demo_onnx_bytes(), "onnx")).status_code == 201
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, model="onnxy"))
+    assert r.status_code == 422 and "ONNX" in r.json()["error"]
+
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters={"lr": 1}))
+    assert r.status_code == 422
+    r = await client.post("/v1/fine_tuning/jobs", json={**job_body(train, valid), "command": "rm -rf /"})
+    assert r.status_code == 422
+    assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+    # another tenant sees none of it
+    other = {"Authorization": f"Bearer {make_key(settings, ['finetune'], tenant='other')}"}
+    assert (await client.get(f"/v1/files/{train}", headers=other)).status_code == 404
+    assert (await client.delete(f"/v1/files/{train}", headers=other)).status_code == 404
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid), headers=other)
+    assert r.status_code == 404
+    infer_only = {"Authorization": f"Bearer {make_key(settings, ['infer'])}"}
+    assert (await client.get("/v1/files", headers=infer_only)).status_code == 403
+
+
+async def test_dry_run_and_idempotency(client, settings) -> None:
+    train, valid = await setup_classifier(client)
+    r = await client.post("/v1/fine_tuning/jobs?dry_run=true",
+                          json=job_body(train, valid, hyperparameters={"freeze": ["backbone"]}))
+    assert r.status_code == 200, r.text
+    est = r.json()["estimate"]
+    assert est["steps_per_epoch"] == 10 and est["total_steps"] == 40
+    assert est["trainable_parameters"] == 16 * 3 + 3 < est["total_parameters"]
+    assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+    body = job_body(train, valid)
+    first = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    again = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 200 and first.json()["id"] == again.json()["id"]
+    other = await client.post("/v1/fine_tuning/jobs", json={**body, "seed": 8}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 422
+    jobs = (await client.get("/v1/fine_tuning/jobs")).json()
+    assert len(jobs["data"]) == 1
+
+    await client.post("/v1/fine_tuning/jobs", json=body)
+    await client.post("/v1/fine_tuning/jobs", json=body)
+    page = (await client.get("/v1/fine_tuning/jobs?limit=2")).json()
+    assert len(page["data"]) == 2 and page["has_more"]
+    rest = (await client.get(f"/v1/fine_tuning/jobs?limit=2&after={page['data'][-1]['id']}")).json()
+    assert len(rest["data"]) == 1 and not rest["has_more"]
+    assert rest["data"][0]["id"] == first.json()["id"]
+
+
+async def test_cancel_pause_resume(client, settings, trainer) -> None:
+    train, valid = await setup_classifier(client)
+    slow = {"epochs": 200, "batch_size": 4}
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters=slow))
+    job_id = r.json()["id"]
+    await wait_for(client, job_id, ("running",), pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= 2)
+    r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
+    assert r.status_code == 200 and r.json()["status"] == "paused"
+    # the trainer lets go within seconds: it is free to take the next job
+    await wait_for(client, job_id, ("paused",), pred=lambda _j: trainer.trainer.current_job is None)
+    epochs_before = len((await client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")).json()["data"])
+    assert epochs_before >= 1
+    r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/resume")
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    await wait_for(client, job_id, ("running",),
+                   pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= epochs_before + 2)
+    r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    await wait_for(client, job_id, ("cancelled",), pred=lambda _j: trainer.trainer.current_job is None)
+    assert (await client.post(f"/v1/fine_tuning/jobs/{job_id}/resume")).status_code == 409
+
+    events = (await client.get(f"/v1/fine_tuning/jobs/{job_id}/events")).json()["data"]
+    assert any(e["message"].startswith("resumed from the checkpoint of epoch") for e in events)
+    metrics = (await client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics")).json()
+    epochs = [v["epoch"] for v in metrics["valid"]]
+    assert epochs == list(range(1, len(epochs) + 1))  # none lost, none twice
+    steps = [t["step"] for t in metrics["train"]]
+    assert steps == list(range(1, len(steps) + 1))
+
+
+async def test_job_missing_from_the_stream_is_enqueued_again(client, settings, redis_client) -> None:
+    """Redis lost the dispatch (restart): the trainer finds the queued job in the database."""
+    train, valid = await setup_classifier(client)
+    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters={"epochs": 1}))
+    job_id = r.json()["id"]
+    redis_client.delete(f"{settings.redis_prefix}:ft:jobs")
+    t = TrainerThread(settings).start()
+    try:
+        job = await wait_for(client, job_id)
+    finally:
+        t.stop()
+    assert job["status"] == "succeeded"
+
+
+async def test_crash_marks_the_job_failed_with_a_readable_error(client, settings, trainer) -> None:
+    class Boom(__import__("torch").nn.Module):
+        def forward(self, x):
+            if bool((x.abs() > 1000).any()):
+                raise RuntimeError("values out of range")
+            return x[:, :3] * self.w
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = __import__("torch").nn.Parameter(__import__("torch").ones(3))
+
+    from tests.models import torchscript_bytes
+
+    assert (await register(client, "boom", torchscript_bytes(Boom()), "torchscript",
+                           signature=MLP_SIGNATURE)).status_code == 201
+    x, y = rows(40, 5)
+    x[7, 0] = 5000.0
+    f = (await upload(client, jsonl(x, y))).json()["id"]
+    body = {"model": "boom", "training_file": f, "validation_split": 0.25, "seed": 1,
+            "hyperparameters": {"epochs": 1, "batch_size": 40}}
+    r = await client.post("/v1/fine_tuning/jobs", json=body)
+    job = await wait_for(client, r.json()["id"])
+    assert job["status"] == "failed"
+    assert "values out of range" in job["error"]["message"] and "Traceback" not in job["error"]["message"]
+    assert mlp_bytes()  # the helper stays importable
