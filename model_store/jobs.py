@@ -31,6 +31,7 @@ from model_store.errors import Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("validating_files", "queued", "running", "paused")
+MAX_ATTEMPTS = 5  # a job that kills its trainer this often fails instead of looping forever
 
 
 class LeaseLost(Exception):
@@ -225,7 +226,16 @@ class JobStore:
                 FineTuneJobRow.status == "running", FineTuneJobRow.lease_expires_at < now
             )
             for row in s.scalars(q.with_for_update(skip_locked=True)):
-                row.status, row.lease_owner, row.lease_expires_at = "queued", None, None
+                row.lease_owner, row.lease_expires_at = None, None
+                if row.attempts >= MAX_ATTEMPTS:
+                    row.status, row.finished_at = "failed", now
+                    row.error = {
+                        "code": "interrupted",
+                        "message": f"the trainer was lost {row.attempts} times",
+                    }
+                    s.add(_event(row, "job failed: " + row.error["message"], "error", row.error))
+                    continue
+                row.status = "queued"
                 s.add(
                     _event(
                         row,
@@ -300,6 +310,8 @@ class JobStore:
         """An epoch's step metrics, validation metrics and checkpoint, in one transaction."""
         with self.sessions() as s:
             row = _owned(s, job_id, owner)
+            last = rec.train[-1] if rec.train else {}
+            row.progress = {**(row.progress or {}), **last, "step": rec.step, "epoch": rec.epoch, **rec.valid}
             for m in rec.train:
                 s.add(_metric(row, "train", m["step"], rec.epoch, m))
             s.add(_metric(row, "valid", rec.step, rec.epoch, rec.valid))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from service.client import KilnClient
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return KilnClient(args.url, args.key)
 
 

@@ -38,11 +38,14 @@ def rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def jsonl(x: np.ndarray, y: np.ndarray) -> bytes:
-    return "".join(json.dumps({"input": [round(float(v), 5) for v in xi], "label": int(yi)}) + "\n"
-                   for xi, yi in zip(x, y, strict=True)).encode()
+    return "".join(
+        json.dumps({"input": [round(float(v), 5) for v in xi], "label": int(yi)}) + "\n"
+        for xi, yi in zip(x, y, strict=True)
+    ).encode()
 
 
 def csv_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
-    lines = ["f0,f1,f2,f3,label"] + [",".join(f"{v:.5f}" for v in xi) + f",{int(yi)}"
-                                     for xi, yi in zip(x, y, strict=True)]
+    lines = ["f0,f1,f2,f3,label"] + [
+        ",".join(f"{v:.5f}" for v in xi) + f",{int(yi)}" for xi, yi in zip(x, y, strict=True)
+    ]
     return ("\n".join(lines) + "\n").encode()

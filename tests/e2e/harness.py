@@ -89,6 +89,19 @@ class Stack:
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
         return p
 
+    def start_trainer(self, name: str) -> Proc:
+        """A `kiln trainer` process (no port: it is ready when its log says so)."""
+        p = Proc(name, ["trainer", "--threads", "1"], self.env, self.log_dir)
+        self.procs.append(p)
+        deadline = time.monotonic() + 60
+        while "started" not in p.log():
+            if not p.alive():
+                raise RuntimeError(f"{name} exited early:\n{p.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not start:\n{p.log()}")
+            time.sleep(0.05)
+        return p
+
     def wait_http(self, url: str, proc: Proc, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

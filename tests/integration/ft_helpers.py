@@ -29,10 +29,18 @@ class TrainerThread:
         sessions = make_sessionmaker(self._engine)
         blobs = BlobStore(settings.blob_dir)
         self.trainer = Trainer(
-            redis.Redis.from_url(settings.resolved_redis_url), Keys(settings.redis_prefix),
-            Registry(sessions, blobs), blobs, JobStore(sessions),
-            TrainerConfig(lease_s=lease_s, renew_interval_s=0.2, reconcile_interval_s=0.5,
-                          claim_idle_ms=2000, block_ms=200),
+            redis.Redis.from_url(settings.resolved_redis_url),
+            Keys(settings.redis_prefix),
+            Registry(sessions, blobs),
+            blobs,
+            JobStore(sessions),
+            TrainerConfig(
+                lease_s=lease_s,
+                renew_interval_s=0.2,
+                reconcile_interval_s=0.5,
+                claim_idle_ms=2000,
+                block_ms=200,
+            ),
         )
         self.thread = threading.Thread(target=self.trainer.run, daemon=True)
 
@@ -46,10 +54,12 @@ class TrainerThread:
         self._engine.dispose()
 
 
-async def upload(client: httpx.AsyncClient, data: bytes, name: str = "train.jsonl",
-                 headers: dict[str, str] | None = None) -> httpx.Response:
-    return await client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (name, data)},
-                             headers=headers)
+async def upload(
+    client: httpx.AsyncClient, data: bytes, name: str = "train.jsonl", headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post(
+        "/v1/files", data={"purpose": "fine-tune"}, files={"file": (name, data)}, headers=headers
+    )
 
 
 async def setup_classifier(client: httpx.AsyncClient, name: str = "clf") -> tuple[str, str]:
@@ -65,12 +75,24 @@ async def setup_classifier(client: httpx.AsyncClient, name: str = "clf") -> tupl
 def job_body(train: str, valid: str, **extra: Any) -> dict[str, Any]:
     hp = {"epochs": 4, "batch_size": 32, "learning_rate": 0.02, "optimizer": "adam"}
     hp.update(extra.pop("hyperparameters", {}))
-    return {"model": "clf", "training_file": train, "validation_file": valid, "seed": 7,
-            "suffix": "tuned", "hyperparameters": hp, **extra}
+    return {
+        "model": "clf",
+        "training_file": train,
+        "validation_file": valid,
+        "seed": 7,
+        "suffix": "tuned",
+        "hyperparameters": hp,
+        **extra,
+    }
 
 
-async def wait_for(client: httpx.AsyncClient, job_id: str, statuses: tuple[str, ...] = TERMINAL,
-                   timeout: float = 120, pred: Any = None) -> dict[str, Any]:
+async def wait_for(
+    client: httpx.AsyncClient,
+    job_id: str,
+    statuses: tuple[str, ...] = TERMINAL,
+    timeout: float = 120,
+    pred: Any = None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         job = (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()

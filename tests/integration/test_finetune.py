@@ -42,7 +42,7 @@ async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: 
     assert [c["epoch"] for c in ckpts] == [1, 2, 3, 4] and ckpts[-1]["step_number"] == 40
     assert "accuracy" in ckpts[-1]["metrics"]
     events = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/events")).json()["data"]
-    assert any("epoch 4 done" == e["message"] for e in events)
+    assert any(e["message"] == "epoch 4 done" for e in events)
     assert events[-1]["message"].startswith("fine-tuned model clf-tuned:1")
 
     version = (await client.get("/v1/models/clf-tuned/versions/production")).json()
@@ -53,7 +53,9 @@ async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: 
     assert version["signature"] == {**MLP_SIGNATURE, "inputs": MLP_SIGNATURE["inputs"]}
 
     x, y = rows(120, 2)
-    r = await client.post("/v2/models/clf-tuned/infer", json=infer_body("x", x.reshape(-1).tolist(), [120, 4]))
+    r = await client.post(
+        "/v2/models/clf-tuned/infer", json=infer_body("x", x.reshape(-1).tolist(), [120, 4])
+    )
     assert r.status_code == 200, r.text
     logits = np.array(r.json()["outputs"][0]["data"]).reshape(120, 3)
     assert float((logits.argmax(1) == y).mean()) == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
@@ -68,9 +70,15 @@ async def test_same_seed_same_metrics(client, trainer) -> None:
     train, valid = await setup_classifier(client)
     runs = []
     for suffix in ("a", "b"):
-        r = await client.post("/v1/fine_tuning/jobs", json=job_body(
-            train, valid, suffix=suffix, hyperparameters={"dropout": 0.1, "lr_scheduler": "cosine",
-                                                           "warmup_steps": 5}))
+        r = await client.post(
+            "/v1/fine_tuning/jobs",
+            json=job_body(
+                train,
+                valid,
+                suffix=suffix,
+                hyperparameters={"dropout": 0.1, "lr_scheduler": "cosine", "warmup_steps": 5},
+            ),
+        )
         job = await wait_for(client, r.json()["id"])
         assert job["status"] == "succeeded", job
         runs.append((await client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics")).json())
@@ -86,8 +94,9 @@ async def test_bad_inputs_are_refused_before_queueing(client, settings) -> None:
     assert body["code"] == "invalid_dataset" and "line 2" in body["error"]
     assert [(e["line"], e["field"]) for e in body["report"]["errors"]] == [(2, "input"), (3, "")]
     assert (await upload(client, b"")).json()["report"]["errors"][0]["message"] == "file is empty (no rows)"
-    assert (await client.post("/v1/files", data={"purpose": "other"},
-                              files={"file": ("a.jsonl", b"{}")})).status_code == 422
+    assert (
+        await client.post("/v1/files", data={"purpose": "other"}, files={"file": ("a.jsonl", b"{}")})
+    ).status_code == 422
 
     train, valid = await setup_classifier(client)
     x, y = rows(30, 3)
@@ -119,8 +128,10 @@ async def test_bad_inputs_are_refused_before_queueing(client, settings) -> None:
 
 async def test_dry_run_and_idempotency(client, settings) -> None:
     train, valid = await setup_classifier(client)
-    r = await client.post("/v1/fine_tuning/jobs?dry_run=true",
-                          json=job_body(train, valid, hyperparameters={"freeze": ["backbone"]}))
+    r = await client.post(
+        "/v1/fine_tuning/jobs?dry_run=true",
+        json=job_body(train, valid, hyperparameters={"freeze": ["backbone"]}),
+    )
     assert r.status_code == 200, r.text
     est = r.json()["estimate"]
     assert est["steps_per_epoch"] == 10 and est["total_steps"] == 40
@@ -131,7 +142,9 @@ async def test_dry_run_and_idempotency(client, settings) -> None:
     first = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k1"})
     again = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k1"})
     assert first.status_code == again.status_code == 200 and first.json()["id"] == again.json()["id"]
-    other = await client.post("/v1/fine_tuning/jobs", json={**body, "seed": 8}, headers={"Idempotency-Key": "k1"})
+    other = await client.post(
+        "/v1/fine_tuning/jobs", json={**body, "seed": 8}, headers={"Idempotency-Key": "k1"}
+    )
     assert other.status_code == 422
     jobs = (await client.get("/v1/fine_tuning/jobs")).json()
     assert len(jobs["data"]) == 1
@@ -159,8 +172,12 @@ async def test_cancel_pause_resume(client, settings, trainer) -> None:
     assert epochs_before >= 1
     r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/resume")
     assert r.status_code == 200 and r.json()["status"] == "queued"
-    await wait_for(client, job_id, ("running",),
-                   pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= epochs_before + 2)
+    await wait_for(
+        client,
+        job_id,
+        ("running",),
+        pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= epochs_before + 2,
+    )
     r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     await wait_for(client, job_id, ("cancelled",), pred=lambda _j: trainer.trainer.current_job is None)
@@ -202,15 +219,37 @@ async def test_crash_marks_the_job_failed_with_a_readable_error(client, settings
 
     from tests.models import torchscript_bytes
 
-    assert (await register(client, "boom", torchscript_bytes(Boom()), "torchscript",
-                           signature=MLP_SIGNATURE)).status_code == 201
+    assert (
+        await register(client, "boom", torchscript_bytes(Boom()), "torchscript", signature=MLP_SIGNATURE)
+    ).status_code == 201
     x, y = rows(40, 5)
     x[7, 0] = 5000.0
     f = (await upload(client, jsonl(x, y))).json()["id"]
-    body = {"model": "boom", "training_file": f, "validation_split": 0.25, "seed": 1,
-            "hyperparameters": {"epochs": 1, "batch_size": 40}}
+    body = {
+        "model": "boom",
+        "training_file": f,
+        "validation_split": 0.25,
+        "seed": 1,
+        "hyperparameters": {"epochs": 1, "batch_size": 40},
+    }
     r = await client.post("/v1/fine_tuning/jobs", json=body)
     job = await wait_for(client, r.json()["id"])
     assert job["status"] == "failed"
     assert "values out of range" in job["error"]["message"] and "Traceback" not in job["error"]["message"]
     assert mlp_bytes()  # the helper stays importable
+
+
+async def test_idempotency_key_in_flight_is_409(client, settings, registry) -> None:
+    train, valid = await setup_classifier(client)
+    body = job_body(train, valid)
+    import hashlib
+
+    from model_store.jobs import JobStore
+    from service.finetune_schemas import JobCreate
+
+    digest = hashlib.sha256(JobCreate.model_validate(body).model_dump_json().encode()).hexdigest()
+    tenant = registry.ensure_tenant(settings.default_tenant)
+    assert JobStore(registry.sessions).reserve_key(tenant, "k2", digest) is None  # a first request, mid-way
+    r = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k2"})
+    assert r.status_code == 409
+    assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.datasets import check_against, label_set, parse
 from tests.ft_data import csv_bytes, jsonl, rows
+from workers.datasets import check_against, label_set, parse
 
 
 def test_jsonl_and_csv_parse_to_the_same_tensors() -> None:
@@ -17,14 +17,16 @@ def test_jsonl_and_csv_parse_to_the_same_tensors() -> None:
 
 
 def test_bad_rows_are_reported_by_line_and_field() -> None:
-    data = (b'{"input": [1, 2, 3, 4], "label": 0}\n'
-            b'{"input": [1, 2, 3, 4], "label": 1\n'          # 2: bad JSON
-            b'{"input": [1, 2, 3, 4]}\n'                      # 3: missing label
-            b'\n'
-            b'{"input": [1, 2, 3], "label": 1}\n'             # 5: wrong shape
-            b'{"input": ["a", 2, 3, 4], "label": 1}\n'        # 6: not numeric
-            b'{"input": [1, 2, 3, 4], "label": 2, "x": 1}\n'  # 7: unknown field
-            b'[1, 2]\n')                                       # 8: not an object
+    data = (
+        b'{"input": [1, 2, 3, 4], "label": 0}\n'
+        b'{"input": [1, 2, 3, 4], "label": 1\n'  # 2: bad JSON
+        b'{"input": [1, 2, 3, 4]}\n'  # 3: missing label
+        b"\n"
+        b'{"input": [1, 2, 3], "label": 1}\n'  # 5: wrong shape
+        b'{"input": ["a", 2, 3, 4], "label": 1}\n'  # 6: not numeric
+        b'{"input": [1, 2, 3, 4], "label": 2, "x": 1}\n'  # 7: unknown field
+        b"[1, 2]\n"
+    )  # 8: not an object
     ds, report = parse(data, "jsonl")
     assert ds is None and not report.valid
     got = {(i.line, i.field) for i in report.issues}
