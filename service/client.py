@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 
-
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.client import KilnClient
-from tests.conftest import ADMIN_KEY, REDIS_URL
+from tests.conftest import ADMIN_KEY
 from tests.e2e.harness import ROOT, Stack
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 
@@ -22,24 +21,15 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[Stack]:
-    env = {
-        "KILN_DATABASE_URL": pg_url,
-        "KILN_REDIS_URL": REDIS_URL,
-        "KILN_REDIS_PREFIX": redis_prefix,
-        "KILN_DATA_DIR": str(tmp_path / "data"),
-        "KILN_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+def stack_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """The shared stack settings plus short trainer leases, so a killed trainer is noticed fast."""
+    return {
+        **stack_env,
         "KILN_TRAINER_LEASE_S": "3",
         "KILN_TRAINER_RENEW_INTERVAL_S": "0.2",
         "KILN_TRAINER_RECONCILE_INTERVAL_S": "0.5",
         "KILN_TRAINER_CLAIM_IDLE_MS": "2000",
-        "KILN_LOG_LEVEL": "INFO",
     }
-    s = Stack(env, tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _poll(stack: Stack, fetch: Any, done: Any, timeout: float = 120) -> Any:
@@ -100,7 +90,7 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
 
     result = job["result"]
     assert result["metrics"]["accuracy"] > result["parent_metrics"]["accuracy"]
-    version = kiln.http.get("/v1/models/clf-tuned/versions/1").json()
+    version = kiln.get_version("clf-tuned", 1)
     assert version["lineage"]["trainer_pid"] != trainer_a.popen.pid
     assert version["lineage"]["parent"] == {
         "model": "clf",
