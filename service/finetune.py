@@ -37,7 +37,13 @@ from service.finetune_schemas import (
 )
 from service.state import AppState
 from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
-from workers.ft_model import ModelNotTrainable, load_scripted, parameter_counts, trainable_names
+from workers.ft_model import (
+    ModelNotTrainable,
+    load_scripted,
+    parameter_counts,
+    resize_head,
+    trainable_names,
+)
 from workers.ft_queue import dispatch
 from workers.ft_spec import JobSpec
 from workers.keys import Keys
@@ -125,6 +131,8 @@ class FinetuneService:
 
     def _create_row(self, tenant_id: int, body: JobCreate, idem: tuple[int, str] | None) -> FineTuneJobRow:
         prep = self._prepare(tenant_id, body)
+        if body.hyperparameters.freeze or body.hyperparameters.num_classes is not None:
+            self._check_model(prep, body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         spec = JobSpec(
             task=body.task,
@@ -158,7 +166,7 @@ class FinetuneService:
         target = body.target_model or f"{base.model}-{body.suffix or 'ft'}"
         check_model_name(target)
         train = self._dataset(tenant_id, body.training_file)
-        in_shape, out_shape = _shapes(base)
+        in_shape, out_shape = _shapes(base, body)
         reports: dict[str, dict[str, Any]] = {}
         report = check_against(train, in_shape, out_shape, body.task)
         if not report.valid:
@@ -219,14 +227,21 @@ class FinetuneService:
             raise InvalidDataset(f"{file_id}: {report.summary()}", {file_id: report.as_dict()})
         return ds
 
-    def _dry_run(self, tenant_id: int, body: JobCreate) -> DryRunPublic:
-        prep = self._prepare(tenant_id, body)
+    def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
+        """Load the base model: the head can be resized and the freeze list leaves something to train."""
         module = load_scripted(self.state.blobs.read_verified(prep.base.sha256), torch.device("cpu"))
         hp = body.hyperparameters
         try:
-            counts = parameter_counts(module, trainable_names(module, hp.freeze))
+            if hp.num_classes is not None:
+                resize_head(module, hp.num_classes)
+            return parameter_counts(module, trainable_names(module, hp.freeze))
         except ModelNotTrainable as exc:
             raise Unprocessable(str(exc)) from exc
+
+    def _dry_run(self, tenant_id: int, body: JobCreate) -> DryRunPublic:
+        prep = self._prepare(tenant_id, body)
+        counts = self._check_model(prep, body)
+        hp = body.hyperparameters
         steps = math.ceil(prep.train_rows / hp.batch_size)
         return DryRunPublic(
             model=prep.base.model,
@@ -265,8 +280,16 @@ class FinetuneService:
                 await asyncio.sleep(0.5)
 
 
-def _shapes(base: ResolvedVersion) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return tuple(base.signature.inputs[0].shape[1:]), tuple(base.signature.outputs[0].shape[1:])
+def _shapes(base: ResolvedVersion, body: JobCreate) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    out = tuple(base.signature.outputs[0].shape[1:])
+    classes = body.hyperparameters.num_classes
+    if classes is not None:
+        if body.task != "classification" or len(out) != 1:
+            raise Unprocessable("num_classes needs a classification task and a [batch, classes] output")
+        if out[0] > 0 and classes < out[0]:
+            raise Unprocessable(f"num_classes {classes} is fewer than the model's {out[0]} classes")
+        out = (classes,)
+    return tuple(base.signature.inputs[0].shape[1:]), out
 
 
 def _summary(report: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore
 from model_store.registry import Registry, ResolvedVersion
 from workers.datasets import Dataset, parse
-from workers.ft_model import load_scripted, save_scripted
+from workers.ft_model import load_scripted, resize_head, save_scripted, with_classes
 from workers.ft_spec import JobSpec
 from workers.training import Run, better, split
 
@@ -97,7 +97,11 @@ def execute(ctx: JobContext, job_id: str) -> None:
     train, valid = load_data(ctx, row, spec)
     device = pick_device()
     module = load_scripted(ctx.blobs.read_verified(base.sha256), device)
-    run = Run(module, base.signature, train, valid, spec, row.seed, device)
+    classes = spec.hyperparameters.num_classes
+    if classes is not None:
+        resize_head(module, classes)
+    sig = with_classes(base.signature, classes)
+    run = Run(module, sig, train, valid, spec, row.seed, device)
     parent_metrics = run.evaluate()
     ckpt = ctx.store.latest_checkpoint(job_id)
     if ckpt is not None:
@@ -195,7 +199,7 @@ def _register(
         tmp,
         sha256_of([data]),
         len(data),
-        base.signature,
+        run.sig,
         base.config,
         lineage=lineage,
     )

@@ -76,3 +76,46 @@ def first_output(module: Any, x: torch.Tensor, sig: Signature) -> torch.Tensor:
     if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     raise ModelNotTrainable("the model's first output is not a tensor")
+
+
+def _submodule(module: Any, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def resize_head(module: Any, num_classes: int) -> int:
+    """Widen the head (the module owning the last parameter: weight [C, H], bias [C]) to
+    num_classes outputs; old classes keep their weights, new rows start at zero. Returns C."""
+    names = [n for n, _ in float_parameters(module)]
+    prefix = head_prefix(names).rstrip(".")
+    head = _submodule(module, prefix) if prefix else module
+    weight = getattr(head, "weight", None)
+    bias = getattr(head, "bias", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ModelNotTrainable(
+            "the head is not a linear layer (weight [classes, features]); cannot resize it"
+        )
+    old = int(weight.shape[0])
+    if num_classes < old:
+        raise ModelNotTrainable(f"num_classes {num_classes} is fewer than the model's {old} classes")
+    if num_classes == old:
+        return old
+    with torch.no_grad():
+        extra = num_classes - old
+        head.weight = torch.nn.Parameter(
+            torch.cat([weight.detach(), weight.new_zeros(extra, weight.shape[1])])
+        )
+        if isinstance(bias, torch.Tensor) and bias.ndim == 1:
+            head.bias = torch.nn.Parameter(torch.cat([bias.detach(), bias.new_zeros(extra)]))
+    return old
+
+
+def with_classes(sig: Signature, num_classes: int | None) -> Signature:
+    """The parent's signature, with the first output's last dimension set to num_classes."""
+    if num_classes is None:
+        return sig
+    first = sig.outputs[0]
+    shape = (*first.shape[:-1], num_classes)
+    outputs = (first.model_copy(update={"shape": shape}), *sig.outputs[1:])
+    return sig.model_copy(update={"outputs": outputs})

@@ -39,6 +39,9 @@ class Hyperparameters(BaseModel):
     gamma: float = Field(default=0.1, gt=0, le=1, description="decay factor (step)")
     early_stopping: EarlyStopping | None = None
     max_grad_norm: float | None = Field(default=None, gt=0, le=1e6)
+    num_classes: int | None = Field(
+        default=None, ge=2, le=100_000, description="classification: widen the head to this many classes"
+    )
 
 
 class JobSpec(BaseModel):

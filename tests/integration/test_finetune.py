@@ -253,3 +253,46 @@ async def test_idempotency_key_in_flight_is_409(client, settings, registry) -> N
     r = await client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "k2"})
     assert r.status_code == 409
     assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+
+async def test_new_head_with_more_classes(client, settings, trainer, worker: WorkerThread) -> None:
+    await setup_classifier(client)
+    x, y = rows(200, 9)
+    y = np.where(x[:, 3] > 1.0, 4, y)  # a fourth and fifth class the parent never had
+    y = np.where(x[:, 3] < -1.0, 3, y)
+    wide = (await upload(client, jsonl(x, y), "wide.jsonl")).json()["id"]
+    body = {"model": "clf", "training_file": wide, "validation_split": 0.2, "seed": 1, "suffix": "wide"}
+    r = await client.post("/v1/fine_tuning/jobs", json=body)
+    assert r.status_code == 422 and "unknown label" in r.json()["error"]
+    body["hyperparameters"] = {"num_classes": 5, "epochs": 3, "learning_rate": 0.02}
+    r = await client.post("/v1/fine_tuning/jobs", json=body)
+    assert r.status_code == 200, r.text
+    job = await wait_for(client, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    version = (await client.get("/v1/models/clf-wide/versions/1")).json()
+    assert version["signature"]["outputs"][0]["shape"] == [-1, 5]
+    r = await client.post(
+        "/v2/models/clf-wide/infer", json=infer_body("x", x[:2].reshape(-1).tolist(), [2, 4])
+    )
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 5]
+    r = await client.post("/v1/fine_tuning/jobs", json={**body, "hyperparameters": {"num_classes": 2}})
+    assert r.status_code == 422
+
+
+async def test_another_tenant_cannot_see_or_touch_a_job(client, settings) -> None:
+    train, valid = await setup_classifier(client)
+    job_id = (await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid))).json()["id"]
+    other = {"Authorization": f"Bearer {make_key(settings, ['finetune'], tenant='other')}"}
+    for method, path in [
+        ("GET", ""),
+        ("POST", "/cancel"),
+        ("POST", "/pause"),
+        ("GET", "/events"),
+        ("GET", "/checkpoints"),
+        ("GET", "/metrics"),
+        ("GET", "/events?stream=true"),
+    ]:
+        r = await client.request(method, f"/v1/fine_tuning/jobs/{job_id}{path}", headers=other)
+        assert r.status_code == 404, (path, r.text)
+    assert (await client.get("/v1/fine_tuning/jobs", headers=other)).json()["data"] == []
+    assert (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()["status"] == "queued"
