@@ -296,3 +296,39 @@ async def test_another_tenant_cannot_see_or_touch_a_job(client, settings) -> Non
         assert r.status_code == 404, (path, r.text)
     assert (await client.get("/v1/fine_tuning/jobs", headers=other)).json()["data"] == []
     assert (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()["status"] == "queued"
+
+
+async def test_stopping_trainer_hands_the_job_back(client, settings) -> None:
+    """SIGTERM path: the job goes back to the queue and another trainer resumes it."""
+    train, valid = await setup_classifier(client)
+    body = job_body(
+        train,
+        valid,
+        promote="production",
+        hyperparameters={"epochs": 6, "batch_size": 4, "learning_rate": 1e-9, "optimizer": "sgd"},
+    )
+    job_id = (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"]
+    first = TrainerThread(settings).start()
+    try:
+        await wait_for(
+            client, job_id, ("running",), pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= 1
+        )
+    finally:
+        first.stop()
+    job = (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+    assert job["status"] == "queued"
+    second = TrainerThread(settings).start()
+    try:
+        job = await wait_for(client, job_id)
+    finally:
+        second.stop()
+    assert job["status"] == "succeeded"
+    events = [
+        e["message"] for e in (await client.get(f"/v1/fine_tuning/jobs/{job_id}/events")).json()["data"]
+    ]
+    assert "trainer stopping; the job is queued again" in events
+    metrics = (await client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics")).json()
+    assert [v["epoch"] for v in metrics["valid"]] == [1, 2, 3, 4, 5, 6]
+    # a learning rate this small changes nothing: no better than the parent, so no promotion
+    assert job["result"]["promoted"] is False
+    assert "production" not in (await client.get("/v1/models/clf-tuned")).json()["aliases"]
