@@ -8,6 +8,7 @@ signature and the task. A bad dataset answers 422 with a line-numbered report.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -260,8 +261,6 @@ class FinetuneService:
     # reading -------------------------------------------------------------------------------------
     async def events_stream(self, tenant_id: int, job_id: str, after: int) -> AsyncIterator[bytes]:
         """Server-sent events: every new event, until the job is finished."""
-        import asyncio
-
         idle = 0
         while True:
             rows, _more = await run_in_threadpool(self.store.events, tenant_id, job_id, after, 100)

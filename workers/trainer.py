@@ -21,6 +21,7 @@ from types import FrameType
 
 import redis
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
@@ -33,6 +34,7 @@ from workers.keys import Keys
 
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
+_INFRA = (RedisError, OperationalError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,8 @@ class Trainer:
             try:
                 self.tick()
                 backoff = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning("queue unavailable (%s); retrying", type(exc).__name__)
+            except _INFRA as exc:
+                log.warning("queue or database unavailable (%s); retrying", type(exc).__name__)
                 self.queue._grouped = False
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -144,6 +146,9 @@ class Trainer:
             log.info("job %s: finished", job_id)
         except LeaseLost:
             log.info("job %s: cancelled, paused or taken over; stopped", job_id)
+        except _INFRA as exc:
+            # not the job's fault: keep it; the lease runs out and the job resumes from its checkpoint
+            log.warning("job %s: abandoned, queue or database unavailable (%s)", job_id, type(exc).__name__)
         except HandBack:
             if self.store.hand_back(job_id, self.trainer_id, "trainer stopping; the job is queued again"):
                 self.queue.enqueue(job_id)

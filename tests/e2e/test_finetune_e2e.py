@@ -25,7 +25,7 @@ def stack_env(stack_env: dict[str, str]) -> dict[str, str]:
     """The shared stack settings plus short trainer leases, so a killed trainer is noticed fast."""
     return {
         **stack_env,
-        "KILN_TRAINER_LEASE_S": "3",
+        "KILN_TRAINER_LEASE_S": "2",
         "KILN_TRAINER_RENEW_INTERVAL_S": "0.2",
         "KILN_TRAINER_RECONCILE_INTERVAL_S": "0.5",
         "KILN_TRAINER_CLAIM_IDLE_MS": "2000",
@@ -58,7 +58,7 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
     valid = kiln.upload_file(tmp_path / "valid.jsonl")
     assert train["stats"]["rows"] == 320
 
-    epochs = 12
+    epochs = 8
     job = kiln.create_job(
         model="clf",
         training_file=train["id"],
