@@ -46,6 +46,6 @@ def jsonl(x: np.ndarray, y: np.ndarray) -> bytes:
 
 def csv_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
     lines = ["f0,f1,f2,f3,label"] + [
-        ",".join(f"{v:.5f}" for v in xi) + f",{int(yi)}" for xi, yi in zip(x, y, strict=True)
+        ",".join(f"{v:.5f}" for v in xi) + f",{float(yi):.6g}" for xi, yi in zip(x, y, strict=True)
     ]
     return ("\n".join(lines) + "\n").encode()

@@ -119,6 +119,8 @@ class Run:
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(ds.inputs.copy()).to(self.device)
+        if self.sig.inputs[0].datatype == "FP64":
+            x = x.double()
         if self.classification:
             return x, torch.from_numpy(ds.labels.astype(np.int64)).to(self.device)
         y = torch.from_numpy(ds.labels.astype(np.float32))

@@ -332,3 +332,38 @@ async def test_stopping_trainer_hands_the_job_back(client, settings) -> None:
     # a learning rate this small changes nothing: no better than the parent, so no promotion
     assert job["result"]["promoted"] is False
     assert "production" not in (await client.get("/v1/models/clf-tuned")).json()["aliases"]
+
+
+async def test_regression_from_a_csv_file(client, trainer) -> None:
+    class Reg(__import__("torch").nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = __import__("torch").nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    from tests.ft_data import csv_bytes
+    from tests.models import torchscript_bytes
+
+    sig = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+    }
+    assert (
+        await register(client, "reg", torchscript_bytes(Reg()), "torchscript", signature=sig)
+    ).status_code == 201
+    x, _ = rows(200, 4)
+    target = x @ np.array([1.0, -1.0, 0.5, 2.0]) + 0.25
+    f = await upload(client, csv_bytes(x, target), "reg.csv")
+    assert f.status_code == 201 and f.json()["format"] == "csv", f.text
+    body = {
+        "model": "reg",
+        "training_file": f.json()["id"],
+        "task": "regression",
+        "seed": 2,
+        "hyperparameters": {"epochs": 10, "learning_rate": 0.05, "lr_scheduler": "linear"},
+    }
+    job = await wait_for(client, (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["metrics"]["r2"] > 0.9 > job["result"]["parent_metrics"]["r2"]

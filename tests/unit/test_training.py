@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,39 @@ def test_freeze_and_head() -> None:
     assert module(torch.zeros(2, 4)).shape == (2, 5)
     with pytest.raises(ModelNotTrainable):
         resize_head(module, 4)
+
+
+class Linear64(torch.nn.Module):
+    """A regressor with an FP64 input: y = x @ w + b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_regression_on_a_float64_model() -> None:
+    from model_store.signature import Signature as Sig
+    from tests.models import torchscript_bytes
+    from workers.datasets import Dataset
+
+    sig = Sig.model_validate(
+        {
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 3]}],
+            "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
+        }
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    y = x @ np.array([1.5, -2.0, 0.5]) + 0.3
+    ds = Dataset(x, y, list(range(1, 201)))
+    train, valid = split(ds, 0.2, 1)
+    torch.manual_seed(0)
+    spec = JobSpec(task="regression", hyperparameters=Hyperparameters(epochs=15, learning_rate=0.05))
+    run = Run(load_scripted(torchscript_bytes(Linear64()), CPU), sig, train, valid, spec, 1, CPU)
+    before = run.evaluate()
+    while not run.done():
+        after = run.train_epoch(lambda _row: None).valid
+    assert after["valid_loss"] < before["valid_loss"] and after["r2"] > 0.9 > before["r2"]
