@@ -22,12 +22,17 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from model_store.db import make_engine, make_sessionmaker
     from model_store.jobs import JobStore
     from model_store.registry import Registry
+    from workers.ft_metrics import TrainerMetrics
     from workers.keys import Keys
     from workers.trainer import Trainer, TrainerConfig
 
     settings = Settings()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     blobs = BlobStore(settings.blob_dir)
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5)
@@ -43,6 +48,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             reconcile_interval_s=settings.trainer_reconcile_interval_s,
             claim_idle_ms=settings.trainer_claim_idle_ms,
         ),
+        TrainerMetrics(),
     )
     trainer.install_signal_handlers()
     trainer.run()
@@ -187,6 +193,8 @@ def _create_parser(ft: Any) -> None:
 def add_parsers(sub: Any) -> None:
     t = sub.add_parser("trainer", help="a fine-tune trainer (takes jobs from the queue)")
     t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    t.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0: off)")
+    t.add_argument("--metrics-host", default="127.0.0.1")
     t.set_defaults(func=cmd_trainer)
 
     ft = sub.add_parser("finetune", help="fine-tune jobs").add_subparsers(dest="ft_cmd", required=True)

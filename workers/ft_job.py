@@ -25,6 +25,7 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore
 from model_store.registry import Registry, ResolvedVersion
 from workers.datasets import Dataset, parse
+from workers.ft_metrics import TrainerMetrics
 from workers.ft_model import load_scripted, resize_head, save_scripted, with_classes
 from workers.ft_spec import JobSpec
 from workers.training import Run, better, split
@@ -50,6 +51,7 @@ class JobContext:
     lease_s: float
     renew_interval_s: float
     stopping: threading.Event
+    metrics: TrainerMetrics | None = None
 
 
 def pick_device() -> torch.device:
@@ -65,6 +67,8 @@ class _Heartbeat:
         self._next = 0.0
 
     def __call__(self, row: dict[str, Any]) -> None:
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.step(row["train_loss"])
         if self.ctx.stopping.is_set():
             raise HandBack(self.job_id)
         now = time.monotonic()
@@ -119,6 +123,8 @@ def execute(ctx: JobContext, job_id: str) -> None:
         t0 = time.perf_counter()
         res = run.train_epoch(beat)
         res.valid["seconds"] = round(time.perf_counter() - t0, 3)
+        if ctx.metrics is not None:
+            ctx.metrics.epoch(res.valid["seconds"])
         sha, _ = ctx.blobs.put_bytes(run.state_bytes())
         ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(res.epoch, res.step, sha, res.train, res.valid))
     final = run.evaluate()

@@ -28,6 +28,7 @@ from model_store.errors import StoreError
 from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
 from workers.ft_job import DatasetUnusable, HandBack, JobContext, execute
+from workers.ft_metrics import TrainerMetrics
 from workers.ft_model import ModelNotTrainable
 from workers.ft_queue import JobQueue
 from workers.keys import Keys
@@ -74,14 +75,23 @@ class Trainer:
         blobs: BlobStore,
         store: JobStore,
         config: TrainerConfig,
+        metrics: TrainerMetrics | None = None,
     ) -> None:
         self.trainer_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue(client, keys, self.trainer_id)
         self.store = store
         self.config = config
         self._stop = threading.Event()
+        self.metrics = metrics
         self.ctx = JobContext(
-            store, registry, blobs, self.trainer_id, config.lease_s, config.renew_interval_s, self._stop
+            store,
+            registry,
+            blobs,
+            self.trainer_id,
+            config.lease_s,
+            config.renew_interval_s,
+            self._stop,
+            metrics,
         )
         self._next_reconcile = 0.0
         self.current_job: str | None = None
@@ -140,18 +150,31 @@ class Trainer:
 
     def run_job(self, job_id: str) -> None:
         self.current_job = job_id
+        if self.metrics is not None:
+            self.metrics.busy.set(1)
         log.info("job %s: started", job_id)
         try:
+            outcome = self._run(job_id)
+        finally:
+            self.current_job = None
+        log.info("job %s: %s", job_id, outcome)
+        if self.metrics is not None:
+            self.metrics.ended(outcome)
+
+    def _run(self, job_id: str) -> str:
+        try:
             execute(self.ctx, job_id)
-            log.info("job %s: finished", job_id)
+            return "finished"
         except LeaseLost:
-            log.info("job %s: cancelled, paused or taken over; stopped", job_id)
+            return "stopped"  # cancelled, paused or taken over
         except _INFRA as exc:
             # not the job's fault: keep it; the lease runs out and the job resumes from its checkpoint
             log.warning("job %s: abandoned, queue or database unavailable (%s)", job_id, type(exc).__name__)
+            return "abandoned"
         except HandBack:
             if self.store.hand_back(job_id, self.trainer_id, "trainer stopping; the job is queued again"):
                 self.queue.enqueue(job_id)
+            return "handed_back"
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = error_of(exc)
@@ -159,5 +182,4 @@ class Trainer:
                 self.store.finish(
                     job_id, self.trainer_id, "failed", error=error, message=f"job failed: {error['message']}"
                 )
-        finally:
-            self.current_job = None
+            return "failed"

@@ -90,16 +90,12 @@ class Stack:
         return p
 
     def start_trainer(self, name: str) -> Proc:
-        """A `kiln trainer` process (no port: it is ready when its log says so)."""
-        p = Proc(name, ["trainer", "--threads", "1"], self.env, self.log_dir)
+        """A `kiln trainer` process, ready when its /metrics answers."""
+        port = free_port()
+        p = Proc(name, ["trainer", "--threads", "1", "--metrics-port", str(port)], self.env, self.log_dir)
         self.procs.append(p)
-        deadline = time.monotonic() + 60
-        while "started" not in p.log():
-            if not p.alive():
-                raise RuntimeError(f"{name} exited early:\n{p.log()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not start:\n{p.log()}")
-            time.sleep(0.05)
+        self.worker_ports[name] = port
+        self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
         return p
 
     def wait_http(self, url: str, proc: Proc, timeout: float = 60) -> None:

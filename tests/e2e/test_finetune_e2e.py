@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from service.client import KilnClient
 from tests.conftest import ADMIN_KEY
-from tests.e2e.harness import ROOT, Stack
+from tests.e2e.harness import ROOT, Stack, metric_sum
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +98,11 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
         "version": 1,
         "sha256": version["lineage"]["parent"]["sha256"],
     }
+
+    # the surviving trainer's metrics show the steps it took
+    text = httpx.get(f"http://127.0.0.1:{stack.worker_ports['trainer-b']}/metrics").text
+    assert metric_sum(text, "kiln_trainer_steps_total") > 0
+    assert metric_sum(text, "kiln_trainer_epoch_duration_seconds_count") >= 1
 
     # the new version answers /v2/.../infer through the real worker, with the accuracy recorded
     x, y = rows(120, 2)
