@@ -339,6 +339,7 @@ def job_public(row: FineTuneJobRow) -> JobPublic:
         promote=spec.promote,
         progress=row.progress,
         result=row.result,
+        result_files=list((row.result or {}).get("result_files", [])),
     )
 
 

@@ -9,6 +9,9 @@ epoch is lost or recorded twice.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import logging
 import os
 import socket
@@ -20,9 +23,9 @@ from typing import Any
 import torch
 
 from model_store.blobs import BlobStore, sha256_of
-from model_store.db import FineTuneJobRow
+from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
-from model_store.jobs import EpochRecord, JobStore
+from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from workers.datasets import Dataset, parse
 from workers.ft_metrics import TrainerMetrics
@@ -107,6 +110,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
     sig = with_classes(base.signature, classes)
     run = Run(module, sig, train, valid, spec, row.seed, device)
     parent_metrics = run.evaluate()
+    parent_predictions = run.predictions()
     ckpt = ctx.store.latest_checkpoint(job_id)
     if ckpt is not None:
         run.load_state(ctx.blobs.read_verified(ckpt.sha256))
@@ -128,7 +132,8 @@ def execute(ctx: JobContext, job_id: str) -> None:
         sha, _ = ctx.blobs.put_bytes(run.state_bytes())
         ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(res.epoch, res.step, sha, res.train, res.valid))
     final = run.evaluate()
-    _finish(ctx, row, spec, base, run, parent_metrics, final)
+    results_file = _results_file(ctx, row, run, parent_predictions)
+    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file)
 
 
 def _finish(
@@ -139,6 +144,7 @@ def _finish(
     run: Run,
     parent: dict[str, Any],
     final: dict[str, Any],
+    results_file: str,
 ) -> None:
     lineage = {
         "job_id": row.id,
@@ -167,6 +173,7 @@ def _finish(
         "version": version,
         "epochs_completed": run.progress.epoch,
         "stopped_early": run.progress.stopped_early,
+        "result_files": [results_file],
     }
     if spec.promote:
         result["promoted"] = better(spec.task, final, parent)
@@ -210,3 +217,40 @@ def _register(
         lineage=lineage,
     )
     return created.version
+
+
+def _cell(value: Any) -> str:
+    return (
+        json.dumps(value)
+        if isinstance(value, list)
+        else f"{value:.6g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+def _results_file(ctx: JobContext, row: FineTuneJobRow, run: Run, parent: list[Any]) -> str:
+    """Per validation example, the label and the predictions of the result and of the parent
+    (CSV, a file of purpose fine-tune-results): what the fine-tune fixed, and what it broke."""
+    labels = run.valid_y.cpu().tolist()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["line", "label", "predicted", "parent_predicted"])
+    for line, label, new, old in zip(run.valid_lines, labels, run.predictions(), parent, strict=True):
+        writer.writerow([line, _cell(label), _cell(new), _cell(old)])
+    data = out.getvalue().encode()
+    sha, size = ctx.blobs.put_bytes(data)
+    file_id = new_id("file")
+    ctx.store.add_file(
+        FileRow(
+            id=file_id,
+            tenant_id=row.tenant_id,
+            filename=f"{row.id}-validation.csv",
+            purpose="fine-tune-results",
+            format="csv",
+            sha256=sha,
+            size_bytes=size,
+            stats={"rows": len(labels)},
+        )
+    )
+    return file_id

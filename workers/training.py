@@ -105,6 +105,7 @@ class Run:
         self.classification = spec.task == "classification"
         self.train_x, self.train_y = self._tensors(train)
         self.valid_x, self.valid_y = self._tensors(valid)
+        self.valid_lines = list(valid.lines)
         names = set(trainable_names(module, self.hp.freeze))
         self.params = []
         for n, p in module.named_parameters():
@@ -196,6 +197,18 @@ class Run:
     # evaluation ----------------------------------------------------------------------------------
     def evaluate(self, module: Any | None = None) -> dict[str, Any]:
         return evaluate(module or self.module, self.sig, self.valid_x, self.valid_y, self.classification)
+
+    def predictions(self, module: Any | None = None) -> list[Any]:
+        """Per validation row: the predicted class (classification) or value(s) (regression)."""
+        module = module or self.module
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            out = first_output(module, self.valid_x, self.sig)
+        module.train(was_training)
+        if self.classification:
+            return [int(v) for v in out.argmax(dim=1).tolist()]
+        return list(out.reshape(self.valid_y.shape).cpu().tolist())
 
     # checkpoint state ----------------------------------------------------------------------------
     def state_bytes(self) -> bytes:

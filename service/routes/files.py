@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import FinetuneDep, FinetunePrincipal
@@ -44,3 +44,13 @@ async def get_file(file_id: str, principal: FinetunePrincipal, svc: FinetuneDep)
 async def delete_file(file_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> dict[str, object]:
     await run_in_threadpool(svc.store.delete_file, principal.tenant_id, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/{file_id}/content")
+async def file_content(file_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> Response:
+    row = await run_in_threadpool(svc.store.get_file, principal.tenant_id, file_id)
+    data = await run_in_threadpool(svc.state.blobs.read_verified, row.sha256)
+    media = "text/csv" if row.format == "csv" else "application/jsonl"
+    return Response(
+        data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{row.id}"'}
+    )

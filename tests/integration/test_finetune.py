@@ -60,6 +60,19 @@ async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: 
     logits = np.array(r.json()["outputs"][0]["data"]).reshape(120, 3)
     assert float((logits.argmax(1) == y).mean()) == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
 
+    # per example: label, the result's and the parent's prediction on every validation row
+    (results,) = job["result_files"]
+    assert (await client.get(f"/v1/files/{results}")).json()["purpose"] == "fine-tune-results"
+    content = (await client.get(f"/v1/files/{results}/content")).text.splitlines()
+    assert content[0] == "line,label,predicted,parent_predicted" and len(content) == 121
+    table = [line.split(",") for line in content[1:]]
+    assert [int(r[0]) for r in table] == list(range(1, 121))
+    right = sum(r[1] == r[2] for r in table) / 120
+    assert right == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
+    assert sum(r[1] == r[3] for r in table) / 120 == pytest.approx(
+        result["parent_metrics"]["accuracy"], abs=1e-6
+    )
+
     # the events also come as server-sent events (the job is finished: the stream ends)
     async with client.stream("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true") as s:
         text = "".join([chunk async for chunk in s.aiter_text()])
