@@ -19,7 +19,7 @@ from service.fastpath import InferFastPath
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
-from service.routes import health, inference, models
+from service.routes import files, finetune, health, inference, models
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
@@ -106,4 +106,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(files.router)
+    app.include_router(finetune.router)
     return app

@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--url", default=os.environ.get("KILN_URL", "http://127.0.0.1:8000"))
     mp.add_argument("--key", default=os.environ.get("KILN_API_KEY", ""))
     mp.set_defaults(func=cmd_models_push)
+
+    from service import cli_finetune
+
+    cli_finetune.add_parsers(sub)
     return p
 
 

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from model_store.registry import Registry
 from service.auth import require_scope
 from service.errors import PayloadTooLarge
+from service.finetune import FinetuneService
 from service.inference import InferenceService
 from service.keys import Principal
 from service.settings import Settings
@@ -42,6 +43,7 @@ def scoped(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
 InferPrincipal = Annotated[Principal, Depends(scoped("infer"))]
 ManagePrincipal = Annotated[Principal, Depends(scoped("manage"))]
 AdminPrincipal = Annotated[Principal, Depends(scoped("admin"))]
+FinetunePrincipal = Annotated[Principal, Depends(scoped("finetune"))]
 
 
 async def _registry(state: StateDep) -> Registry:
@@ -59,6 +61,13 @@ async def _inference(state: StateDep) -> InferenceService:
 RegistryDep = Annotated[Registry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 InferenceDep = Annotated[InferenceService, Depends(_inference)]
+
+
+def _finetune(state: StateDep) -> FinetuneService:
+    return FinetuneService(state)
+
+
+FinetuneDep = Annotated[FinetuneService, Depends(_finetune)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

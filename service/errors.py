@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,7 @@ log = logging.getLogger("kiln.errors")
 class KilnError(Exception):
     status: int = 500
     code: str = "internal"
+    details: dict[str, object] | None = None  # extra body fields (a validation report)
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, headers: dict[str, str] | None = None
@@ -58,6 +60,16 @@ class PayloadTooLarge(KilnError):
 
 class Unprocessable(KilnError):
     status, code = 422, "unprocessable"
+
+
+class InvalidDataset(Unprocessable):
+    """A dataset failed validation; the body carries the line-numbered report."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = {"report": report}
 
 
 class RateLimited(KilnError):
@@ -101,14 +113,20 @@ def from_engine(exc: engine.EngineError) -> KilnError:
     return KilnError("internal error")
 
 
-def _body(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONBody:
-    return JSONBody({"error": message, "code": code}, status_code=status, headers=headers)
+def _body(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: dict[str, object] | None = None,
+) -> JSONBody:
+    return JSONBody({"error": message, "code": code, **(details or {})}, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(KilnError)
     async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
-        return _body(exc.status, exc.code, exc.message, exc.headers)
+        return _body(exc.status, exc.code, exc.message, exc.headers, exc.details)
 
     @app.exception_handler(store.StoreError)
     async def _store(_req: Request, exc: store.StoreError) -> JSONBody:

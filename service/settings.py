@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+    # fine-tuning
+    max_dataset_bytes: int = Field(default=256 << 20, gt=0)
+    trainer_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    trainer_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
+    trainer_reconcile_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    trainer_claim_idle_ms: int = Field(default=60_000, ge=100)
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_dev(self) -> Settings:
