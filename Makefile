@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATA_DIR ?= .kiln
 
-.PHONY: run test lint typecheck install services clean
+.PHONY: run test lint typecheck install services prometheus clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ run: $(STAMP)
 services:
 	@bash scripts/ensure-services.sh
 
+# Prometheus and promtool for the monitoring tests (Debian's package). Debian's package may start
+# a prometheus service on :9090; the tests run their own server on a free port, so stop it.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ( \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+		&& { systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true; } )
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -35,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) services lint typecheck
+test: $(STAMP) services prometheus lint typecheck
 	$(BIN)/pytest -q
 
 clean:

@@ -16,14 +16,17 @@ from model_store.registry import Registry
 from service import __version__, errors, keys, openapi
 from service.admission import Admission
 from service.auth import Authenticator
+from service.fastpath import InferFastPath
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
-from service.routes import health, inference, models
+from service.request_id import RequestIdMiddleware
+from service.routes import files, finetune, health, inference, models
 from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
+from workers import jsonlog
 from workers.client import StreamsEngineClient
 from workers.keys import Keys
 
@@ -109,9 +112,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(InferFastPath)
+    # added after the fast path, so the request id wraps it too
+    app.add_middleware(RequestIdMiddleware)
+    if settings.log_format == "json":  # gateway processes started by uvicorn --workers too
+        jsonlog.configure(settings.log_format, settings.log_level, settings.log_requests)
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(files.router)
+    app.include_router(finetune.router)
     app.include_router(key_routes.router)
     app.include_router(sharing_routes.router)
     openapi.install(app)

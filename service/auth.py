@@ -1,44 +1,39 @@
 """Authentication: bearer key -> Principal, with a short in-process cache so the hot path does
-not touch the database; revocation takes effect within the cache TTL (seconds)."""
+not touch the database. A revoked key stops working within about one cache TTL (seconds):
+after the TTL the next request triggers a refresh from the database."""
 
 from __future__ import annotations
-
-import time
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import keys
+from service.cache import AsyncTTLCache
 from service.errors import Forbidden, Unauthorized
 from service.keys import Principal
 
-_MAX_CACHE = 50_000
 _BEARER = "bearer "
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 class Authenticator:
     def __init__(self, sessions: sessionmaker[Session], ttl_s: float) -> None:
         self._sessions = sessions
-        self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # stale answers are served only while one refresh runs, never for long: revocation
+        # must show within seconds
+        self._cache: AsyncTTLCache[Principal | None] = AsyncTTLCache(ttl_s, 50_000, max_stale_s=ttl_s)
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization[:7].lower() == _BEARER:
-            raise Unauthorized("missing bearer API key", headers={"WWW-Authenticate": "Bearer"})
+        if not authorization or authorization[:7].lower() != _BEARER:
+            raise Unauthorized("missing bearer API key", headers=_CHALLENGE)
         secret = authorization[7:].strip()
         if not secret or len(secret) > 256:
-            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        now = time.monotonic()
-        hit = self._cache.get(secret)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
-        else:
-            principal = await run_in_threadpool(keys.lookup, self._sessions, secret)
-            if len(self._cache) >= _MAX_CACHE:
-                self._cache.clear()
-            self._cache[secret] = (now + self._ttl, principal)
+            raise Unauthorized("invalid API key", headers=_CHALLENGE)
+        principal = await self._cache.get(
+            secret, lambda: run_in_threadpool(keys.lookup, self._sessions, secret)
+        )
         if principal is None:
-            raise Unauthorized("invalid, expired or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized("invalid, expired or revoked API key", headers=_CHALLENGE)
         return principal
 
 

@@ -27,11 +27,16 @@ def _free_port() -> int:
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("KILN_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from pydantic import ValidationError
+
+    from workers import jsonlog
+
+    try:
+        s = Settings()
+    except ValidationError:  # the command itself reports bad settings
+        jsonlog.configure()
+        return
+    jsonlog.configure(s.log_format, s.log_level, s.log_requests)
 
 
 # database -------------------------------------------------------------------------------------
@@ -175,16 +180,19 @@ def _json_arg(raw: str | None) -> Any:
 # processes ------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, start_http_server
 
     from model_store.blobs import BlobStore
     from model_store.db import make_engine, make_sessionmaker
     from model_store.registry import Registry
+    from workers.gpu import GpuCollector
     from workers.keys import Keys
+    from workers.runners import preload_runtimes
     from workers.worker import Worker, WorkerConfig
 
     settings = Settings()
     if args.metrics_port:
+        REGISTRY.register(GpuCollector())
         start_http_server(args.metrics_port, addr=args.metrics_host)
     blobs = BlobStore(settings.blob_dir)
     registry = Registry(make_sessionmaker(make_engine(settings.resolved_database_url)), blobs)
@@ -208,6 +216,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
         ),
     )
+    preload_runtimes()  # import torch/onnxruntime now, not on the first request
     worker.install_signal_handlers()
     worker.run()
     return 0
@@ -227,6 +236,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        log_config=None if Settings().log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     return 0
 
@@ -286,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--url", default=os.environ.get("KILN_URL", "http://127.0.0.1:8000"))
     mp.add_argument("--key", default=os.environ.get("KILN_API_KEY", ""))
     mp.set_defaults(func=cmd_models_push)
+
+    from service import cli_finetune
+
+    cli_finetune.add_parsers(sub)
     return p
 
 

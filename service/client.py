@@ -1,13 +1,17 @@
-"""A small Python client for modelkiln's management API (inference speaks plain OIP: any
-KServe v2 / Triton HTTP client works)."""
+"""A small Python client for modelkiln's management and fine-tuning API (inference speaks plain
+OIP: any KServe v2 / Triton HTTP client works)."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class KilnError(RuntimeError):
@@ -81,3 +85,87 @@ class KilnClient:
     ) -> dict[str, Any]:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
         return dict(self._check(self._http.post(path, json={"inputs": inputs, **extra})))
+
+    def get_version(self, name: str, version: str | int) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/models/{name}/versions/{version}")))
+
+    # fine-tuning: files --------------------------------------------------------------------------
+    def upload_file(self, path: Path, purpose: str = "fine-tune") -> dict[str, Any]:
+        """Upload a JSONL or CSV dataset; a bad one raises KilnError 422 naming lines and fields."""
+        with Path(path).open("rb") as fh:
+            r = self._http.post("/v1/files", data={"purpose": purpose}, files={"file": (Path(path).name, fh)})
+        return dict(self._check(r, 201))
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/files/{file_id}")))
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.delete(f"/v1/files/{file_id}")))
+
+    # fine-tuning: jobs ---------------------------------------------------------------------------
+    def create_job(
+        self, *, dry_run: bool = False, idempotency_key: str | None = None, **body: Any
+    ) -> dict[str, Any]:
+        """POST /v1/fine_tuning/jobs with `body` (model, training_file, hyperparameters, ...)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        params = {"dry_run": "true"} if dry_run else {}
+        r = self._http.post("/v1/fine_tuning/jobs", json=body, params=params, headers=headers)
+        return dict(self._check(r))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}")))
+
+    def list_jobs(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        return dict(self._check(self._http.get("/v1/fine_tuning/jobs", params=params)))
+
+    def _action(self, job_id: str, action: str) -> dict[str, Any]:
+        return dict(self._check(self._http.post(f"/v1/fine_tuning/jobs/{job_id}/{action}")))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._action(job_id, "cancel")
+
+    def pause_job(self, job_id: str) -> dict[str, Any]:
+        return self._action(job_id, "pause")
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        return self._action(job_id, "resume")
+
+    def events(self, job_id: str, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params)))
+
+    def stream_events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job's events as server-sent events, until the job finishes."""
+        url = f"/v1/fine_tuning/jobs/{job_id}/events"
+        with self._http.stream("GET", url, params={"stream": "true"}, timeout=None) as r:
+            if r.status_code != 200:
+                r.read()
+                self._check(r)
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: {}":
+                    yield json.loads(line[6:])
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")))
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/metrics")))
+
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 3600.0,
+        poll_s: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the job until it finishes (or `timeout` passes); returns the last job object."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL or time.monotonic() > deadline:
+                return job
+            time.sleep(poll_s)

@@ -129,6 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     workers = [
         spawn(["worker", "--metrics-port", str(_free_port())], env) for _ in range(max(1, args.workers))
     ]
+    workers.append(spawn(["trainer"], env))  # fine-tune jobs
     # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
     # cleanup below (workers, the private redis-server) always runs
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

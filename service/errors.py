@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from model_store import errors as store
 from service.responses import JSONBody
@@ -20,6 +23,7 @@ log = logging.getLogger("kiln.errors")
 class KilnError(Exception):
     status: int = 500
     code: str = "internal"
+    details: dict[str, object] | None = None  # extra body fields (a validation report)
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, headers: dict[str, str] | None = None
@@ -57,6 +61,16 @@ class PayloadTooLarge(KilnError):
 
 class Unprocessable(KilnError):
     status, code = 422, "unprocessable"
+
+
+class InvalidDataset(Unprocessable):
+    """A dataset failed validation; the body carries the line-numbered report."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = {"report": report}
 
 
 class RateLimited(KilnError):
@@ -100,14 +114,20 @@ def from_engine(exc: engine.EngineError) -> KilnError:
     return KilnError("internal error")
 
 
-def _body(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONBody:
-    return JSONBody({"error": message, "code": code}, status_code=status, headers=headers)
+def _body(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: dict[str, object] | None = None,
+) -> JSONBody:
+    return JSONBody({"error": message, "code": code, **(details or {})}, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(KilnError)
     async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
-        return _body(exc.status, exc.code, exc.message, exc.headers)
+        return _body(exc.status, exc.code, exc.message, exc.headers, exc.details)
 
     @app.exception_handler(store.StoreError)
     async def _store(_req: Request, exc: store.StoreError) -> JSONBody:
@@ -136,6 +156,10 @@ def install(app: FastAPI) -> None:
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
         return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody is listening; nothing to log
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONBody:

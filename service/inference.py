@@ -3,13 +3,14 @@ Routes call this; it owns no HTTP details beyond the typed errors."""
 
 from __future__ import annotations
 
+import logging
 import time
-import uuid
 
 from model_store.registry import ResolvedVersion
 from service.admission import Admission
 from service.errors import (
     DeadlineExceeded,
+    Forbidden,
     InvalidInput,
     KilnError,
     ModelFailed,
@@ -19,10 +20,12 @@ from service.errors import (
 from service.keys import Principal
 from service.metrics import GatewayMetrics
 from service.oip import encode_response, parse_infer_request
+from service.request_id import current_or_new
 from service.settings import Settings
 from service.versions import VersionResolver
 from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
 from workers.errors import EngineError
+from workers.jsonlog import request_log
 from workers.keys import Keys
 
 _REPLY_ERRORS: dict[str, type[KilnError]] = {
@@ -53,6 +56,8 @@ class InferenceService:
         self.admission = admission
 
     async def infer(self, principal: Principal, model: str, ref: str | None, body: bytes) -> bytes:
+        if not principal.may_use(model):  # here too: the fast path skips the route dependencies
+            raise Forbidden(f"this key may not use model {model[:64]!r}")
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
             return await self._infer(principal, version, body)
@@ -60,23 +65,26 @@ class InferenceService:
             return await self._infer(principal, version, body)
 
     async def _infer(self, principal: Principal, version: ResolvedVersion, body: bytes) -> bytes:
+        request_id = current_or_new()
         started = time.perf_counter()
         try:
-            client_id, reply = await self._roundtrip(principal, version, body)
+            client_id, reply = await self._roundtrip(principal, version, body, request_id)
         except KilnError as exc:
-            self.metrics.failed(version.model, version.version, exc.code)
+            self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)
+            _log_request(request_id, principal, version, exc.code, started)
             raise
-        self.metrics.ok(version.model, version.version, time.perf_counter() - started)
+        self.metrics.ok(version.model, version.version, time.perf_counter() - started, principal.tenant_id)
+        _log_request(request_id, principal, version, "success", started, reply.worker)
         return encode_response(version, client_id, reply)
 
     async def _roundtrip(
-        self, principal: Principal, version: ResolvedVersion, body: bytes
+        self, principal: Principal, version: ResolvedVersion, body: bytes, request_id: str
     ) -> tuple[str | None, InferReplyMsg]:
         parsed = parse_infer_request(body, version.signature, self.settings.max_tensor_elements)
         timeout_s = self.settings.request_timeout_s
         now_ms = int(time.time() * 1000)
         msg = InferRequestMsg(
-            request_id=uuid.uuid4().hex,
+            request_id=request_id,
             reply_to=self.engine.reply_stream,
             deadline_ms=now_ms + int(timeout_s * 1000),
             enqueued_ms=now_ms,
@@ -98,3 +106,27 @@ class InferenceService:
         if not reply.ok:
             raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
         return parsed.id, reply
+
+
+def _log_request(
+    request_id: str,
+    principal: Principal,
+    version: ResolvedVersion,
+    outcome: str,
+    started: float,
+    worker: str = "",
+) -> None:
+    if request_log.isEnabledFor(logging.INFO):
+        request_log.info(
+            "infer %s",
+            outcome,
+            extra={
+                "request_id": request_id,
+                "tenant": principal.tenant_id,
+                "model": version.model,
+                "version": version.version,
+                "outcome": outcome,
+                "worker": worker,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )

@@ -18,6 +18,8 @@ from prometheus_client import (
 )
 
 log = logging.getLogger("kiln.metrics")
+# the reasons the gateway records (service/errors.py codes); their series start at 0
+FAILURE_REASONS = ("invalid_input", "deadline_exceeded", "model_error", "unavailable", "rate_limited")
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 
@@ -44,17 +46,38 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.tenant_requests = Counter(
+            "kiln_tenant_inference_requests",
+            "Inference requests by tenant, model and outcome (success or the failure reason)",
+            ("tenant", "model", "outcome"),
+            registry=r,
+        )
+        self._seen: set[tuple[str, str]] = set()
 
-    def ok(self, model: str, version: int, seconds: float) -> None:
+    def _first_seen(self, model: str, version: str) -> None:
+        """Create the failure series at 0 so rates and ratios exist before the first failure."""
+        if (model, version) in self._seen:
+            return
+        self._seen.add((model, version))
+        for reason in FAILURE_REASONS:
+            self.failure.labels(model, version, reason)
+
+    def ok(self, model: str, version: int, seconds: float, tenant: int | str | None = None) -> None:
         try:
+            self._first_seen(model, str(version))
             self.success.labels(model, str(version)).inc()
             self.duration.labels(model, str(version)).observe(seconds)
+            if tenant is not None:
+                self.tenant_requests.labels(str(tenant), model, "success").inc()
         except Exception:
             log.exception("metrics hook failed")
 
-    def failed(self, model: str, version: int, reason: str) -> None:
+    def failed(self, model: str, version: int, reason: str, tenant: int | str | None = None) -> None:
         try:
+            self._first_seen(model, str(version))
             self.failure.labels(model, str(version), reason).inc()
+            if tenant is not None:
+                self.tenant_requests.labels(str(tenant), model, reason).inc()
         except Exception:
             log.exception("metrics hook failed")
 

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="kiln", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     bootstrap_admin_key: str = ""
     default_tenant: str = "default"
+
+    # logs: "json" for one JSON object per line; log_requests adds a line per request (with its id)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = False
 
     # request path
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
@@ -42,6 +47,18 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    # fine-tuning
+    max_dataset_bytes: int = Field(default=256 << 20, gt=0)
+    trainer_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    trainer_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
+    trainer_reconcile_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    trainer_claim_idle_ms: int = Field(default=60_000, ge=100)
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_dev(self) -> Settings:

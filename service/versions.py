@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.concurrency import run_in_threadpool
 
 from model_store.names import parse_version_ref
 from model_store.registry import Registry, ResolvedVersion
-
-_MAX_CACHE = 10_000
+from service.cache import AsyncTTLCache
 
 
 class VersionResolver:
     def __init__(self, registry: Registry, ttl_s: float) -> None:
         self._registry = registry
-        self._ttl = ttl_s
-        self._cache: dict[tuple[int, str, str | None], tuple[float, ResolvedVersion]] = {}
+        self._cache: AsyncTTLCache[ResolvedVersion] = AsyncTTLCache(ttl_s, 10_000, max_stale_s=30.0)
+
+    def forget_model(self, tenant_id: int, model: str) -> None:
+        """Drop this process's cached resolutions of a model (after an alias or version change)."""
+        self._cache.invalidate(lambda key: key[:2] == (tenant_id, model))  # type: ignore[index]
 
     async def resolve(self, tenant_id: int, model: str, ref: str | None) -> ResolvedVersion:
-        key = (tenant_id, model, ref)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         parsed = parse_version_ref(ref) if ref is not None else None
-        version = await run_in_threadpool(self._registry.resolve, tenant_id, model, parsed)
-        if len(self._cache) >= _MAX_CACHE:
-            self._cache.clear()
-        self._cache[key] = (now + self._ttl, version)
-        return version
+        return await self._cache.get(
+            (tenant_id, model, ref),
+            lambda: run_in_threadpool(self._registry.resolve, tenant_id, model, parsed),
+        )

@@ -10,6 +10,7 @@ from workers.usage import Charge, TenantLabels
 
 log = logging.getLogger("kiln.metrics")
 
+WORKER_FAILURE_REASONS = ("model_error",)
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -71,6 +72,23 @@ class WorkerMetrics:
             registry=r,
         )
         self.tenant_items = Counter("kiln_tenant_inference_count", "Items inferred", ("tenant",), registry=r)
+        self.model_memory = Gauge(
+            "kiln_model_memory_bytes",
+            "Memory a loaded version took at load (device memory on CUDA, resident memory on CPU)",
+            (*labels, "device"),
+            registry=r,
+        )
+
+    def version_loaded(self, model: str, version: int, device: str, memory_bytes: int | None) -> None:
+        """A version is loaded: its failure series start at 0, its memory is recorded."""
+        try:
+            lv = (model, str(version))
+            for reason in WORKER_FAILURE_REASONS:
+                self.failures.labels(*lv, reason)
+            if memory_bytes is not None:
+                self.model_memory.labels(*lv, device).set(max(memory_bytes, 0))
+        except Exception:
+            log.exception("metrics hook failed")
 
     def batch(
         self, model: str, version: int, items: int, requests: int, compute_s: float, queue_s: list[float]

@@ -7,6 +7,7 @@ its length is the queue depth and nothing un-ACKed is ever trimmed.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from workers import usage
 from workers.contract import InferReplyMsg
+from workers.jsonlog import request_log
 from workers.keys import GROUP, Keys
 
 
@@ -117,6 +119,7 @@ class WorkQueue:
     ) -> None:
         """Send replies, charge usage and acknowledge + delete the finished entries in one
         round trip."""
+        _log_replies(replies)
         pipe = self.r.pipeline(transaction=False)
         usage.record(pipe, self.keys.prefix, charges or [])
         reply_streams = set()
@@ -153,3 +156,21 @@ class WorkQueue:
 
     def drop_heartbeat(self, worker_id: str) -> None:
         self.r.delete(self.keys.worker(worker_id))
+
+
+def _log_replies(replies: list[tuple[str, InferReplyMsg]]) -> None:
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    for _stream, reply in replies:
+        request_log.info(
+            "reply %s",
+            "ok" if reply.ok else reply.error_code,
+            extra={
+                "request_id": reply.request_id,
+                "ok": reply.ok,
+                "error_code": reply.error_code or None,
+                "batch_size": reply.batch_size,
+                "compute_us": reply.compute_us,
+                "worker": reply.worker,
+            },
+        )

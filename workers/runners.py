@@ -22,6 +22,13 @@ class Runner(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def preload_runtimes() -> None:
+    """Import the runtimes up front: torch's import takes seconds and must not land on a request."""
+    import onnxruntime  # noqa: F401
+
+    cuda_available()
+
+
 def cuda_available() -> bool:
     try:
         import torch

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.registry import Registry, ResolvedVersion
+from workers import memory
 from workers.batcher import Batcher, BatchPolicy, Item
 from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
 from workers.errors import LoadError
@@ -243,6 +244,7 @@ class Worker:
         if loaded is not None:
             return loaded
         started = time.monotonic()
+        mem_before = memory.snapshot()
         try:
             version = self.registry.by_version_id(version_id)
             runner = load_runner(version, self.blobs.read_verified(version.sha256), self.config.threads)
@@ -257,6 +259,9 @@ class Worker:
             time.monotonic() - started
         )
         self.metrics.loaded.set(len(self.models))
+        self.metrics.version_loaded(
+            version.model, version.version, runner.device, memory.used_since(mem_before, runner.device)
+        )
         log.info("loaded %s:%s on %s", version.model, version.version, runner.device)
         return loaded
 

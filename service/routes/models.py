@@ -117,6 +117,7 @@ async def create_version(
     row = await run_in_threadpool(
         registry.add_version, principal.tenant_id, name, format, tmp, sha, size, sig, cfg
     )
+    state.inference.resolver.forget_model(principal.tenant_id, name)
     return _version_public(name, row)
 
 
@@ -137,8 +138,9 @@ async def get_version(
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasPublic)
 async def set_alias(
-    name: str, alias: str, body: AliasSet, principal: ManagePrincipal, registry: RegistryDep
+    name: str, alias: str, body: AliasSet, principal: ManagePrincipal, state: StateDep
 ) -> AliasPublic:
     check_alias(alias)
-    await run_in_threadpool(registry.set_alias, principal.tenant_id, name, alias, body.version)
+    await run_in_threadpool(state.registry.set_alias, principal.tenant_id, name, alias, body.version)
+    state.inference.resolver.forget_model(principal.tenant_id, name)  # this process: at once
     return AliasPublic(model=name, alias=alias, version=body.version)

@@ -89,6 +89,15 @@ class Stack:
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
         return p
 
+    def start_trainer(self, name: str) -> Proc:
+        """A `kiln trainer` process, ready when its /metrics answers."""
+        port = free_port()
+        p = Proc(name, ["trainer", "--threads", "1", "--metrics-port", str(port)], self.env, self.log_dir)
+        self.procs.append(p)
+        self.worker_ports[name] = port
+        self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
+        return p
+
     def wait_http(self, url: str, proc: Proc, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,381 @@
+"""Fine-tuning on the gateway side: dataset files, job creation (validation, dry run, idempotency),
+job actions, and the public shapes. Routes call this; the trainer (workers/) runs the jobs.
+
+Everything a job needs is checked before anything queues: the base model (TorchScript only; ONNX
+is inference-only), the files (this tenant's, parsed again), the data against the model's
+signature and the task. A bad dataset answers 422 with a line-numbered report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import UploadFile
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, JobMetricRow
+from model_store.jobs import TERMINAL, JobStore, new_id, unix
+from model_store.names import check_model_name, parse_version_ref
+from model_store.registry import ResolvedVersion
+from service.errors import InvalidDataset, Unprocessable
+from service.finetune_schemas import (
+    CheckpointPublic,
+    DryRunPublic,
+    EventPublic,
+    FilePublic,
+    JobCreate,
+    JobPublic,
+    MetricsPublic,
+)
+from service.state import AppState
+from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
+from workers.ft_model import (
+    ModelNotTrainable,
+    load_scripted,
+    parameter_counts,
+    resize_head,
+    trainable_names,
+)
+from workers.ft_queue import dispatch
+from workers.ft_spec import JobSpec
+from workers.keys import Keys
+
+log = logging.getLogger("kiln.finetune")
+PURPOSE = "fine-tune"
+DEFAULT_SPLIT = 0.2
+_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class Prepared:
+    base: ResolvedVersion
+    target: str
+    train_rows: int
+    valid_rows: int
+    split: float | None
+
+
+class FinetuneService:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.store = JobStore(state.sessions)
+        self.keys = Keys(state.settings.redis_prefix)
+
+    # files ---------------------------------------------------------------------------------------
+    async def upload(self, tenant_id: int, upload: UploadFile, purpose: str) -> FilePublic:
+        if purpose != PURPOSE:
+            raise Unprocessable(f"purpose must be {PURPOSE!r}")
+        limit = self.state.settings.max_dataset_bytes
+        tmp, sha, size = await self.state.blobs.receive(_chunks(upload), limit)
+        try:
+            data = tmp.read_bytes()
+            fmt = detect_format(upload.filename or "", data)
+            _ds, report = await run_in_threadpool(parse, data, fmt)
+            if not report.valid:
+                raise InvalidDataset(f"dataset is invalid: {report.summary()}", report.as_dict())
+            self.state.blobs.commit(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
+        row = FileRow(
+            id=new_id("file"),
+            tenant_id=tenant_id,
+            filename=(upload.filename or "data")[:256],
+            purpose=purpose,
+            format=fmt,
+            sha256=sha,
+            size_bytes=size,
+            stats=report.stats,
+        )
+        await run_in_threadpool(self.store.add_file, row)
+        return file_public(row)
+
+    # jobs ----------------------------------------------------------------------------------------
+    async def create(
+        self, tenant_id: int, body: JobCreate, idempotency_key: str | None, dry_run: bool
+    ) -> JobPublic | DryRunPublic:
+        if dry_run:
+            return await run_in_threadpool(self._dry_run, tenant_id, body)
+        idem: tuple[int, str] | None = None
+        if idempotency_key:
+            digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+            try:
+                existing = await run_in_threadpool(self.store.reserve_key, tenant_id, idempotency_key, digest)
+            except ValueError as exc:
+                raise Unprocessable(str(exc)) from exc
+            if existing is not None:
+                return job_public(await run_in_threadpool(self.store.get_job, tenant_id, existing))
+            idem = (tenant_id, idempotency_key)
+        try:
+            row = await run_in_threadpool(self._create_row, tenant_id, body, idem)
+        except BaseException:
+            if idem is not None:
+                await run_in_threadpool(self.store.release_key, *idem)
+            raise
+        await self.dispatch(row.id)
+        return job_public(row)
+
+    async def dispatch(self, job_id: str) -> None:
+        """Tell the trainers; if Redis is down, the trainers' reconciler finds the job later."""
+        try:
+            await dispatch(self.state.engine.redis, self.keys, job_id)
+        except (RedisError, OSError) as exc:
+            log.warning("job %s queued in the database, not dispatched (%s)", job_id, type(exc).__name__)
+
+    def _create_row(self, tenant_id: int, body: JobCreate, idem: tuple[int, str] | None) -> FineTuneJobRow:
+        prep = self._prepare(tenant_id, body)
+        if body.hyperparameters.freeze or body.hyperparameters.num_classes is not None:
+            self._check_model(prep, body)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        spec = JobSpec(
+            task=body.task,
+            hyperparameters=body.hyperparameters,
+            validation_split=prep.split,
+            promote=body.promote,
+            metadata=body.metadata,
+        )
+        row = FineTuneJobRow(
+            id=new_id("ftjob"),
+            tenant_id=tenant_id,
+            status="queued",
+            model=body.model,
+            base_version_id=prep.base.version_id,
+            target_model=prep.target,
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            spec=spec.model_dump(mode="json"),
+            seed=seed,
+            attempts=0,
+        )
+        events = [
+            f"validating files: {prep.train_rows} training rows, {prep.valid_rows} validation rows",
+            "files validated; job queued",
+        ]
+        self.store.create_job(row, events, idem)
+        return row
+
+    def _prepare(self, tenant_id: int, body: JobCreate) -> Prepared:
+        base = self._base(tenant_id, body.model)
+        target = body.target_model or f"{base.model}-{body.suffix or 'ft'}"
+        check_model_name(target)
+        train = self._dataset(tenant_id, body.training_file)
+        in_shape, out_shape = _shapes(base, body)
+        reports: dict[str, dict[str, Any]] = {}
+        report = check_against(train, in_shape, out_shape, body.task)
+        if not report.valid:
+            reports["training_file"] = report.as_dict()
+        valid_rows, split = self._validation(tenant_id, body, train, in_shape, out_shape, reports)
+        if reports:
+            first = next(iter(reports))
+            raise InvalidDataset(f"{first}: {_summary(reports[first])}", reports)
+        n_train = len(train) - (valid_rows if split else 0)
+        return Prepared(base, target, n_train, valid_rows, split)
+
+    def _validation(
+        self,
+        tenant_id: int,
+        body: JobCreate,
+        train: Dataset,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        reports: dict[str, dict[str, Any]],
+    ) -> tuple[int, float | None]:
+        if body.validation_file:
+            valid = self._dataset(tenant_id, body.validation_file)
+            known = label_set(train) if body.task == "classification" else None
+            report = check_against(valid, in_shape, out_shape, body.task, known)
+            if not report.valid:
+                reports["validation_file"] = report.as_dict()
+            return len(valid), None
+        split = body.validation_split or DEFAULT_SPLIT
+        n_valid = max(1, round(len(train) * split))
+        if n_valid >= len(train):
+            reports["training_file"] = Report(stats={"rows": len(train)}).as_dict() | {
+                "valid": False,
+                "errors": [
+                    {"line": 0, "field": "", "message": "too few rows to hold out a validation split"}
+                ],
+            }
+        return n_valid, split
+
+    def _base(self, tenant_id: int, ref: str) -> ResolvedVersion:
+        name, _, version = ref.partition(":")
+        parsed = parse_version_ref(version) if version else None
+        base = self.state.registry.resolve(tenant_id, name, parsed)
+        if base.format == "onnx":
+            raise Unprocessable(
+                "ONNX versions are inference-only and cannot be fine-tuned; upload the model as TorchScript"
+            )
+        if base.format != "torchscript":
+            raise Unprocessable(f"versions of format {base.format!r} cannot be fine-tuned")
+        sig = base.signature
+        if len(sig.inputs) != 1 or not sig.batched() or sig.inputs[0].datatype not in ("FP32", "FP64"):
+            raise Unprocessable("fine-tuning needs a model with one float input and a batch dimension")
+        return base
+
+    def _dataset(self, tenant_id: int, file_id: str) -> Dataset:
+        row = self.store.get_file(tenant_id, file_id)
+        ds, report = parse(self.state.blobs.read_verified(row.sha256), row.format)
+        if ds is None:
+            raise InvalidDataset(f"{file_id}: {report.summary()}", {file_id: report.as_dict()})
+        return ds
+
+    def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
+        """Load the base model: the head can be resized and the freeze list leaves something to train."""
+        module = load_scripted(self.state.blobs.read_verified(prep.base.sha256), torch.device("cpu"))
+        hp = body.hyperparameters
+        try:
+            if hp.num_classes is not None:
+                resize_head(module, hp.num_classes)
+            return parameter_counts(module, trainable_names(module, hp.freeze))
+        except ModelNotTrainable as exc:
+            raise Unprocessable(str(exc)) from exc
+
+    def _dry_run(self, tenant_id: int, body: JobCreate) -> DryRunPublic:
+        prep = self._prepare(tenant_id, body)
+        counts = self._check_model(prep, body)
+        hp = body.hyperparameters
+        steps = math.ceil(prep.train_rows / hp.batch_size)
+        return DryRunPublic(
+            model=prep.base.model,
+            base_version=prep.base.version,
+            target_model=prep.target,
+            training={"rows": prep.train_rows, "file": body.training_file},
+            validation={"rows": prep.valid_rows, "file": body.validation_file, "split": prep.split},
+            estimate={
+                "steps_per_epoch": steps,
+                "total_steps": steps * hp.epochs,
+                **counts,
+                "examples_seen": prep.train_rows * hp.epochs,
+            },
+        )
+
+    # reading -------------------------------------------------------------------------------------
+    async def events_stream(self, tenant_id: int, job_id: str, after: int) -> AsyncIterator[bytes]:
+        """Server-sent events: every new event, until the job is finished."""
+        idle = 0
+        while True:
+            rows, _more = await run_in_threadpool(self.store.events, tenant_id, job_id, after, 100)
+            for ev in rows:
+                after = ev.id
+                data = event_public(ev).model_dump_json()
+                yield f"id: {ev.id}\nevent: {ev.type}\ndata: {data}\n\n".encode()
+            if not rows:
+                job = await run_in_threadpool(self.store.get_job, tenant_id, job_id)
+                if job.status in TERMINAL:
+                    yield b"event: done\ndata: {}\n\n"
+                    return
+                idle += 1
+                if idle % 30 == 0:
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(0.5)
+
+
+def _shapes(base: ResolvedVersion, body: JobCreate) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    out = tuple(base.signature.outputs[0].shape[1:])
+    classes = body.hyperparameters.num_classes
+    if classes is not None:
+        if body.task != "classification" or len(out) != 1:
+            raise Unprocessable("num_classes needs a classification task and a [batch, classes] output")
+        if out[0] > 0 and classes < out[0]:
+            raise Unprocessable(f"num_classes {classes} is fewer than the model's {out[0]} classes")
+        out = (classes,)
+    return tuple(base.signature.inputs[0].shape[1:]), out
+
+
+def _summary(report: dict[str, Any]) -> str:
+    parts = [
+        f"line {e['line']}: {e['field'] + ': ' if e['field'] else ''}{e['message']}"
+        for e in report.get("errors", [])[:5]
+    ]
+    return "; ".join(parts)
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(_CHUNK):
+        yield chunk
+
+
+# public shapes -----------------------------------------------------------------------------------
+def file_public(row: FileRow) -> FilePublic:
+    return FilePublic(
+        id=row.id,
+        bytes=row.size_bytes,
+        created_at=unix(row.created_at) or 0,
+        filename=row.filename,
+        purpose=row.purpose,
+        format=row.format,
+        sha256=row.sha256,
+        stats=row.stats,
+    )
+
+
+def job_public(row: FineTuneJobRow) -> JobPublic:
+    spec = JobSpec.model_validate(row.spec)
+    return JobPublic(
+        id=row.id,
+        created_at=unix(row.created_at) or 0,
+        started_at=unix(row.started_at),
+        finished_at=unix(row.finished_at),
+        model=row.model,
+        fine_tuned_model=row.fine_tuned_model,
+        status=row.status,
+        error=row.error,
+        task=spec.task,
+        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
+        training_file=row.training_file,
+        validation_file=row.validation_file,
+        validation_split=spec.validation_split,
+        seed=row.seed,
+        metadata=spec.metadata,
+        promote=spec.promote,
+        progress=row.progress,
+        result=row.result,
+        result_files=list((row.result or {}).get("result_files", [])),
+    )
+
+
+def event_public(row: JobEventRow) -> EventPublic:
+    return EventPublic(
+        id=f"ftevent-{row.id}",
+        created_at=unix(row.created_at) or 0,
+        level=row.level,
+        message=row.message,
+        type=row.type,
+        data=row.data,
+    )
+
+
+def checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=f"ftckpt-{row.id}",
+        created_at=unix(row.created_at) or 0,
+        fine_tuning_job_id=row.job_id,
+        epoch=row.epoch,
+        step_number=row.step_number,
+        sha256=row.sha256,
+        metrics=row.metrics,
+    )
+
+
+def metrics_public(rows: list[JobMetricRow]) -> MetricsPublic:
+    train = [{**r.values, "step": r.step, "epoch": r.epoch} for r in rows if r.kind == "train"]
+    valid = [{**r.values, "step": r.step, "epoch": r.epoch} for r in rows if r.kind == "valid"]
+    return MetricsPublic(train=train, valid=valid)
+
+
+def parse_event_after(after: str | None) -> int:
+    if not after:
+        return 0
+    raw = after.removeprefix("ftevent-")
+    if not raw.isdigit():
+        raise Unprocessable("after must be an event id")
+    return int(raw)

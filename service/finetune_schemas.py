@@ -1,0 +1,131 @@
+"""API schemas for files and fine-tuning jobs (OpenAI's shapes), separate from database rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workers.ft_spec import Hyperparameters, Task
+
+_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=128, description="name, name:version or name:alias")
+    training_file: str = Field(min_length=1, max_length=40)
+    validation_file: str | None = Field(default=None, max_length=40)
+    validation_split: float | None = Field(default=None, gt=0, lt=1)
+    task: Task = "classification"
+    suffix: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+    target_model: str | None = Field(default=None, pattern=_NAME)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    promote: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> JobCreate:
+        if self.validation_file and self.validation_split:
+            raise ValueError("give validation_file or validation_split, not both")
+        if self.suffix and self.target_model:
+            raise ValueError("give suffix or target_model, not both")
+        return self
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    format: str
+    sha256: str
+    stats: dict[str, Any]
+
+
+class FileList(BaseModel):
+    object: str = "list"
+    data: list[FilePublic]
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: str = "fine_tuning.job"
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    status: str
+    error: dict[str, Any] | None
+    task: str
+    hyperparameters: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    validation_split: float | None
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    metadata: dict[str, str]
+    promote: str | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+
+
+class JobList(BaseModel):
+    object: str = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: str = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+
+class EventList(BaseModel):
+    object: str = "list"
+    data: list[EventPublic]
+    has_more: bool
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: str = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuning_job_id: str
+    epoch: int
+    step_number: int
+    sha256: str
+    metrics: dict[str, Any]
+
+
+class CheckpointList(BaseModel):
+    object: str = "list"
+    data: list[CheckpointPublic]
+    has_more: bool = False
+
+
+class MetricsPublic(BaseModel):
+    object: str = "fine_tuning.job.metrics"
+    train: list[dict[str, Any]]
+    valid: list[dict[str, Any]]
+
+
+class DryRunPublic(BaseModel):
+    object: str = "fine_tuning.job.dry_run"
+    valid: bool = True
+    model: str
+    base_version: int
+    target_model: str
+    training: dict[str, Any]
+    validation: dict[str, Any]
+    estimate: dict[str, Any]

@@ -1,0 +1,271 @@
+"""Fine-tune datasets: parse JSONL or CSV into tensors, with a line-numbered validation report.
+
+JSONL: one object per line, `{"input": <number or nested list of numbers>, "label": <number or
+list of numbers>}`. CSV: a header row, a `label` column, every other column a numeric feature.
+Checks in two stages: `parse` (the file alone: bad JSON, missing fields, ragged or non-numeric
+inputs, inconsistent shapes, empty file) and `check_against` (a model's signature and a task:
+wrong tensor shape, unknown label). Both gather issues per line instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+MAX_ISSUES = 50
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    line: int
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.field, "message": self.message}
+
+
+@dataclass(slots=True)
+class Report:
+    issues: list[Issue] = field(default_factory=list)
+    total_issues: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.total_issues == 0
+
+    def add(self, line: int, field_: str, message: str) -> None:
+        self.total_issues += 1
+        if len(self.issues) < MAX_ISSUES:
+            self.issues.append(Issue(line, field_, message))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "errors": [i.as_dict() for i in self.issues],
+            "total_errors": self.total_issues,
+            "stats": self.stats,
+        }
+
+    def summary(self, limit: int = 5) -> str:
+        parts = [
+            f"line {i.line}: {i.field}: {i.message}" if i.field else f"line {i.line}: {i.message}"
+            for i in self.issues[:limit]
+        ]
+        more = self.total_issues - len(parts)
+        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+@dataclass(slots=True)
+class Dataset:
+    inputs: np.ndarray  # float32 [N, *input_shape]
+    labels: np.ndarray  # float64 [N] or [N, K]
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+class _RowError(Exception):
+    def __init__(self, field_: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_
+        self.message = message
+
+
+def detect_format(filename: str, data: bytes) -> Literal["jsonl", "csv"]:
+    if filename.lower().endswith(".csv"):
+        return "csv"
+    return "jsonl"
+
+
+def _numeric(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, bool) or value is None or isinstance(value, str | dict):
+        raise _RowError(what, "must be a number or a list of numbers")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise _RowError(what, "must be a number or a rectangular list of numbers") from exc
+    if arr.dtype == object:
+        raise _RowError(what, "must be a rectangular list of numbers")
+    if not np.all(np.isfinite(arr)):
+        raise _RowError(what, "contains NaN or infinity")
+    return arr
+
+
+def _json_row(text: str) -> tuple[Any, Any]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _RowError("", f"bad JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(obj, dict):
+        raise _RowError("", "each line must be a JSON object")
+    unknown = sorted(set(obj) - {"input", "label"})
+    if unknown:
+        raise _RowError(unknown[0], "unknown field (expected input and label)")
+    for name in ("input", "label"):
+        if name not in obj:
+            raise _RowError(name, f"missing {name}")
+    return obj["input"], obj["label"]
+
+
+def _jsonl_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
+    out: list[tuple[int, Any, Any] | tuple[int, _RowError]] = []
+    for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            x, y = _json_row(raw)
+            out.append((n, x, y))
+        except _RowError as err:
+            out.append((n, err))
+    return out
+
+
+def _csv_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
+    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
+    header = next(reader, None)
+    if not header:
+        return []
+    header = [h.strip() for h in header]
+    if "label" not in header:
+        return [(1, _RowError("label", "missing label column in the header"))]
+    li = header.index("label")
+    out: list[tuple[int, Any, Any] | tuple[int, _RowError]] = []
+    for row in reader:
+        n = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            out.append((n, _RowError("", f"expected {len(header)} columns, got {len(row)}")))
+            continue
+        try:
+            feats = [float(c) for i, c in enumerate(row) if i != li]
+            label: Any = float(row[li]) if row[li].strip() else None
+        except ValueError:
+            out.append((n, _RowError("input", "every feature column must be a number")))
+            continue
+        if label is None:
+            out.append((n, _RowError("label", "missing label")))
+            continue
+        out.append((n, feats, label))
+    return out
+
+
+def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
+    """Parse a dataset file; the Dataset is None when the report has errors."""
+    report = Report()
+    rows = _csv_rows(data) if fmt == "csv" else _jsonl_rows(data)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    lines: list[int] = []
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    for row in rows:
+        if len(row) == 2:
+            report.add(row[0], row[1].field, row[1].message)
+            continue
+        n, x_raw, y_raw = row
+        try:
+            x, y = _numeric(x_raw, "input"), _numeric(y_raw, "label")
+            shapes = _check_shape(shapes, x.shape, y.shape)
+        except _RowError as err:
+            report.add(n, err.field, err.message)
+            continue
+        xs.append(x)
+        ys.append(y)
+        lines.append(n)
+    if not rows:
+        report.add(0, "", "file is empty (no rows)")
+    report.stats = _stats(xs, ys)
+    if not report.valid:
+        return None, report
+    return Dataset(np.stack(xs).astype(np.float32), np.stack(ys), lines), report
+
+
+def _check_shape(
+    seen: tuple[tuple[int, ...], tuple[int, ...]] | None, x: tuple[int, ...], y: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if seen is None:
+        return x, y
+    if x != seen[0]:
+        raise _RowError("input", f"wrong tensor shape: {list(x)}, other rows have {list(seen[0])}")
+    if y != seen[1]:
+        raise _RowError("label", f"wrong shape: {list(y)}, other rows have {list(seen[1])}")
+    return seen
+
+
+def _stats(xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, Any]:
+    stats: dict[str, Any] = {"rows": len(xs)}
+    if not xs:
+        return stats
+    stats["input_shape"] = list(xs[0].shape)
+    stats["label_shape"] = list(ys[0].shape)
+    if ys[0].shape == () and all(float(y).is_integer() for y in ys):
+        counts = Counter(int(y) for y in ys)
+        stats["label_counts"] = {str(k): counts[k] for k in sorted(counts)}
+    else:
+        arr = np.stack(ys)
+        stats["label_mean"] = float(arr.mean())
+        stats["label_std"] = float(arr.std())
+    return stats
+
+
+def check_against(
+    ds: Dataset,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    task: Task,
+    known_labels: set[int] | None = None,
+    report: Report | None = None,
+) -> Report:
+    """Check a parsed dataset against a model's input/output shapes (without batch) and a task."""
+    report = report or Report(stats={"rows": len(ds)})
+    row_shape = tuple(ds.inputs.shape[1:])
+    if len(row_shape) != len(input_shape) or any(
+        w not in (-1, g) for w, g in zip(input_shape, row_shape, strict=False)
+    ):
+        report.add(
+            ds.lines[0],
+            "input",
+            f"wrong tensor shape: {list(row_shape)}, the model takes {list(input_shape)} per row (all rows)",
+        )
+    if task == "classification":
+        _check_classes(ds, output_shape, known_labels, report)
+    else:
+        _check_regression(ds, output_shape, report)
+    return report
+
+
+def _check_classes(
+    ds: Dataset, output_shape: tuple[int, ...], known: set[int] | None, report: Report
+) -> None:
+    classes = output_shape[-1] if output_shape else -1
+    if ds.labels.ndim != 1:
+        report.add(ds.lines[0], "label", "classification labels must be single class indices")
+        return
+    for n, y in zip(ds.lines, ds.labels.tolist(), strict=True):
+        if not float(y).is_integer() or y < 0:
+            report.add(n, "label", f"label {y:g} is not a class index (0, 1, 2, ...)")
+        elif classes > 0 and y >= classes:
+            report.add(n, "label", f"unknown label {int(y)}: the model has {classes} classes")
+        elif known is not None and int(y) not in known:
+            report.add(n, "label", f"unknown label {int(y)}: not in the training file")
+
+
+def _check_regression(ds: Dataset, output_shape: tuple[int, ...], report: Report) -> None:
+    width = output_shape[-1] if len(output_shape) > 0 else 1
+    got = 1 if ds.labels.ndim == 1 else int(ds.labels.shape[1])
+    if width > 0 and got != width:
+        report.add(ds.lines[0], "label", f"regression targets have {got} values, the model outputs {width}")
+
+
+def label_set(ds: Dataset) -> set[int]:
+    return {int(y) for y in ds.labels.reshape(-1).tolist() if float(y).is_integer()}

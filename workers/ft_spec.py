@@ -1,0 +1,56 @@
+"""The declarative fine-tune spec shared by the gateway (validation) and the trainer (execution).
+
+Only declarative hyperparameters: unknown keys are refused (422 at the gateway), nothing here is
+ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Optimizer = Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
+Scheduler = Literal["constant", "linear", "cosine", "step"]
+Task = Literal["classification", "regression"]
+
+
+class EarlyStopping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(default=3, ge=1, le=1000)
+    min_delta: float = Field(default=0.0, ge=0, le=1e6)
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=3, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    optimizer: Optimizer = "adam"
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
+    l1: float = Field(default=0.0, ge=0, le=10)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    freeze: list[str] = Field(default_factory=list, max_length=64)
+    lr_scheduler: Scheduler = "constant"
+    warmup_steps: int = Field(default=0, ge=0, le=10_000_000)
+    step_size: int = Field(default=1, ge=1, le=1000, description="epochs between decays (step)")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="decay factor (step)")
+    early_stopping: EarlyStopping | None = None
+    max_grad_norm: float | None = Field(default=None, gt=0, le=1e6)
+    num_classes: int | None = Field(
+        default=None, ge=2, le=100_000, description="classification: widen the head to this many classes"
+    )
+
+
+class JobSpec(BaseModel):
+    """What the trainer needs beyond the job row's columns (stored as the row's `spec`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    hyperparameters: Hyperparameters
+    validation_split: float | None = None
+    promote: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,185 @@
+"""`kiln trainer`: takes fine-tune jobs from the job stream and runs them one at a time.
+
+The database is the source of truth. A trainer holds a job through a lease in its row, renewed
+between steps; the stream only says "look at job X". On start and every reconcile interval, any
+trainer (1) puts running jobs whose lease expired (their trainer was killed) back to queued and
+(2) enqueues every queued job that has no entry in the stream (Redis restarted or a dispatch was
+lost). A killed trainer's job is thus picked up again and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+
+import redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+
+from model_store.blobs import BlobStore
+from model_store.errors import StoreError
+from model_store.jobs import JobStore, LeaseLost
+from model_store.registry import Registry
+from workers.ft_job import DatasetUnusable, HandBack, JobContext, execute
+from workers.ft_metrics import TrainerMetrics
+from workers.ft_model import ModelNotTrainable
+from workers.ft_queue import JobQueue
+from workers.keys import Keys
+
+log = logging.getLogger("kiln.trainer")
+_READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
+_INFRA = (RedisError, OperationalError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    lease_s: float = 30.0
+    renew_interval_s: float = 1.0
+    reconcile_interval_s: float = 10.0
+    claim_idle_ms: int = 60_000
+    block_ms: int = 1_000
+
+
+def error_of(exc: Exception) -> dict[str, str]:
+    """A readable error for the job object (no stack trace)."""
+    if isinstance(exc, _READABLE):
+        return {"code": type(exc).__name__, "message": str(exc)[:500]}
+    if isinstance(exc, torch_oom()):
+        return {"code": "out_of_memory", "message": "the device ran out of memory; try a smaller batch_size"}
+    text = str(exc)
+    if "Traceback of TorchScript" in text:  # keep the model's own error, not its source and paths
+        text = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+        return {"code": "model_error", "message": f"the model raised: {text.strip()[:400]}"}
+    return {"code": "training_error", "message": f"{type(exc).__name__}: {text[:400]}"}
+
+
+def torch_oom() -> type[Exception]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+class Trainer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        registry: Registry,
+        blobs: BlobStore,
+        store: JobStore,
+        config: TrainerConfig,
+        metrics: TrainerMetrics | None = None,
+    ) -> None:
+        self.trainer_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.queue = JobQueue(client, keys, self.trainer_id)
+        self.store = store
+        self.config = config
+        self._stop = threading.Event()
+        self.metrics = metrics
+        self.ctx = JobContext(
+            store,
+            registry,
+            blobs,
+            self.trainer_id,
+            config.lease_s,
+            config.renew_interval_s,
+            self._stop,
+            metrics,
+        )
+        self._next_reconcile = 0.0
+        self.current_job: str | None = None
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %s: hand back the current job and stop", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        log.info("trainer %s started", self.trainer_id)
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                backoff = 0.1
+            except _INFRA as exc:
+                log.warning("queue or database unavailable (%s); retrying", type(exc).__name__)
+                self.queue._grouped = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        log.info("trainer %s stopped", self.trainer_id)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reconcile:
+            self.reconcile()
+            self._next_reconcile = now + self.config.reconcile_interval_s
+        entries = self.queue.claim_stale(self.config.claim_idle_ms)
+        entries += self.queue.read(self.config.block_ms) if not entries else []
+        for entry_id, job_id in entries:
+            if self._stop.is_set():
+                return
+            self.take(entry_id, job_id)
+
+    def reconcile(self) -> None:
+        for job_id in self.store.requeue_expired():
+            log.warning("job %s lost its trainer; queued again", job_id)
+        present = self.queue.present()
+        for job_id in self.store.queued_job_ids():
+            if job_id not in present:
+                log.info("job %s is queued in the database but not in the stream; enqueued", job_id)
+                self.queue.enqueue(job_id)
+
+    def take(self, entry_id: bytes, job_id: str) -> None:
+        claimed = self.store.claim(job_id, self.trainer_id, self.config.lease_s)
+        self.queue.done(entry_id)  # the lease in the database holds the job from here on
+        if claimed:
+            self.run_job(job_id)
+
+    def run_job(self, job_id: str) -> None:
+        self.current_job = job_id
+        if self.metrics is not None:
+            self.metrics.busy.set(1)
+        log.info("job %s: started", job_id)
+        try:
+            outcome = self._run(job_id)
+        finally:
+            self.current_job = None
+        log.info("job %s: %s", job_id, outcome)
+        if self.metrics is not None:
+            self.metrics.ended(outcome)
+
+    def _run(self, job_id: str) -> str:
+        try:
+            execute(self.ctx, job_id)
+            return "finished"
+        except LeaseLost:
+            return "stopped"  # cancelled, paused or taken over
+        except _INFRA as exc:
+            # not the job's fault: keep it; the lease runs out and the job resumes from its checkpoint
+            log.warning("job %s: abandoned, queue or database unavailable (%s)", job_id, type(exc).__name__)
+            return "abandoned"
+        except HandBack:
+            if self.store.hand_back(job_id, self.trainer_id, "trainer stopping; the job is queued again"):
+                self.queue.enqueue(job_id)
+            return "handed_back"
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = error_of(exc)
+            with contextlib.suppress(LeaseLost):
+                self.store.finish(
+                    job_id, self.trainer_id, "failed", error=error, message=f"job failed: {error['message']}"
+                )
+            return "failed"

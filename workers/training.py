@@ -1,0 +1,266 @@
+"""One fine-tune run: optimizer, schedule, epochs, evaluation, checkpoint state.
+
+Deterministic on CPU for a given seed, data and hyperparameters: the global torch RNG is seeded
+once (and saved in every checkpoint), each epoch's shuffle uses its own generator seeded from
+(seed, epoch), so a run resumed from a checkpoint draws exactly what an uninterrupted one would.
+Checkpoint state holds only tensors, numbers and strings (loadable with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model_store.signature import Signature
+from workers.datasets import Dataset
+from workers.ft_model import first_output, trainable_names
+from workers.ft_spec import Hyperparameters, JobSpec
+
+StepHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class Progress:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    best: float = math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+@dataclass(slots=True)
+class EpochResult:
+    epoch: int
+    step: int
+    train: list[dict[str, Any]] = field(default_factory=list)
+    valid: dict[str, Any] = field(default_factory=dict)
+
+
+def split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded hold-out split (the same rows for the same seed)."""
+    order = np.random.default_rng(seed).permutation(len(ds))
+    n_valid = max(1, round(len(ds) * fraction))
+    take_v, take_t = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+
+    def pick(idx: np.ndarray) -> Dataset:
+        return Dataset(ds.inputs[idx], ds.labels[idx], [ds.lines[i] for i in idx.tolist()])
+
+    return pick(take_t), pick(take_v)
+
+
+def _optimizer(params: list[torch.Tensor], hp: Hyperparameters) -> torch.optim.Optimizer:
+    lr, wd = hp.learning_rate, hp.weight_decay
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if hp.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if hp.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if hp.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+
+
+def lr_factor(hp: Hyperparameters, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, steps_per_epoch * hp.epochs)
+    warmup = hp.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, total - warmup)
+        if hp.lr_scheduler == "linear":
+            return max(0.0, 1.0 - done)
+        if hp.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+        if hp.lr_scheduler == "step":
+            return float(hp.gamma ** ((step // steps_per_epoch) // hp.step_size))
+        return 1.0
+
+    return factor
+
+
+class Run:
+    def __init__(
+        self,
+        module: Any,
+        sig: Signature,
+        train: Dataset,
+        valid: Dataset,
+        spec: JobSpec,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.module, self.sig, self.spec, self.seed, self.device = module, sig, spec, seed, device
+        self.hp = spec.hyperparameters
+        self.classification = spec.task == "classification"
+        self.train_x, self.train_y = self._tensors(train)
+        self.valid_x, self.valid_y = self._tensors(valid)
+        self.valid_lines = list(valid.lines)
+        names = set(trainable_names(module, self.hp.freeze))
+        self.params = []
+        for n, p in module.named_parameters():
+            p.requires_grad_(n in names)
+            if n in names:
+                self.params.append(p)
+        self.steps_per_epoch = math.ceil(len(train) / self.hp.batch_size)
+        self.opt = _optimizer(self.params, self.hp)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(self.hp, self.steps_per_epoch))
+        self.progress = Progress()
+        torch.manual_seed(seed)
+
+    def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(ds.inputs.copy()).to(self.device)
+        if self.sig.inputs[0].datatype == "FP64":
+            x = x.double()
+        if self.classification:
+            return x, torch.from_numpy(ds.labels.astype(np.int64)).to(self.device)
+        y = torch.from_numpy(ds.labels.astype(np.float32))
+        if y.ndim == 1:
+            y = y.unsqueeze(1)
+        return x, y.to(self.device)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.hp.epochs
+
+    def done(self) -> bool:
+        return self.progress.epoch >= self.hp.epochs or self.progress.stopped_early
+
+    # one epoch -----------------------------------------------------------------------------------
+    def train_epoch(self, on_step: StepHook) -> EpochResult:
+        epoch = self.progress.epoch + 1
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_x), generator=gen)
+        self.module.train()
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(order), self.hp.batch_size):
+            idx = order[start : start + self.hp.batch_size].to(self.device)
+            loss = self._step(self.train_x[idx], self.train_y[idx])
+            self.progress.step += 1
+            row = {
+                "step": self.progress.step,
+                "epoch": epoch,
+                "train_loss": loss,
+                "lr": float(self.sched.get_last_lr()[0]),
+            }
+            rows.append(row)
+            on_step(row)
+        result = EpochResult(epoch, self.progress.step, rows, self.evaluate())
+        result.valid["train_loss"] = float(np.mean([r["train_loss"] for r in rows]))
+        self._after_epoch(result)
+        return result
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        if self.hp.dropout > 0:
+            x = F.dropout(x, p=self.hp.dropout, training=True)
+        out = first_output(self.module, x, self.sig)
+        loss = self._loss(out, y)
+        total = loss
+        if self.hp.l1 > 0:
+            total = total + self.hp.l1 * sum(p.abs().sum() for p in self.params)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        if self.hp.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.classification:
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out.reshape(y.shape), y)
+
+    def _after_epoch(self, result: EpochResult) -> None:
+        p = self.progress
+        p.epoch = result.epoch
+        es = self.hp.early_stopping
+        loss = result.valid["valid_loss"]
+        if loss < p.best - (es.min_delta if es else 0.0):
+            p.best, p.bad_epochs = loss, 0
+        else:
+            p.bad_epochs += 1
+        if es is not None and p.bad_epochs >= es.patience:
+            p.stopped_early = True
+            result.valid["stopped_early"] = True
+
+    # evaluation ----------------------------------------------------------------------------------
+    def evaluate(self, module: Any | None = None) -> dict[str, Any]:
+        return evaluate(module or self.module, self.sig, self.valid_x, self.valid_y, self.classification)
+
+    def predictions(self, module: Any | None = None) -> list[Any]:
+        """Per validation row: the predicted class (classification) or value(s) (regression)."""
+        module = module or self.module
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            out = first_output(module, self.valid_x, self.sig)
+        module.train(was_training)
+        if self.classification:
+            return [int(v) for v in out.argmax(dim=1).tolist()]
+        return list(out.reshape(self.valid_y.shape).cpu().tolist())
+
+    # checkpoint state ----------------------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        p = self.progress
+        state = {
+            "model": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "progress": {
+                "epoch": p.epoch,
+                "step": p.step,
+                "best": p.best,
+                "bad_epochs": p.bad_epochs,
+                "stopped_early": p.stopped_early,
+            },
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def load_state(self, data: bytes) -> None:
+        state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"].cpu())
+        self.progress = Progress(**state["progress"])
+
+
+def evaluate(
+    module: Any, sig: Signature, x: torch.Tensor, y: torch.Tensor, classification: bool
+) -> dict[str, Any]:
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = first_output(module, x, sig)
+        if classification:
+            loss = F.cross_entropy(out, y)
+            metrics = {"valid_loss": float(loss), "accuracy": float((out.argmax(dim=1) == y).float().mean())}
+        else:
+            pred = out.reshape(y.shape)
+            loss = F.mse_loss(pred, y)
+            var = float(((y - y.mean(dim=0)) ** 2).sum())
+            r2 = 1.0 - float(((y - pred) ** 2).sum()) / var if var > 0 else 0.0
+            metrics = {"valid_loss": float(loss), "r2": r2}
+    module.train(was_training)
+    return metrics
+
+
+def better(task: str, new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Does `new` beat `old` on the task's validation metric?"""
+    if task == "classification":
+        return bool(new["accuracy"] > old["accuracy"])
+    return bool(new["valid_loss"] < old["valid_loss"])
