@@ -26,8 +26,17 @@ class _Entry(Generic[V]):
 
 
 class AsyncTTLCache(Generic[V]):
-    def __init__(self, ttl_s: float, max_entries: int = 10_000, max_stale_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int = 10_000,
+        max_stale_s: float = 30.0,
+        evict_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        """`evict_on`: failures that are answers, not outages (say NotFound after a model stops
+        being shared): they drop the stale entry at once instead of serving it on."""
         self.ttl_s = ttl_s
+        self.evict_on = evict_on
         self.max_stale_s = max(max_stale_s, ttl_s)
         self.max_entries = max_entries
         self._entries: dict[Hashable, _Entry[V]] = {}
@@ -64,6 +73,9 @@ class AsyncTTLCache(Generic[V]):
                 self._entries.clear()
             self._entries[key] = _Entry(value, now + self.ttl_s, now + self.ttl_s + self.max_stale_s)
             return value
+        except self.evict_on:
+            self._entries.pop(key, None)
+            raise
         finally:
             self._loading.pop(key, None)
 

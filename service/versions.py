@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
+from model_store import errors as store_errors
 from model_store.names import parse_version_ref
 from model_store.registry import Registry, ResolvedVersion
 from service.cache import AsyncTTLCache
@@ -12,7 +13,9 @@ from service.cache import AsyncTTLCache
 class VersionResolver:
     def __init__(self, registry: Registry, ttl_s: float) -> None:
         self._registry = registry
-        self._cache: AsyncTTLCache[ResolvedVersion] = AsyncTTLCache(ttl_s, 10_000, max_stale_s=30.0)
+        self._cache: AsyncTTLCache[ResolvedVersion] = AsyncTTLCache(
+            ttl_s, 10_000, max_stale_s=30.0, evict_on=(store_errors.NotFound,)
+        )
 
     def forget_model(self, tenant_id: int, model: str) -> None:
         """Drop this process's cached resolutions of a model (after an alias or version change)."""

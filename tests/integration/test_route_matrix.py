@@ -17,12 +17,15 @@ import httpx
 from fastapi.routing import APIRoute
 
 from tests.conftest import WorkerThread
+from tests.ft_data import jsonl, rows
+from tests.integration.ft_helpers import job_body, setup_classifier, upload
 from tests.integration.helpers import infer_body, register
 from tests.integration.tenancy import new_key, new_tenant
 from tests.models import demo_onnx_bytes
 
 SCOPES = ("infer", "manage", "finetune", "admin")
-OBJECT_PARAMS = {"model", "name", "key_id", "version", "alias"}  # name a tenant's object
+OBJECT_PARAMS = {"model", "name", "key_id", "version", "alias", "file_id", "job_id"}  # a tenant's object
+BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs")}  # the body names tenant A's model and files
 LEAKS = ("Traceback", 'File "', "/work/", "/tmp/", "/etc/", "127.0.0.1", "redis://", "postgresql", "sqlite")
 _seq = itertools.count()
 
@@ -55,6 +58,47 @@ def route_table(app: Any) -> list[tuple[str, str, APIRoute]]:
     return table
 
 
+class World:
+    """Tenant A's objects that the routes name."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.train = self.valid = self.job = ""
+
+    async def setup(self) -> None:
+        assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
+        r = await self.client.put("/v1/models/demo/aliases/staging", json={"version": 1})
+        assert r.status_code == 200
+        self.train, self.valid = await setup_classifier(self.client)
+        self.job = await self.new_job()
+
+    async def new_job(self, paused: bool = False) -> str:
+        r = await self.client.post("/v1/fine_tuning/jobs", json=job_body(self.train, self.valid))
+        assert r.status_code == 200, r.text
+        job_id = str(r.json()["id"])
+        if paused:
+            assert (await self.client.post(f"/v1/fine_tuning/jobs/{job_id}/pause")).status_code == 200
+        return job_id
+
+    async def path(self, method: str, path: str) -> str:
+        values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
+        values.update(file_id=self.train, job_id=self.job)
+        if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
+            values["key_id"] = str((await new_key(self.client, ["infer"]))[0])
+        if method == "DELETE" and "{file_id}" in path:
+            values["file_id"] = (await upload(self.client, jsonl(*rows(40, 3)))).json()["id"]
+        if method == "POST" and "{job_id}" in path:  # cancel / pause / resume change the job
+            values["job_id"] = await self.new_job(paused=path.endswith("/resume"))
+        return path.format(**values)
+
+    async def body(self, method: str, path: str) -> dict[str, Any]:
+        if (method, path) == ("POST", "/v1/files"):
+            return {"data": {"purpose": "fine-tune"}, "files": {"file": ("t.jsonl", jsonl(*rows(40, 4)))}}
+        if (method, path) == ("POST", "/v1/fine_tuning/jobs"):
+            return {"json": job_body(self.train, self.valid)}
+        return await _body(self.client, method, path)
+
+
 async def _body(client: httpx.AsyncClient, method: str, path: str) -> dict[str, Any]:
     n = next(_seq)
     bodies: dict[tuple[str, str], dict[str, Any]] = {
@@ -74,15 +118,7 @@ async def _body(client: httpx.AsyncClient, method: str, path: str) -> dict[str, 
     return bodies.get((method, path), {})
 
 
-async def _path(client: httpx.AsyncClient, path: str) -> str:
-    values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
-    if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
-        key_id, _ = await new_key(client, ["infer"])
-        values["key_id"] = str(key_id)
-    return path.format(**values)
-
-
-def expected(scope: str | None, path: str, who: str) -> str:
+def expected(scope: str | None, method: str, path: str, who: str) -> str:
     if scope is None:
         return "2xx"
     if who == "none":
@@ -90,7 +126,8 @@ def expected(scope: str | None, path: str, who: str) -> str:
     if who == "other":  # another tenant's key holding every non-admin scope
         if scope == "admin":
             return "403"
-        return "404" if any(f"{{{p}}}" in path for p in OBJECT_PARAMS) else "2xx"
+        names_object = any(f"{{{p}}}" in path for p in OBJECT_PARAMS) or (method, path) in BODY_NAMES_OBJECTS
+        return "404" if names_object else "2xx"
     return "2xx" if who in (scope, "admin") else "403"
 
 
@@ -99,8 +136,8 @@ def _class(status: int) -> str:
 
 
 async def test_route_by_credential_matrix(client, worker: WorkerThread) -> None:
-    assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
-    assert (await client.put("/v1/models/demo/aliases/staging", json={"version": 1})).status_code == 200
+    world = World(client)
+    await world.setup()
     creds: dict[str, dict[str, str]] = {"none": {"Authorization": ""}}
     for scope in SCOPES:
         creds[scope] = (await new_key(client, [scope]))[1]
@@ -114,9 +151,9 @@ async def test_route_by_credential_matrix(client, worker: WorkerThread) -> None:
         if path in ("/metrics",):
             continue
         scope = required_scope(route)
-        url = await _path(client, path)
-        r = await client.request(method, url, headers=creds[who], **await _body(client, method, path))
-        want, got = expected(scope, path, who), _class(r.status_code)
+        url = await world.path(method, path)
+        r = await client.request(method, url, headers=creds[who], **await world.body(method, path))
+        want, got = expected(scope, method, path, who), _class(r.status_code)
         if want != got:
             failures.append(f"{method} {path} as {who}: want {want}, got {r.status_code} {r.text[:120]}")
         if r.status_code >= 400:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import orjson
@@ -70,3 +71,28 @@ def test_limits() -> None:
 def test_seconds_to_month_end() -> None:
     # 2026-02-28 23:59:00 UTC -> 60 s to March
     assert seconds_to_month_end(1_772_323_140.0) == pytest.approx(60.0)
+
+
+async def test_cache_drops_a_stale_entry_on_a_definitive_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import cache as cache_mod
+    from service.cache import AsyncTTLCache
+
+    now = [1000.0]
+    monkeypatch.setattr(cache_mod.time, "monotonic", lambda: now[0])
+    answers: list[object] = [1, LookupError("gone")]
+
+    async def load() -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return int(answer)  # type: ignore[call-overload]
+
+    cache: AsyncTTLCache[int] = AsyncTTLCache(ttl_s=1, max_stale_s=30, evict_on=(LookupError,))
+    assert await cache.get("k", load) == 1
+    now[0] += 2  # expired: served stale once while the refresh runs
+    assert await cache.get("k", load) == 1
+    for _ in range(3):
+        await asyncio.sleep(0)
+    answers.append(LookupError("still gone"))
+    with pytest.raises(LookupError):  # the stale entry is gone: no 30 s of stale answers
+        await cache.get("k", load)
