@@ -17,19 +17,16 @@ import calendar
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from service.errors import RateLimited, Unavailable
 from service.keys import Principal
 from service.limits import Limits
-from workers.usage import MONTH_TTL_S, TenantLabels, month_key
+from workers.usage import MONTH_TTL_S, month_key
 
 log = logging.getLogger("kiln.admission")
 
@@ -113,20 +110,6 @@ class Ticket:
     inflight_keys: tuple[str, ...]
 
 
-_TENANT_REQUESTS: Counter | None = None
-
-
-def _tenant_requests() -> Counter:
-    global _TENANT_REQUESTS
-    if _TENANT_REQUESTS is None:
-        _TENANT_REQUESTS = Counter(
-            "kiln_tenant_requests",
-            "Inference requests by tenant and outcome (tenants past the label limit fold into 'other')",
-            ("tenant", "outcome"),
-        )
-    return _TENANT_REQUESTS
-
-
 def seconds_to_month_end(now: float) -> float:
     t = time.gmtime(now)
     last = calendar.monthrange(t.tm_year, t.tm_mon)[1]
@@ -135,38 +118,19 @@ def seconds_to_month_end(now: float) -> float:
 
 
 class Admission:
-    def __init__(self, redis: Any, prefix: str, max_tenant_labels: int = 100) -> None:
+    def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_ADMIT)
-        self._labels = TenantLabels(max_tenant_labels)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, max_tenant_labels: int = 100) -> Admission:
+    def from_url(cls, url: str, prefix: str) -> Admission:
         """Its own blocking pool: a burst of requests waits for a connection, never fails."""
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
-        return cls(aioredis.Redis(connection_pool=pool), prefix, max_tenant_labels)
+        return cls(aioredis.Redis(connection_pool=pool), prefix)
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-    @asynccontextmanager
-    async def hold(self, principal: Principal, deadline_s: float) -> AsyncIterator[None]:
-        """Admit the request for its lifetime (raises RateLimited), count its outcome."""
-        label = self._labels(principal.tenant_id)
-        try:
-            ticket = await self.admit(principal, deadline_s)
-        except RateLimited:
-            self._count(label, "rate_limited")
-            raise
-        outcome = "failed"
-        try:
-            yield
-            outcome = "ok"
-        finally:
-            self._count(label, outcome)
-            if ticket is not None:
-                await self.release(ticket)
 
     async def admit(self, principal: Principal, deadline_s: float) -> Ticket | None:
         scopes = [
@@ -208,8 +172,8 @@ class Admission:
             ]
         return keys, args
 
-    async def release(self, ticket: Ticket) -> None:
-        if not ticket.inflight_keys:
+    async def release(self, ticket: Ticket | None) -> None:
+        if ticket is None or not ticket.inflight_keys:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -218,13 +182,6 @@ class Admission:
                 await pipe.execute()
         except (RedisError, OSError):  # the entry expires at the request's deadline anyway
             log.warning("could not release a concurrency slot")
-
-    @staticmethod
-    def _count(label: str, outcome: str) -> None:
-        try:
-            _tenant_requests().labels(label, outcome).inc()
-        except Exception:
-            log.exception("metrics hook failed")
 
 
 def _text(raw: Any) -> str:

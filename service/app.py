@@ -65,6 +65,8 @@ def build_state(settings: Settings) -> AppState:
     redis_keys = Keys(settings.redis_prefix)
     engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
+    metrics = gateway_metrics()
+    metrics.tenant_labels.limit = settings.metrics_max_tenants
     return AppState(
         settings=settings,
         engine_db=engine_db,
@@ -78,10 +80,8 @@ def build_state(settings: Settings) -> AppState:
             resolver,
             engine,
             redis_keys,
-            gateway_metrics(),
-            Admission.from_url(
-                settings.resolved_redis_url, settings.redis_prefix, settings.metrics_max_tenants
-            ),
+            metrics,
+            Admission.from_url(settings.resolved_redis_url, settings.redis_prefix),
         ),
     )
 

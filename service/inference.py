@@ -61,8 +61,15 @@ class InferenceService:
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
             return await self._infer(principal, version, body)
-        async with self.admission.hold(principal, self.settings.request_timeout_s):
+        try:
+            ticket = await self.admission.admit(principal, self.settings.request_timeout_s)
+        except KilnError as exc:  # 429 (or 503: the limiter's Redis is down)
+            self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)
+            raise
+        try:
             return await self._infer(principal, version, body)
+        finally:
+            await self.admission.release(ticket)
 
     async def _infer(self, principal: Principal, version: ResolvedVersion, body: bytes) -> bytes:
         request_id = current_or_new()

@@ -17,6 +17,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from workers.usage import TenantLabels
+
 log = logging.getLogger("kiln.metrics")
 # the reasons the gateway records (service/errors.py codes); their series start at 0
 FAILURE_REASONS = ("invalid_input", "deadline_exceeded", "model_error", "unavailable", "rate_limited")
@@ -52,6 +54,8 @@ class GatewayMetrics:
             ("tenant", "model", "outcome"),
             registry=r,
         )
+        # bounded: past `limit` tenants (KILN_METRICS_MAX_TENANTS) the label is "other"
+        self.tenant_labels = TenantLabels(100)
         self._seen: set[tuple[str, str]] = set()
 
     def _first_seen(self, model: str, version: str) -> None:
@@ -68,7 +72,7 @@ class GatewayMetrics:
             self.success.labels(model, str(version)).inc()
             self.duration.labels(model, str(version)).observe(seconds)
             if tenant is not None:
-                self.tenant_requests.labels(str(tenant), model, "success").inc()
+                self.tenant_requests.labels(self.tenant_labels(tenant), model, "success").inc()
         except Exception:
             log.exception("metrics hook failed")
 
@@ -77,7 +81,7 @@ class GatewayMetrics:
             self._first_seen(model, str(version))
             self.failure.labels(model, str(version), reason).inc()
             if tenant is not None:
-                self.tenant_requests.labels(str(tenant), model, reason).inc()
+                self.tenant_requests.labels(self.tenant_labels(tenant), model, reason).inc()
         except Exception:
             log.exception("metrics hook failed")
 

@@ -106,7 +106,7 @@ class TenantLabels:
         self.limit = limit
         self._seen: set[str] = set()
 
-    def __call__(self, tenant_id: int) -> str:
+    def __call__(self, tenant_id: int | str) -> str:
         label = str(tenant_id)
         if label in self._seen:
             return label

@@ -44,6 +44,11 @@ async def test_tenant_rate_limit_is_429_with_headers(client, worker: WorkerThrea
     _id2, auth2 = await new_key(client, ["infer"], tenant="acme")
     _check_429(await client.post("/v2/models/demo/infer", json=BODY, headers=auth2))
     assert (await client.post("/v2/models/demo/infer", json=BODY)).status_code == 200
+    acme = (await client.get("/v1/tenants")).json()["data"][-1]["id"]
+    text = (await client.get("/metrics")).text
+    assert (
+        f'kiln_tenant_inference_requests_total{{model="demo",outcome="rate_limited",tenant="{acme}"}}' in text
+    )
 
 
 async def test_token_bucket_is_atomic_and_refills(redis_prefix) -> None:

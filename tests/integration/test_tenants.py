@@ -170,6 +170,8 @@ async def test_tenants_admin_api(client) -> None:
 def test_cli_tenants_and_keys(settings, monkeypatch, capsys) -> None:
     from migrations.upgrade import upgrade
 
+    # the root logger must not keep a handler on pytest's captured (later closed) stderr
+    monkeypatch.setattr("service.cli._setup_logging", lambda: None)
     monkeypatch.setenv("KILN_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("KILN_DATA_DIR", str(settings.data_dir))
     upgrade(settings.database_url)
@@ -208,5 +210,5 @@ async def test_tenant_metrics_are_labelled(client, worker: WorkerThread) -> None
     assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
     assert (await client.post("/v2/models/demo/infer", json=BODY)).status_code == 200
     text = (await client.get("/metrics")).text
-    assert 'kiln_tenant_requests_total{outcome="ok",tenant="1"}' in text
+    assert 'kiln_tenant_inference_requests_total{model="demo",outcome="success",tenant="1"}' in text
     assert worker.sample("kiln_tenant_inference_count_total") == 1
