@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
     # fine-tuning
     max_dataset_bytes: int = Field(default=256 << 20, gt=0)
     trainer_lease_s: float = Field(default=30.0, ge=1, le=3600)
