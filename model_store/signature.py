@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Annotated, Literal
 
 import numpy as np
@@ -74,11 +75,19 @@ class Signature(BaseModel):
                 raise ValueError("tensor names must be unique within inputs and within outputs")
         return self
 
+    @cached_property
+    def input_map(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.inputs}
+
+    @cached_property
+    def output_map(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.outputs}
+
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self.input_map.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self.output_map.get(name)
 
     def batched(self) -> bool:
         """True when every input and output has a dynamic first (batch) dimension."""

@@ -16,6 +16,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 from workers.usage import TenantLabels
 
@@ -86,9 +87,19 @@ class GatewayMetrics:
             log.exception("metrics hook failed")
 
 
-def render() -> tuple[bytes, str]:
+def render(*extra: Collector) -> tuple[bytes, str]:
+    """This process's metrics (or all gateway processes' in multiprocess mode), then the extra
+    collectors, each collected once here: values computed at scrape time (jobs by status, from
+    the database) come once per scrape, whichever gateway process answers it."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if extra:
+        scrape_time = CollectorRegistry()
+        for collector in extra:
+            scrape_time.register(collector)
+        body += generate_latest(scrape_time)
+    return body, CONTENT_TYPE_LATEST

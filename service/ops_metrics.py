@@ -1,27 +1,31 @@
-"""Metrics of the features around the inference path: rate limiting, fine-tune jobs and the
-trainer. One place defines their names (the dashboards and alert rules in deploy/ use them);
-the features call these hooks. Hooks never raise. Collectors are created on first use, in the
-default registry (or the multiprocess directory when PROMETHEUS_MULTIPROC_DIR is set).
+"""Gateway metrics of the features around the inference path: rate limiting (a hook the admission
+code calls) and fine-tune jobs by status (counted from the jobs table when /metrics is scraped).
+The trainer's own metrics are in workers/ft_metrics.py (served by `kiln trainer --metrics-port`).
+Hooks never raise.
 
     from service import ops_metrics
     ops_metrics.rate_limited(tenant="acme")
-    ops_metrics.finetune_job_finished("failed")
-    ops_metrics.finetune_jobs({"queued": 2, "running": 1})
-    ops_metrics.trainer_step(job="ftjob-abc", seconds=0.12, loss=0.53)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator
 from functools import cache
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_store.db import FineTuneJobRow
+from model_store.jobs import ACTIVE, TERMINAL
 
 log = logging.getLogger("kiln.metrics")
 
-FINETUNE_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
-_STEP = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FINETUNE_STATUSES = (*ACTIVE, *TERMINAL)
+FINETUNE_JOBS = "kiln_finetune_jobs"
+_FINETUNE_HELP = "Fine-tune jobs by status (all tenants), counted from the database at scrape time"
 
 
 class OpsMetrics:
@@ -29,29 +33,12 @@ class OpsMetrics:
         self.rate_limited = Counter(
             "kiln_rate_limited_requests", "Requests rejected by a tenant's rate limit or quota", ("tenant",)
         )
-        self.finetune_jobs = Gauge(
-            "kiln_finetune_jobs",
-            "Fine-tune jobs by status (as last counted)",
-            ("status",),
-            multiprocess_mode="mostrecent",
-        )
-        self.finetune_finished = Counter(
-            "kiln_finetune_jobs_finished", "Fine-tune jobs that reached a final status", ("status",)
-        )
-        self.trainer_step = Histogram(
-            "kiln_trainer_step_seconds", "Duration of one optimiser step", ("finetune_job",), buckets=_STEP
-        )
-        self.trainer_loss = Gauge(
-            "kiln_trainer_loss",
-            "Latest training loss",
-            ("finetune_job",),
-            multiprocess_mode="mostrecent",
-        )
-        self.trainer_epochs = Counter("kiln_trainer_epochs", "Training epochs completed", ("finetune_job",))
 
 
 @cache
 def ops() -> OpsMetrics:
+    """Created on first use, in the default registry (or the multiprocess directory when
+    PROMETHEUS_MULTIPROC_DIR is set)."""
     return OpsMetrics()
 
 
@@ -62,35 +49,36 @@ def rate_limited(tenant: str | int) -> None:
         log.exception("metrics hook failed")
 
 
-def finetune_jobs(counts: Mapping[str, int]) -> None:
-    """Set the number of jobs in each status (statuses not given are set to 0)."""
-    try:
-        gauge = ops().finetune_jobs
-        for status in {*FINETUNE_STATUSES, *counts}:
-            gauge.labels(status).set(counts.get(status, 0))
-    except Exception:
-        log.exception("metrics hook failed")
+class FineTuneJobsCollector:
+    """kiln_finetune_jobs{status}: one GROUP BY on the (status-indexed) jobs table per collect.
+    Every known status is present (0 when no job has it). If the database cannot answer, the
+    family has no samples (a gap, not a wrong number) and the scrape still succeeds.
 
+    It is registered in no global registry: the gateway's /metrics renders it once per scrape
+    (service/metrics.render), so with several gateway processes it is neither written to the
+    multiprocess directory nor counted once per process."""
 
-def finetune_job_finished(status: str) -> None:
-    try:
-        ops().finetune_finished.labels(status).inc()
-    except Exception:
-        log.exception("metrics hook failed")
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
 
+    def counts(self) -> dict[str, int] | None:
+        try:
+            with self.sessions() as s:
+                rows = s.execute(
+                    select(FineTuneJobRow.status, func.count()).group_by(FineTuneJobRow.status)
+                ).all()
+        except Exception as exc:
+            log.warning("could not count fine-tune jobs for /metrics: %s", type(exc).__name__)
+            return None
+        return {str(status): int(n) for status, n in rows}
 
-def trainer_step(job: str, seconds: float, loss: float | None = None) -> None:
-    try:
-        m = ops()
-        m.trainer_step.labels(job).observe(seconds)
-        if loss is not None:
-            m.trainer_loss.labels(job).set(loss)
-    except Exception:
-        log.exception("metrics hook failed")
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(FINETUNE_JOBS, _FINETUNE_HELP, labels=["status"])
 
-
-def trainer_epoch(job: str) -> None:
-    try:
-        ops().trainer_epochs.labels(job).inc()
-    except Exception:
-        log.exception("metrics hook failed")
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(FINETUNE_JOBS, _FINETUNE_HELP, labels=["status"])
+        counts = self.counts()
+        if counts is not None:
+            for status in sorted({*FINETUNE_STATUSES, *counts}):
+                family.add_metric([status], counts.get(status, 0))
+        yield family

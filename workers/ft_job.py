@@ -65,13 +65,13 @@ class _Heartbeat:
     """Called after every optimizer step: renews the lease (which fails once the job is cancelled,
     paused or taken over) and publishes live progress, at most every renew_interval_s."""
 
-    def __init__(self, ctx: JobContext, job_id: str, total_steps: int) -> None:
-        self.ctx, self.job_id, self.total = ctx, job_id, total_steps
+    def __init__(self, ctx: JobContext, job_id: str, run: Run) -> None:
+        self.ctx, self.job_id, self.run, self.total = ctx, job_id, run, run.total_steps
         self._next = 0.0
 
     def __call__(self, row: dict[str, Any]) -> None:
         if self.ctx.metrics is not None:
-            self.ctx.metrics.step(row["train_loss"])
+            self.ctx.metrics.step(row["train_loss"], self.run.last_step_seconds)
         if self.ctx.stopping.is_set():
             raise HandBack(self.job_id)
         now = time.monotonic()
@@ -122,7 +122,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
             f"{len(valid)} validation rows, {run.total_steps} steps",
             parent_metrics=parent_metrics,
         )
-    beat = _Heartbeat(ctx, job_id, run.total_steps)
+    beat = _Heartbeat(ctx, job_id, run)
     while not run.done():
         t0 = time.perf_counter()
         res = run.train_epoch(beat)

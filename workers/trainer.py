@@ -151,7 +151,7 @@ class Trainer:
     def run_job(self, job_id: str) -> None:
         self.current_job = job_id
         if self.metrics is not None:
-            self.metrics.busy.set(1)
+            self.metrics.started()
         log.info("job %s: started", job_id)
         try:
             outcome = self._run(job_id)
@@ -164,9 +164,9 @@ class Trainer:
     def _run(self, job_id: str) -> str:
         try:
             execute(self.ctx, job_id)
-            return "finished"
+            return "succeeded"
         except LeaseLost:
-            return "stopped"  # cancelled, paused or taken over
+            return self._lost(job_id)
         except _INFRA as exc:
             # not the job's fault: keep it; the lease runs out and the job resumes from its checkpoint
             log.warning("job %s: abandoned, queue or database unavailable (%s)", job_id, type(exc).__name__)
@@ -183,3 +183,12 @@ class Trainer:
                     job_id, self.trainer_id, "failed", error=error, message=f"job failed: {error['message']}"
                 )
             return "failed"
+
+    def _lost(self, job_id: str) -> str:
+        """Why the lease went: the job was cancelled or paused, or else taken over ("lost")."""
+        try:
+            row = self.store.job_by_id(job_id)
+        except _INFRA:
+            return "lost"
+        status = row.status if row is not None else ""
+        return status if status in ("cancelled", "paused") else "lost"

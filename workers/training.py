@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,7 @@ class Run:
         self.opt = _optimizer(self.params, self.hp)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(self.hp, self.steps_per_epoch))
         self.progress = Progress()
+        self.last_step_seconds = 0.0  # wall time of the last optimizer step (for the metrics)
         torch.manual_seed(seed)
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +147,9 @@ class Run:
         rows: list[dict[str, Any]] = []
         for start in range(0, len(order), self.hp.batch_size):
             idx = order[start : start + self.hp.batch_size].to(self.device)
-            loss = self._step(self.train_x[idx], self.train_y[idx])
+            t0 = time.perf_counter()
+            loss = self._step(self.train_x[idx], self.train_y[idx])  # float(loss) waits for the device
+            self.last_step_seconds = time.perf_counter() - t0
             self.progress.step += 1
             row = {
                 "step": self.progress.step,

@@ -307,23 +307,43 @@ FINETUNE = Board(
     "kiln-finetune",
     "modelkiln / Fine-tune jobs",
     [
-        Panel("Jobs by status", [("sum by (status) (kiln_finetune_jobs)", "{{status}}")]),
         Panel(
-            "Jobs finished (1h) by status",
-            [("sum by (status) (increase(kiln_finetune_jobs_finished_total[1h]))", "{{status}}")],
+            "Jobs by status",
+            [("max by (status) (kiln_finetune_jobs)", "{{status}}")],
+            description="Counted from the database by each gateway at scrape time (max: not a sum).",
+        ),
+        Panel("Trainers busy", [("sum(kiln_trainer_busy)", "busy")], kind="stat"),
+        Panel(
+            "Job runs ended (1h) by outcome",
+            [("sum by (outcome) (increase(kiln_trainer_jobs_total[1h]))", "{{outcome}}")],
+            description="handed_back: the trainer stopped and re-queued the job; lost: its lease "
+            "ran out and another trainer took it; abandoned: database or queue unavailable.",
         ),
         Panel(
-            "Trainer step time",
+            "Optimizer steps /s",
+            [(f"sum by (instance) (rate(kiln_trainer_steps_total[{RI}]))", "{{instance}}")],
+            "ops",
+        ),
+        Panel(
+            "Optimizer step time",
             [
-                (q(0.5, "kiln_trainer_step_seconds", "", "le, finetune_job"), "{{finetune_job}} p50"),
-                (q(0.99, "kiln_trainer_step_seconds", "", "le, finetune_job"), "{{finetune_job}} p99"),
+                (q(0.5, "kiln_trainer_step_seconds", ""), "p50"),
+                (q(0.99, "kiln_trainer_step_seconds", ""), "p99"),
             ],
             "s",
         ),
-        Panel("Training loss", [("kiln_trainer_loss", "{{finetune_job}}")]),
         Panel(
-            "Epochs completed /h",
-            [("sum by (finetune_job) (increase(kiln_trainer_epochs_total[1h]))", "{{finetune_job}}")],
+            "Training loss (last step, per trainer)",
+            [("kiln_trainer_loss", "{{instance}}")],
+            description="Per-job curves: GET /v1/fine_tuning/jobs/{id}/metrics or `kiln finetune plot`.",
+        ),
+        Panel(
+            "Epoch duration",
+            [
+                (q(0.5, "kiln_trainer_epoch_duration_seconds", ""), "p50"),
+                (q(0.99, "kiln_trainer_epoch_duration_seconds", ""), "p99"),
+            ],
+            "s",
         ),
     ],
 )

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import __version__, metrics
 from service.deps import StateDep
+from service.ops_metrics import FineTuneJobsCollector
 from service.responses import JSONBody
 
 router = APIRouter()
@@ -43,6 +44,7 @@ async def server_metadata() -> dict[str, object]:
 
 
 @router.get("/metrics", tags=["health"], include_in_schema=False)
-async def prometheus_metrics() -> Response:
-    body, content_type = metrics.render()
+async def prometheus_metrics(state: StateDep) -> Response:
+    jobs = FineTuneJobsCollector(state.sessions)  # one small query; off the event loop
+    body, content_type = await run_in_threadpool(metrics.render, jobs)
     return Response(body, media_type=content_type)

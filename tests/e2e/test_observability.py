@@ -1,6 +1,7 @@
-"""The operators' view on real processes: a Prometheus server scrapes a gateway and two
-workers under load; every dashboard query and alert expression runs through its HTTP API.
-And: one request's id appears in a gateway log line and a worker log line."""
+"""The operators' view on real processes: a Prometheus server scrapes a gateway, two workers
+under load and a trainer that runs one tiny fine-tune job; every dashboard query and alert
+expression runs through its HTTP API. And: one request's id appears in a gateway log line and
+a worker log line."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.client import KilnClient
 from tests.conftest import ADMIN_KEY
 from tests.e2e import prom
 from tests.e2e.harness import Stack
+from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.models import onnx_add_bytes
 
 pytestmark = pytest.mark.e2e
 
-# Panels on features this test does not exercise (no GPU on a CPU machine; rate limits, fine-tune
-# jobs and the trainer are driven by their own features): their queries must parse, and may be empty.
-NOT_EMITTED_HERE = re.compile(r'kiln_gpu_|kiln_rate_limited|kiln_finetune|kiln_trainer|device=~"cuda')
+# Panels on features this test does not exercise (no GPU on a CPU machine; rate limits are driven
+# by their own feature): their queries must parse, and may be empty.
+NOT_EMITTED_HERE = re.compile(r'kiln_gpu_|kiln_rate_limited|device=~"cuda')
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -70,6 +73,23 @@ async def _burst(url: str, model: str, n: int) -> list[int]:
     return [r.status_code for r in responses]
 
 
+def _tiny_finetune_job(url: str, tmp_path: Path) -> str:
+    """One fine-tune job of a few steps, so the trainer's metrics have moved."""
+    kiln = KilnClient(url, ADMIN_KEY)
+    (tmp_path / "clf.pt").write_bytes(mlp_bytes())
+    kiln.push_model("clf", tmp_path / "clf.pt", "torchscript", signature=MLP_SIGNATURE)
+    (tmp_path / "train.jsonl").write_bytes(jsonl(*rows(80, 1)))
+    train = kiln.upload_file(tmp_path / "train.jsonl")
+    hp = {"epochs": 2, "batch_size": 16, "learning_rate": 0.01}
+    job = kiln.create_job(model="clf", training_file=train["id"], seed=3, hyperparameters=hp)
+    return str(job["id"])
+
+
+def _value(server: prom.Prometheus, expr: str) -> float | None:
+    result = server.query(expr)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
 def _missing(server: prom.Prometheus) -> list[str]:
     """The queries that fail to run, or that should return data and do not (yet)."""
     problems = []
@@ -92,12 +112,16 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
     stack.start_gateway(processes=2)  # metrics aggregated across processes
     stack.start_worker("worker-1")
     stack.start_worker("worker-2")
+    stack.start_trainer("trainer")
     _register_add_model(stack.url)
+    job_id = _tiny_finetune_job(stack.url, tmp_path)
+    workers = [f"127.0.0.1:{p}" for n, p in stack.worker_ports.items() if n.startswith("worker")]
     server = prom.Prometheus(
         tmp_path,
         {
             "kiln-gateway": [f"127.0.0.1:{stack.gateway_port}"],
-            "kiln-worker": [f"127.0.0.1:{p}" for p in stack.worker_ports.values()],
+            "kiln-worker": workers,
+            "kiln-trainer": [f"127.0.0.1:{stack.worker_ports['trainer']}"],
         },
         [prom.DEPLOY / "prometheus" / "alerts.yml"],
     )
@@ -105,8 +129,9 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
         server.wait_ready()
         problems: list[str] = ["not run"]
         deadline = time.monotonic() + 120
-        while problems and time.monotonic() < deadline:  # load, let it scrape, ask again
-            codes = asyncio.run(_burst(stack.url, "adder", 48))
+        succeeded = 'sum(kiln_trainer_jobs_total{outcome="succeeded"})'
+        while (problems or not _value(server, succeeded)) and time.monotonic() < deadline:
+            codes = asyncio.run(_burst(stack.url, "adder", 48))  # load, let it scrape, ask again
             assert codes.count(200) == 48 and codes.count(400) == 2, codes
             stack.check_alive()
             problems = _missing(server)
@@ -119,7 +144,18 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
         assert {(s["metric"]["job"], s["value"][1]) for s in up} == {
             ("kiln-gateway", "1"),
             ("kiln-worker", "1"),
+            ("kiln-trainer", "1"),
         }
+        # the tiny job: 2 epochs of 4 steps (64 training rows after the 20% hold-out)
+        assert _value(server, succeeded) == 1, KilnClient(stack.url, ADMIN_KEY).get_job(job_id)
+        assert _value(server, "sum(kiln_trainer_steps_total)") == 8
+        assert _value(server, "sum(kiln_trainer_step_seconds_count)") == 8
+        assert _value(server, "sum(kiln_trainer_epoch_duration_seconds_count)") == 2
+        deadline = time.monotonic() + 30  # the gateways' gauge, counted from the database per scrape
+        while _value(server, 'max(kiln_finetune_jobs{status="succeeded"})') != 1:
+            assert time.monotonic() < deadline, server.query("kiln_finetune_jobs")
+            time.sleep(0.5)
+        assert _value(server, 'max(kiln_finetune_jobs{status="queued"})') == 0
         mean_batch = server.query("sum(kiln_inference_count_total) / sum(kiln_inference_exec_count_total)")[
             "data"
         ]["result"]

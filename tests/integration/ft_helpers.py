@@ -17,6 +17,7 @@ from model_store.registry import Registry
 from service.settings import Settings
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.integration.helpers import register
+from workers.ft_metrics import TrainerMetrics
 from workers.keys import Keys
 from workers.trainer import Trainer, TrainerConfig
 
@@ -24,7 +25,9 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class TrainerThread:
-    def __init__(self, settings: Settings, lease_s: float = 3.0) -> None:
+    def __init__(
+        self, settings: Settings, lease_s: float = 3.0, metrics: TrainerMetrics | None = None
+    ) -> None:
         self._engine = make_engine(settings.resolved_database_url)
         sessions = make_sessionmaker(self._engine)
         blobs = BlobStore(settings.blob_dir)
@@ -41,6 +44,7 @@ class TrainerThread:
                 claim_idle_ms=2000,
                 block_ms=200,
             ),
+            metrics,
         )
         self.thread = threading.Thread(target=self.trainer.run, daemon=True)
 

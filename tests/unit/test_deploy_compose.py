@@ -97,6 +97,11 @@ def test_prometheus_scrapes_the_compose_services_on_their_ports(compose: dict[st
         sd = jobs[job]["dns_sd_configs"][0]
         assert sd["names"] == [service]
         assert str(sd["port"]) in compose["services"][service]["expose"]
+        command = compose["services"][service].get("command", [])
+        if "--metrics-port" in command:  # the worker and the trainer serve /metrics on their own port
+            assert command[command.index("--metrics-port") + 1] == str(sd["port"])
+            assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
+    assert "--metrics-port" in compose["services"]["trainer"]["command"]
 
 
 def test_environment_names_are_real_settings(compose: dict[str, Any]) -> None:

@@ -130,7 +130,12 @@ def test_what_the_deployment_needs_is_there() -> None:
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     trainer = k[("Job", "kiln-trainer")]["spec"]["template"]["spec"]["containers"][0]
     assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert trainer["command"] == ["kiln", "trainer"]
+    assert trainer["command"][:2] == ["kiln", "trainer"]
+    # it serves /metrics on the port its scrape annotation names
+    annotations = k[("Job", "kiln-trainer")]["spec"]["template"]["metadata"]["annotations"]
+    port = trainer["command"][trainer["command"].index("--metrics-port") + 1]
+    assert port == annotations["prometheus.io/port"]
+    assert trainer["command"][trainer["command"].index("--metrics-host") + 1] == "0.0.0.0"
     migrate = k[("Job", "kiln-db-upgrade")]["spec"]["template"]["spec"]["containers"][0]
     assert migrate["command"] == ["kiln", "db", "upgrade"]
     hpa = k[("HorizontalPodAutoscaler", "kiln-gateway")]["spec"]["scaleTargetRef"]

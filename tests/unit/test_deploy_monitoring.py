@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import sessionmaker
 
 from service.metrics import GatewayMetrics
-from service.ops_metrics import OpsMetrics, ops
+from service.ops_metrics import FineTuneJobsCollector, OpsMetrics, ops
 from tests.e2e import prom
 from tests.unit.test_gpu_telemetry import _fake_nvml
+from workers.ft_metrics import TrainerMetrics
 from workers.gpu import GpuCollector
 from workers.metrics import WorkerMetrics
 
@@ -94,9 +96,11 @@ def _exported_names() -> set[str]:
     registry = CollectorRegistry()
     GatewayMetrics(registry)
     WorkerMetrics(registry)
+    TrainerMetrics(registry)
     registry.register(GpuCollector(_fake_nvml(1)))
     ops()  # the ops metrics live in the default registry
     families = list(registry.collect())
+    families.extend(FineTuneJobsCollector(sessionmaker()).describe())  # the gateway's, at scrape time
     ops_obj: OpsMetrics = ops()
     for metric in vars(ops_obj).values():
         families.extend(metric.collect())
