@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -47,13 +48,16 @@ def bootstrap_admin(settings: Settings, registry: Registry, sessions: sessionmak
         return
     if keys.count_keys(sessions) == 0:
         tenant = registry.ensure_tenant(settings.default_tenant)
-        keys.create_key(
-            sessions,
-            tenant,
-            ["admin"],
-            name="bootstrap",
-            secret=settings.bootstrap_admin_key,
-        )
+        try:
+            keys.create_key(
+                sessions,
+                tenant,
+                ["admin"],
+                name="bootstrap",
+                secret=settings.bootstrap_admin_key,
+            )
+        except IntegrityError:  # another gateway process (uvicorn --workers N) seeded it first
+            return
         log.info("seeded the bootstrap admin key for tenant %r", settings.default_tenant)
 
 

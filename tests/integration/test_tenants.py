@@ -212,3 +212,13 @@ async def test_tenant_metrics_are_labelled(client, worker: WorkerThread) -> None
     text = (await client.get("/metrics")).text
     assert 'kiln_tenant_inference_requests_total{model="demo",outcome="success",tenant="1"}' in text
     assert worker.sample("kiln_tenant_inference_count_total") == 1
+
+
+def test_bootstrap_admin_tolerates_a_concurrent_seed(settings, registry, monkeypatch) -> None:
+    """Two gateway processes starting together both see no key; the second insert must not
+    fail the process's startup."""
+    from service import app as app_mod
+
+    app_mod.bootstrap_admin(settings, registry, registry.sessions)
+    monkeypatch.setattr(app_mod.keys, "count_keys", lambda _sessions: 0)  # the race window
+    app_mod.bootstrap_admin(settings, registry, registry.sessions)  # no IntegrityError
