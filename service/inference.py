@@ -17,7 +17,7 @@ from service.errors import (
 )
 from service.keys import Principal
 from service.metrics import GatewayMetrics
-from service.oip import encode_response, parse_infer_request
+from service.oip import EncodedResponse, ParsedRequest, encode_response, parse_infer_request
 from service.settings import Settings
 from service.versions import VersionResolver
 from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
@@ -49,21 +49,25 @@ class InferenceService:
         self.keys = keys
         self.metrics = metrics
 
-    async def infer(self, principal: Principal, model: str, ref: str | None, body: bytes) -> bytes:
+    async def infer(
+        self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None = None
+    ) -> EncodedResponse:
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         started = time.perf_counter()
         try:
-            client_id, reply = await self._roundtrip(principal, version, body)
+            parsed = parse_infer_request(
+                body, version.signature, self.settings.max_tensor_elements, header_len
+            )
+            reply = await self._roundtrip(principal, version, parsed)
         except KilnError as exc:
             self.metrics.failed(version.model, version.version, exc.code)
             raise
         self.metrics.ok(version.model, version.version, time.perf_counter() - started)
-        return encode_response(version, client_id, reply)
+        return encode_response(version, parsed, reply)
 
     async def _roundtrip(
-        self, principal: Principal, version: ResolvedVersion, body: bytes
-    ) -> tuple[str | None, InferReplyMsg]:
-        parsed = parse_infer_request(body, version.signature, self.settings.max_tensor_elements)
+        self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest
+    ) -> InferReplyMsg:
         timeout_s = self.settings.request_timeout_s
         now_ms = int(time.time() * 1000)
         msg = InferRequestMsg(
@@ -87,4 +91,4 @@ class InferenceService:
             self.metrics.pending.dec()
         if not reply.ok:
             raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
-        return parsed.id, reply
+        return reply

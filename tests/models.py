@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 

@@ -16,6 +16,10 @@ from workers.errors import LoadError
 log = logging.getLogger("kiln.runner")
 
 
+class InputRejected(ValueError):
+    """One item's input that this runtime cannot take (the item fails alone, as invalid input)."""
+
+
 class Runner(Protocol):
     device: str
 
@@ -58,10 +62,24 @@ class OnnxRunner:
         self.device = device
         self._session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         self._outputs = [t.name for t in version.signature.outputs]
+        self._text_inputs = [t.name for t in version.signature.inputs if t.datatype == "BYTES"]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._text_inputs:
+            inputs = {**inputs, **{n: _as_text(n, inputs[n]) for n in self._text_inputs}}
         results = self._session.run(self._outputs, inputs)
         return dict(zip(self._outputs, results, strict=True))
+
+
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    """onnxruntime takes string tensors as Python str (it would str() a bytes object)."""
+    try:
+        flat = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in arr.reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"input {name!r}: ONNX string tensors must be UTF-8 text") from exc
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(arr.shape)
 
 
 class TorchScriptRunner:

@@ -33,7 +33,7 @@ from workers.errors import LoadError
 from workers.keys import Keys
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
-from workers.runners import Runner, load_runner
+from workers.runners import InputRejected, Runner, load_runner
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 
 log = logging.getLogger("kiln.worker")
@@ -304,14 +304,15 @@ class Worker:
             if len(items) > 1:
                 log.warning("batch of %d failed (%s); running items alone", len(items), type(exc).__name__)
                 return [r for item in items for r in self._run_group(loaded, [item])]
-            self.metrics.failure(v.model, v.version, ErrorCode.MODEL_ERROR)
+            code = ErrorCode.INVALID_INPUT if isinstance(exc, InputRejected) else ErrorCode.MODEL_ERROR
+            self.metrics.failure(v.model, v.version, code)
             _entry, msg = items[0].key
             return [
                 (
                     msg.reply_to,
                     InferReplyMsg.failure(
                         msg.request_id,
-                        ErrorCode.MODEL_ERROR,
+                        code,
                         f"model execution failed: {type(exc).__name__}: {str(exc)[:300]}",
                         self.worker_id,
                     ),

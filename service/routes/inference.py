@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
-from service.oip import model_metadata
+from service.oip import HEADER_LENGTH, decode_body, header_length, model_metadata
 from service.responses import JSONBody
 
 router = APIRouter(prefix="/v2/models", tags=["inference"])
@@ -106,9 +106,11 @@ async def version_ready(model: str, version: str, principal: InferPrincipal, sta
 async def _infer(
     request: Request, principal: InferPrincipal, inference: InferenceDep, model: str, version: str | None
 ) -> Response:
-    body = await read_body(request, inference.settings.max_body_bytes)
-    out = await inference.infer(principal, model, version, body)
-    return Response(out, media_type="application/json")
+    limit = inference.settings.max_body_bytes
+    body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+    header_len = header_length(request.headers.get(HEADER_LENGTH), len(body))
+    out = await inference.infer(principal, model, version, body, header_len)
+    return Response(out.body, media_type=out.media_type, headers=out.headers)
 
 
 @router.post("/{model}/infer", openapi_extra=_INFER_BODY, responses=_ERRORS)
