@@ -17,7 +17,13 @@ from service.errors import (
 )
 from service.keys import Principal
 from service.metrics import GatewayMetrics
-from service.oip import EncodedResponse, ParsedRequest, encode_response, parse_infer_request
+from service.oip import (
+    EncodedResponse,
+    ParsedRequest,
+    encode_response,
+    parse_infer_request,
+    request_timeout_s,
+)
 from service.settings import Settings
 from service.versions import VersionResolver
 from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
@@ -68,7 +74,8 @@ class InferenceService:
     async def _roundtrip(
         self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest
     ) -> InferReplyMsg:
-        timeout_s = self.settings.request_timeout_s
+        limit = self.settings.request_timeout_s
+        timeout_s = request_timeout_s(parsed.parameters, limit, limit)
         now_ms = int(time.time() * 1000)
         msg = InferRequestMsg(
             request_id=uuid.uuid4().hex,

@@ -253,6 +253,17 @@ def _request_params(raw: Any) -> dict[str, Any]:
     return params
 
 
+def request_timeout_s(params: dict[str, Any], default_s: float, max_s: float) -> float:
+    """The request's own `timeout` (microseconds, as Triton's clients send it), else the default;
+    never past the server's maximum."""
+    raw = params.get("timeout")
+    if raw is None:
+        return min(default_s, max_s)
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+        raise _fail("parameter 'timeout' must be a positive integer (microseconds)")
+    return min(raw / 1e6, max_s)
+
+
 def _request_id(raw: Any) -> str | None:
     if raw is None:
         return None

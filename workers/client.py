@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -20,6 +21,14 @@ from workers.errors import EngineUnavailable, ReplyTimeout
 from workers.keys import Keys
 
 log = logging.getLogger("kiln.engine")
+
+
+def _worker_info(raw: bytes | str) -> dict[str, Any]:
+    try:
+        info = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 class StreamsEngineClient:
@@ -98,10 +107,13 @@ class StreamsEngineClient:
     async def health(self) -> dict[str, Any]:
         try:
             await self._redis.ping()
-            workers = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+            keys = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+            beats = await self._redis.mget(keys) if keys else []
         except (RedisError, OSError):
-            return {"redis": False, "workers": 0}
-        return {"redis": True, "workers": len(workers)}
+            return {"redis": False, "workers": 0, "workers_not_ready": 0}
+        infos = [_worker_info(b) for b in beats if b]
+        ready = sum(1 for i in infos if i.get("ready", True))
+        return {"redis": True, "workers": ready, "workers_not_ready": len(infos) - ready}
 
     def in_flight(self) -> int:
         return len(self._pending)

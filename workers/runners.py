@@ -20,6 +20,13 @@ class InputRejected(ValueError):
     """One item's input that this runtime cannot take (the item fails alone, as invalid input)."""
 
 
+def public_message(exc: BaseException, limit: int = 300) -> str:
+    """What a client may see of a model failure: the last line of the message, never a
+    traceback (TorchScript puts its interpreter traceback, with file names, in the message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:limit]
+
+
 class Runner(Protocol):
     device: str
 

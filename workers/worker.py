@@ -33,8 +33,9 @@ from workers.errors import LoadError
 from workers.keys import Keys
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
-from workers.runners import InputRejected, Runner, load_runner
+from workers.runners import InputRejected, Runner, load_runner, public_message
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
+from workers.watchdog import Watchdog
 
 log = logging.getLogger("kiln.worker")
 
@@ -90,6 +91,7 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
+        self.watchdog = Watchdog(self._beat_while_busy, min(1.0, config.heartbeat_ttl_s / 3))
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -106,6 +108,7 @@ class Worker:
     def run(self) -> None:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
+        self.watchdog.start()
         backoff = 0.05
         while not self._stop.is_set():
             try:
@@ -127,6 +130,7 @@ class Worker:
             self.queue.drop_heartbeat(self.worker_id)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             log.warning("redis unavailable at shutdown; unacknowledged entries will be reclaimed")
+        self.watchdog.stop()
         self.metrics.up.set(0)
         log.info("worker %s stopped", self.worker_id)
 
@@ -139,8 +143,8 @@ class Worker:
             self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
         if now >= self._next_claim:
             for stream in self._streams:
-                self._accept(self.queue.claim_stale(stream, self.config.claim_idle_ms))
-            self._next_claim = now + self.config.claim_interval_ms / 1000
+                self._reclaim(stream)
+            self._next_claim = time.monotonic() + self.config.claim_interval_ms / 1000
         if not self._streams:
             self._stop.wait(0.1)
             return
@@ -150,6 +154,15 @@ class Worker:
         self._accept(entries)
         for version_id, items in self.batcher.ready(time.monotonic()):
             self._execute(version_id, items)
+
+    def _reclaim(self, stream: str, limit: int = 256) -> None:
+        """Take over a dead consumer's entries one at a time, each run alone: a request that
+        crashed its worker then costs only its own delivery count, never its batch mates'."""
+        for _ in range(limit):
+            entries = self.queue.claim_stale(stream, self.config.claim_idle_ms, count=1)
+            if not entries:
+                return
+            self._accept(entries)
 
     def _read_count(self) -> int:
         sizes = [m.policy.max_batch_size for m in self.models.values()]
@@ -162,7 +175,13 @@ class Worker:
             "host": socket.gethostname(),
             "metrics_port": self.config.metrics_port,
             "loaded": sorted(m.version.version_id for m in self.models.values()),
+            "ready": True,
         }
+
+    def _beat_while_busy(self, ready: bool, busy_s: float) -> None:
+        """The watchdog's heartbeat while model code runs (ready=False once past a deadline)."""
+        info = {**self._info(), "ready": ready, "busy_s": round(busy_s, 3)}
+        self.queue.heartbeat(self.worker_id, info, self.config.heartbeat_ttl_s)
 
     # admission of dequeued entries ------------------------------------------------------------
     def _accept(self, entries: list[Entry]) -> None:
@@ -205,18 +224,18 @@ class Worker:
         except ItemRejected as exc:
             return msg.reply_to, InferReplyMsg.failure(msg.request_id, exc.code, str(exc), self.worker_id)
         mono = time.monotonic()
-        self.batcher.add(
-            loaded.version.version_id,
-            loaded.policy,
-            Item(
-                key=(entry, msg),
-                inputs=inputs,
-                count=count,
-                shape_key=shape_key,
-                arrived=mono,
-                deadline=mono + remaining_ms / 1000,
-            ),
+        item = Item(
+            key=(entry, msg),
+            inputs=inputs,
+            count=count,
+            shape_key=shape_key,
+            arrived=mono,
+            deadline=mono + remaining_ms / 1000,
         )
+        if entry.deliveries > 1:  # redelivered: suspect, so it runs alone and now
+            self._execute(loaded.version.version_id, [item])
+        else:
+            self.batcher.add(loaded.version.version_id, loaded.policy, item)
         return None
 
     def _model(self, version_id: int) -> Loaded:
@@ -299,7 +318,8 @@ class Worker:
         v = loaded.version
         started = time.perf_counter()
         try:
-            outputs = self._forward(loaded, items)
+            with self.watchdog.busy(min(item.deadline for item in items)):
+                outputs = self._forward(loaded, items)
         except Exception as exc:
             if len(items) > 1:
                 log.warning("batch of %d failed (%s); running items alone", len(items), type(exc).__name__)
@@ -313,7 +333,7 @@ class Worker:
                     InferReplyMsg.failure(
                         msg.request_id,
                         code,
-                        f"model execution failed: {type(exc).__name__}: {str(exc)[:300]}",
+                        f"model execution failed: {public_message(exc)}",
                         self.worker_id,
                     ),
                 )

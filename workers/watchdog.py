@@ -1,0 +1,68 @@
+"""Stall detection for the worker loop.
+
+The loop runs model code on its own thread; if that code hangs, nothing else on that thread
+runs, including the heartbeat. The watchdog is a second thread that, while a batch is running,
+keeps the worker's heartbeat alive and marks the worker not ready once the batch has run past
+the earliest deadline of its requests (those requests have failed at the gateway by then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger("kiln.watchdog")
+
+
+class Watchdog:
+    def __init__(self, beat: Callable[[bool, float], None], interval_s: float) -> None:
+        """`beat(ready, busy_s)` writes the heartbeat; called every interval_s while busy."""
+        self._beat = beat
+        self._interval = interval_s
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._deadline = float("inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kiln-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @contextlib.contextmanager
+    def busy(self, deadline: float) -> Iterator[None]:
+        """Mark the loop busy until the block ends; `deadline` is monotonic seconds."""
+        with self._lock:
+            self._busy_since, self._deadline = time.monotonic(), deadline
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy_since, self._deadline = None, float("inf")
+
+    def stalled(self, now: float | None = None) -> bool:
+        with self._lock:
+            return self._busy_since is not None and (now or time.monotonic()) > self._deadline
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                since, deadline = self._busy_since, self._deadline
+            if since is None:
+                continue
+            now = time.monotonic()
+            ready = now <= deadline
+            if not ready:
+                log.warning("model code has run %.1fs, past its requests' deadline", now - since)
+            try:
+                self._beat(ready, now - since)
+            except Exception as exc:  # the watchdog must never die
+                log.warning("watchdog heartbeat failed: %s", type(exc).__name__)
