@@ -26,6 +26,7 @@ class FaultRunner:
         release: threading.Event | None = None,
         hang_max_s: float = 120.0,
         delay_s: float = 0.0,
+        slow_on: float | None = None,
     ) -> None:
         self.inner = inner
         self.device = inner.device
@@ -34,6 +35,7 @@ class FaultRunner:
         self.release = release or threading.Event()
         self.hang_max_s = hang_max_s
         self.delay_s = delay_s
+        self.slow_on = slow_on  # None: every batch is slowed by delay_s; else only these
 
     def _has(self, inputs: dict[str, np.ndarray], value: float | None) -> bool:
         if value is None:
@@ -45,7 +47,7 @@ class FaultRunner:
             os._exit(CRASH_EXIT_CODE)  # the process dies mid-batch, nothing acknowledged
         if self._has(inputs, self.hang_on):
             self.release.wait(self.hang_max_s)
-        if self.delay_s:
+        if self.delay_s and (self.slow_on is None or self._has(inputs, self.slow_on)):
             time.sleep(self.delay_s)
         return self.inner.run(inputs)
 

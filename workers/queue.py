@@ -96,6 +96,12 @@ class WorkQueue:
                 e.deliveries = by_id.get(e.entry_id, 1)
         return entries
 
+    def touch(self, stream: str, entry_ids: list[bytes]) -> None:
+        """Reset the idle time of entries this consumer holds (JUSTID: delivery count kept)."""
+        for i in range(0, len(entry_ids), 512):
+            batch: list[Any] = entry_ids[i : i + 512]
+            self.r.xclaim(stream, GROUP, self.consumer, 0, batch, justid=True)
+
     def finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:
         """Send replies and acknowledge + delete the finished entries in one round trip."""
         pipe = self.r.pipeline(transaction=False)

@@ -4,6 +4,7 @@ The loop runs model code on its own thread; if that code hangs, nothing else on 
 runs, including the heartbeat. The watchdog is a second thread that, while a batch is running,
 keeps the worker's heartbeat alive and marks the worker not ready once the batch has run past
 the earliest deadline of its requests (those requests have failed at the gateway by then).
+It also renews the leases on the entries the worker holds, until it stalls.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ log = logging.getLogger("kiln.watchdog")
 
 
 class Watchdog:
-    def __init__(self, beat: Callable[[bool, float], None], interval_s: float) -> None:
-        """`beat(ready, busy_s)` writes the heartbeat; called every interval_s while busy."""
+    def __init__(
+        self, beat: Callable[[bool, float], None], renew: Callable[[], None], interval_s: float
+    ) -> None:
+        """Every interval_s: `renew()` the leases on held entries unless stalled, and while busy
+        `beat(ready, busy_s)` the heartbeat."""
         self._beat = beat
+        self._renew = renew
         self._interval = interval_s
         self._lock = threading.Lock()
         self._busy_since: float | None = None
@@ -54,15 +59,20 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            with self._lock:
-                since, deadline = self._busy_since, self._deadline
-            if since is None:
-                continue
-            now = time.monotonic()
-            ready = now <= deadline
-            if not ready:
-                log.warning("model code has run %.1fs, past its requests' deadline", now - since)
             try:
-                self._beat(ready, now - since)
+                self._tick()
             except Exception as exc:  # the watchdog must never die
-                log.warning("watchdog heartbeat failed: %s", type(exc).__name__)
+                log.warning("watchdog turn failed: %s", type(exc).__name__)
+
+    def _tick(self) -> None:
+        with self._lock:
+            since, deadline = self._busy_since, self._deadline
+        now = time.monotonic()
+        ready = now <= deadline
+        if ready:
+            self._renew()
+        if since is None:
+            return
+        if not ready:
+            log.warning("model code has run %.1fs, past its requests' deadline", now - since)
+        self._beat(ready, now - since)

@@ -31,6 +31,7 @@ from workers.batcher import Batcher, BatchPolicy, Item
 from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
 from workers.errors import LoadError
 from workers.keys import Keys
+from workers.leases import Leases
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
 from workers.runners import InputRejected, Runner, load_runner, public_message
@@ -91,7 +92,9 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
-        self.watchdog = Watchdog(self._beat_while_busy, min(1.0, config.heartbeat_ttl_s / 3))
+        self.leases = Leases(self.queue)
+        interval = min(1.0, config.heartbeat_ttl_s / 3, config.claim_idle_ms / 3000)
+        self.watchdog = Watchdog(self._beat_while_busy, self.leases.renew, interval)
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -187,6 +190,7 @@ class Worker:
     def _accept(self, entries: list[Entry]) -> None:
         failed: list[tuple[str, InferReplyMsg]] = []
         done: list[Entry] = []
+        self.leases.hold(entries)
         for entry in entries:
             outcome = self._admit(entry)
             if outcome is not None:
@@ -194,7 +198,7 @@ class Worker:
                 if outcome[0]:  # a message too broken to name its reply stream gets none
                     failed.append(outcome)
         if done:
-            self.queue.finish(failed, done)
+            self._finish(failed, done)
 
     def _admit(self, entry: Entry) -> tuple[str, InferReplyMsg] | None:
         """Queue the entry for batching, or return the failure reply that finishes it."""
@@ -311,7 +315,11 @@ class Worker:
                 live.append(item)
         if live:
             replies.extend(self._run_group(loaded, live))
-        self.queue.finish(replies, [item.key[0] for item in items])
+        self._finish(replies, [item.key[0] for item in items])
+
+    def _finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:
+        self.queue.finish(replies, done)
+        self.leases.release(done)
 
     def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
         """Run items as one batch; if it fails, run each alone so one bad item fails alone."""

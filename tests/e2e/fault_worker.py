@@ -1,6 +1,6 @@
 """`python -m tests.e2e.fault_worker worker ...`: the real `kiln worker`, with its runners
 wrapped by tests.faults.FaultRunner as the environment asks:
-KILN_TEST_CRASH_ON / KILN_TEST_HANG_ON (an input value) and KILN_TEST_DELAY_MS."""
+KILN_TEST_CRASH_ON / KILN_TEST_HANG_ON / KILN_TEST_SLOW_ON (an input value), KILN_TEST_DELAY_MS."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main() -> int:
         crash_on=_float("KILN_TEST_CRASH_ON"),
         hang_on=_float("KILN_TEST_HANG_ON"),
         delay_s=float(os.environ.get("KILN_TEST_DELAY_MS", "0")) / 1000,
+        slow_on=_float("KILN_TEST_SLOW_ON"),
     )
     return cli.main()
 

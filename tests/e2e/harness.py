@@ -23,14 +23,20 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path,
-                 module: str = "service.cli") -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, module: str = "service.cli"
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, *argv], env=env, cwd=ROOT,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", module, *argv],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -67,17 +73,25 @@ class Stack:
         self.worker_ports: dict[str, int] = {}
 
     def start_gateway(self, processes: int = 1) -> Proc:
-        p = Proc("gateway", ["gateway", "--port", str(self.gateway_port), "--workers",
-                             str(processes)], self.env, self.log_dir)
+        p = Proc(
+            "gateway",
+            ["gateway", "--port", str(self.gateway_port), "--workers", str(processes)],
+            self.env,
+            self.log_dir,
+        )
         self.procs.append(p)
         self.wait_http(f"{self.url}/v2/health/ready", p)
         return p
 
-    def start_worker(self, name: str, module: str = "service.cli",
-                     env: dict[str, str] | None = None) -> Proc:
+    def start_worker(self, name: str, module: str = "service.cli", env: dict[str, str] | None = None) -> Proc:
         port = free_port()
-        p = Proc(name, ["worker", "--metrics-port", str(port), "--threads", "1"],
-                 {**self.env, **(env or {})}, self.log_dir, module)
+        p = Proc(
+            name,
+            ["worker", "--metrics-port", str(port), "--threads", "1"],
+            {**self.env, **(env or {})},
+            self.log_dir,
+            module,
+        )
         self.procs.append(p)
         self.worker_ports[name] = port
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
