@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
@@ -117,8 +118,9 @@ class Worker:
             try:
                 self.tick()
                 backoff = 0.05
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying", type(exc).__name__)
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                # NOGROUP: the client reconnected on its own to a Redis that lost our groups
+                log.warning("redis unavailable or reset (%s); retrying", type(exc).__name__)
                 self.queue.forget_groups()
                 self._next_refresh = 0.0
                 self._stop.wait(backoff)

@@ -1,6 +1,7 @@
 """Faults that take processes down, with real gateway and worker processes on the real Redis and
 PostgreSQL: a request that crashes every worker that runs it is dead-lettered and the workers
-survive; SIGTERM finishes what was read and loses nothing."""
+survive; SIGTERM finishes what was read and loses nothing; a Redis restart fails requests in
+flight fast (503) and everything reconnects."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import redis
 
+from service.embedded import PrivateRedis
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, FAULT_WORKER, poll, register_http
 from tests.faults import CRASH_EXIT_CODE
@@ -99,3 +101,41 @@ def test_sigterm_finishes_what_was_read_and_loses_nothing(make_stack, redis_pref
         for x, fut in zip(xs, futs, strict=True):
             _check_ok(fut.result(timeout=120), x)
     assert r.xpending(stream, GROUP)["pending"] == 0 and r.xlen(stream) == 0
+
+
+def test_redis_restart_fails_in_flight_fast_and_everything_reconnects(make_stack, tmp_path) -> None:
+    """A private redis-server (never the shared one) is killed and started again."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        stack = make_stack(redis_url=server.url, KILN_REQUEST_TIMEOUT_S="60")
+        stack.start_gateway()
+        env = {"KILN_TEST_SLOW_ON": "-5", "KILN_TEST_DELAY_MS": "4000"}
+        worker = stack.start_worker("w1", FAULT_WORKER, env)
+        register_http(stack.url, "demo", demo_onnx_bytes(), "onnx", {"max_batch_size": 8})
+        x = np.ones((1, 4), np.float32)
+        _check_ok(_infer(stack.url, x), x)
+        r = redis.Redis(unix_socket_path=str(server.socket))
+        stream = Keys(stack.env["KILN_REDIS_PREFIX"]).request_stream(1)
+        slow = np.array([[-5, 1, 1, 1]], np.float32)
+        with ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(_infer, stack.url, slow) for _ in range(4)]
+            poll(lambda: r.xpending(stream, GROUP)["pending"] >= 1, what="a request in flight")
+            assert server.proc is not None
+            server.proc.kill()
+            server.proc.wait(10)
+            for fut in futs:  # in flight: 503 now, not a hang until the 60 s deadline
+                resp = fut.result(timeout=30)
+                assert resp.status_code == 503 and resp.json()["code"] == "unavailable", resp.text
+                assert resp.headers["retry-after"]
+        resp = _infer(stack.url, x)
+        assert resp.status_code == 503 and resp.headers["retry-after"]
+        assert httpx.get(f"{stack.url}/v2/health/ready", timeout=10).status_code == 503
+
+        server.start()  # empty: nothing persisted; gateways and workers rebuild what they need
+        poll(lambda: _infer(stack.url, x).status_code == 200, timeout=60, what="service after restart")
+        _check_ok(_infer(stack.url, x), x)
+        poll(lambda: httpx.get(f"{stack.url}/v2/health/ready", timeout=10).status_code == 200, what="ready")
+        assert worker.alive()
+    finally:
+        server.stop()
