@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from model_store.registry import ResolvedVersion
 from workers.errors import LoadError
 
 log = logging.getLogger("kiln.runner")
+T = TypeVar("T")
 
 
 class InputRejected(ValueError):
@@ -25,6 +26,39 @@ def public_message(exc: BaseException, limit: int = 300) -> str:
     traceback (TorchScript puts its interpreter traceback, with file names, in the message)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[-1] if lines else type(exc).__name__)[:limit]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (torch) or onnxruntime allocation failure: the batch was too big, not bad input."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate memory" in text
+
+
+def release_cached_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as exc:
+        log.warning("could not release cached device memory: %s", type(exc).__name__)
+
+
+def split_failed(exc: BaseException, items: list[T]) -> list[list[T]]:
+    """How to retry a failed batch: in halves after out-of-memory (device memory freed first),
+    else each item alone so that one bad item fails alone."""
+    if is_out_of_memory(exc) and len(items) > 1:
+        release_cached_memory()
+        half = len(items) // 2
+        return [items[:half], items[half:]]
+    return [[item] for item in items]
 
 
 class Runner(Protocol):

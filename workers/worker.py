@@ -35,7 +35,7 @@ from workers.keys import Keys
 from workers.leases import Leases
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
-from workers.runners import InputRejected, Runner, load_runner, public_message
+from workers.runners import InputRejected, Runner, load_runner, public_message, split_failed
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.watchdog import Watchdog
 
@@ -324,7 +324,8 @@ class Worker:
         self.leases.release(done)
 
     def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
-        """Run items as one batch; if it fails, run each alone so one bad item fails alone."""
+        """Run items as one batch; if it fails, split it (halves after out-of-memory, else each
+        item alone) so that one bad item fails alone."""
         v = loaded.version
         started = time.perf_counter()
         try:
@@ -332,8 +333,8 @@ class Worker:
                 outputs = self._forward(loaded, items)
         except Exception as exc:
             if len(items) > 1:
-                log.warning("batch of %d failed (%s); running items alone", len(items), type(exc).__name__)
-                return [r for item in items for r in self._run_group(loaded, [item])]
+                log.warning("batch of %d failed (%s); splitting it", len(items), type(exc).__name__)
+                return [r for group in split_failed(exc, items) for r in self._run_group(loaded, group)]
             code = ErrorCode.INVALID_INPUT if isinstance(exc, InputRejected) else ErrorCode.MODEL_ERROR
             self.metrics.failure(v.model, v.version, code)
             _entry, msg = items[0].key

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from tests.conftest import WorkerThread
 from tests.faults import wrapping
@@ -30,6 +31,50 @@ async def _poll(cond, timeout: float = 20.0, what: str = "condition"):  # type: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _record_batches(monkeypatch, oom_above: int | None = None) -> list[int]:  # type: ignore[no-untyped-def]
+    """Wrap the runner: record each batch's rows; optionally fail big batches as CUDA OOM."""
+    seen: list[int] = []
+    real = worker_module.load_runner
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        runner = real(*args, **kwargs)
+        inner_run = runner.run
+
+        def run(inputs):  # type: ignore[no-untyped-def]
+            rows = int(inputs["x"].shape[0])
+            seen.append(rows)
+            if oom_above is not None and rows > oom_above:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return inner_run(inputs)
+
+        runner.run = run
+        return runner
+
+    monkeypatch.setattr(worker_module, "load_runner", recording)
+    return seen
+
+
+async def _queued_then_served(client, settings, redis_client, model: str, xs: list[np.ndarray]) -> list:  # type: ignore[no-untyped-def]
+    """All requests are queued before a worker exists, so its first read takes them as one batch."""
+    tasks = [
+        asyncio.create_task(
+            client.post(f"/v2/models/{model}/infer", json=infer_body("x", x.tolist(), list(x.shape)))
+        )
+        for x in xs
+    ]
+    stream = _stream(settings)
+
+    async def queued() -> bool:
+        return int(redis_client.xlen(stream)) == len(xs)
+
+    await _poll(queued, what="all requests queued")
+    w = WorkerThread(settings).start()
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        w.stop()
+
+
 def _stream(settings, version_id: int = 1) -> str:  # type: ignore[no-untyped-def]
     return Keys(settings.redis_prefix).request_stream(version_id)
 
@@ -44,39 +89,10 @@ async def test_one_bad_item_fails_alone_inside_a_batch(client, settings, redis_c
         config={"max_batch_size": 64, "max_queue_delay_ms": 5},
     )
     assert r.status_code == 201, r.text
-    seen: list[int] = []
-    real = worker_module.load_runner
-
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
-        runner = real(*args, **kwargs)
-        inner_run = runner.run
-
-        def run(inputs):  # type: ignore[no-untyped-def]
-            seen.append(int(inputs["x"].shape[0]))
-            return inner_run(inputs)
-
-        runner.run = run
-        return runner
-
-    monkeypatch.setattr(worker_module, "load_runner", recording)
+    seen = _record_batches(monkeypatch)
     xs = [np.full((1, 2), i + 1, dtype=np.float32) for i in range(8)]
     xs[5] = np.array([[-4.0, 1.0]], dtype=np.float32)
-    # all eight are queued before a worker exists, so its first read takes them as one batch
-    tasks = [
-        asyncio.create_task(client.post("/v2/models/fragile/infer", json=infer_body("x", x.tolist(), [1, 2])))
-        for x in xs
-    ]
-    stream = _stream(settings)
-
-    async def queued() -> bool:
-        return int(redis_client.xlen(stream)) == 8
-
-    await _poll(queued, what="8 queued requests")
-    w = WorkerThread(settings).start()
-    try:
-        responses = await asyncio.gather(*tasks)
-    finally:
-        w.stop()
+    responses = await _queued_then_served(client, settings, redis_client, "fragile", xs)
     for i, resp in enumerate(responses):
         if i == 5:
             assert resp.status_code == 500 and resp.json()["code"] == "model_error", resp.text
@@ -86,7 +102,7 @@ async def test_one_bad_item_fails_alone_inside_a_batch(client, settings, redis_c
             np.testing.assert_allclose(np.array(resp.json()["outputs"][0]["data"]), (xs[i] * 3).reshape(-1))
     assert seen[0] == 8  # the whole batch ran (and failed) together first
     assert sorted(seen[1:]) == [1] * 8  # then each item alone
-    assert redis_client.xpending(stream, GROUP)["pending"] == 0
+    assert redis_client.xpending(_stream(settings), GROUP)["pending"] == 0
 
 
 async def test_hung_runner_fails_at_deadline_and_worker_reports_not_ready(
@@ -142,3 +158,25 @@ async def test_bad_timeout_parameter_is_400(client, timeout) -> None:  # type: i
         "/v2/models/demo/infer", json=infer_body("x", [1, 2, 3, 4], [1, 4], parameters={"timeout": timeout})
     )
     assert r.status_code == 400, r.text
+
+
+async def test_out_of_memory_splits_the_batch_and_retries(
+    client, settings, redis_client, monkeypatch
+) -> None:
+    r = await register(
+        client,
+        "scaled",
+        torchscript_bytes(FailsOnNegative()),
+        "torchscript",
+        signature=TIMES3_SIGNATURE,
+        config={"max_batch_size": 64, "max_queue_delay_ms": 5},
+    )
+    assert r.status_code == 201, r.text
+    seen = _record_batches(monkeypatch, oom_above=2)
+    xs = [np.full((1, 2), i + 1, dtype=np.float32) for i in range(8)]
+    responses = await _queued_then_served(client, settings, redis_client, "scaled", xs)
+    for x, resp in zip(xs, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        np.testing.assert_allclose(np.array(resp.json()["outputs"][0]["data"]), (x * 3).reshape(-1))
+    assert seen == [8, 4, 2, 2, 4, 2, 2]  # halved until it fits, never item by item
+    assert redis_client.xpending(_stream(settings), GROUP)["pending"] == 0
