@@ -22,8 +22,8 @@ from service.oip import (
     ParsedRequest,
     encode_response,
     parse_infer_request,
-    request_timeout_s,
 )
+from service.policy import request_policy
 from service.settings import Settings
 from service.versions import VersionResolver
 from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
@@ -74,8 +74,8 @@ class InferenceService:
     async def _roundtrip(
         self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest
     ) -> InferReplyMsg:
-        limit = self.settings.request_timeout_s
-        timeout_s = request_timeout_s(parsed.parameters, limit, limit)
+        policy = request_policy(version, parsed.parameters, principal, self.keys, self.settings)
+        timeout_s = policy.timeout_s
         now_ms = int(time.time() * 1000)
         msg = InferRequestMsg(
             request_id=uuid.uuid4().hex,
@@ -87,10 +87,11 @@ class InferenceService:
             tensors=parsed.tensors,
             outputs=parsed.outputs,
             parameters=parsed.parameters,
+            priority=policy.priority,
         )
         self.metrics.pending.inc()
         try:
-            await self.engine.submit(self.keys.request_stream(version.version_id), msg)
+            await self.engine.submit(policy.stream, msg, bound=policy.bound)
             reply = await self.engine.wait(msg.request_id, timeout_s)
         except EngineError as exc:
             raise from_engine(exc) from exc

@@ -26,6 +26,7 @@ class Principal:
     tenant_id: int
     scopes: frozenset[str]
     prefix: str
+    priority_cap: int = 1  # the highest priority level this key may ask for (1: any)
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes

@@ -237,6 +237,7 @@ class Worker:
             shape_key=shape_key,
             arrived=mono,
             deadline=mono + remaining_ms / 1000,
+            priority=msg.priority,
         )
         if entry.deliveries > 1:  # redelivered: suspect, so it runs alone and now
             self._execute(loaded.version.version_id, [item])
@@ -257,7 +258,9 @@ class Worker:
             raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
         cfg = version.config
         batching = version.signature.batched() and cfg.max_batch_size > 1
-        policy = BatchPolicy(cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000)
+        policy = BatchPolicy(
+            cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000, cfg.preferred_batch_sizes
+        )
         loaded = self.models[version_id] = Loaded(version, runner, policy)
         self.metrics.load_duration.labels(version.model, str(version.version)).observe(
             time.monotonic() - started

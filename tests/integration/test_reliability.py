@@ -31,9 +31,10 @@ async def _poll(cond, timeout: float = 20.0, what: str = "condition"):  # type: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _record_batches(monkeypatch, oom_above: int | None = None) -> list[int]:  # type: ignore[no-untyped-def]
-    """Wrap the runner: record each batch's rows; optionally fail big batches as CUDA OOM."""
-    seen: list[int] = []
+def _record_batches(monkeypatch, oom_above: int | None = None, values: bool = False) -> list:  # type: ignore[no-untyped-def]
+    """Wrap the runner: record each batch's rows (or its first-column values); optionally fail
+    big batches as CUDA OOM."""
+    seen: list = []
     real = worker_module.load_runner
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -42,7 +43,7 @@ def _record_batches(monkeypatch, oom_above: int | None = None) -> list[int]:  # 
 
         def run(inputs):  # type: ignore[no-untyped-def]
             rows = int(inputs["x"].shape[0])
-            seen.append(rows)
+            seen.append(inputs["x"][:, 0].tolist() if values else rows)
             if oom_above is not None and rows > oom_above:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return inner_run(inputs)
