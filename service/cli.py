@@ -119,6 +119,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             max_deliveries=settings.max_deliveries,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             reply_ttl_s=settings.reply_ttl_s,
+            async_result_ttl_s=settings.async_result_ttl_s,
             threads=args.threads,
             metrics_port=args.metrics_port,
         ),

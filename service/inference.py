@@ -23,7 +23,7 @@ from service.oip import (
     encode_response,
     parse_infer_request,
 )
-from service.policy import request_policy
+from service.policy import RequestPolicy, request_policy
 from service.settings import Settings
 from service.versions import VersionResolver
 from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
@@ -75,28 +75,38 @@ class InferenceService:
         self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest
     ) -> InferReplyMsg:
         policy = request_policy(version, parsed.parameters, principal, self.keys, self.settings)
-        timeout_s = policy.timeout_s
-        now_ms = int(time.time() * 1000)
-        msg = InferRequestMsg(
-            request_id=uuid.uuid4().hex,
-            reply_to=self.engine.reply_stream,
-            deadline_ms=now_ms + int(timeout_s * 1000),
-            enqueued_ms=now_ms,
-            tenant_id=principal.tenant_id,
-            inputs=parsed.inputs,
-            tensors=parsed.tensors,
-            outputs=parsed.outputs,
-            parameters=parsed.parameters,
-            priority=policy.priority,
-        )
+        msg = build_message(principal, parsed, policy, self.engine.reply_stream)
         self.metrics.pending.inc()
         try:
             await self.engine.submit(policy.stream, msg, bound=policy.bound)
-            reply = await self.engine.wait(msg.request_id, timeout_s)
+            reply = await self.engine.wait(msg.request_id, policy.timeout_s)
         except EngineError as exc:
             raise from_engine(exc) from exc
         finally:
             self.metrics.pending.dec()
-        if not reply.ok:
-            raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
+        check_reply(reply)
         return reply
+
+
+def build_message(
+    principal: Principal, parsed: ParsedRequest, policy: RequestPolicy, reply_to: str, request_id: str = ""
+) -> InferRequestMsg:
+    now_ms = int(time.time() * 1000)
+    return InferRequestMsg(
+        request_id=request_id or uuid.uuid4().hex,
+        reply_to=reply_to,
+        deadline_ms=now_ms + int(policy.timeout_s * 1000),
+        enqueued_ms=now_ms,
+        tenant_id=principal.tenant_id,
+        inputs=parsed.inputs,
+        tensors=parsed.tensors,
+        outputs=parsed.outputs,
+        parameters=parsed.parameters,
+        priority=policy.priority,
+    )
+
+
+def check_reply(reply: InferReplyMsg) -> None:
+    """Raise the typed error a failed reply stands for."""
+    if not reply.ok:
+        raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     docs_enabled: bool = True
+    async_result_ttl_s: int = Field(default=3600, ge=10, le=7 * 86400)  # results of respond-async
 
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)

@@ -37,6 +37,13 @@ class Keys:
     def reply_stream(self, gateway_id: str) -> str:
         return f"{self.prefix}:reply:{gateway_id}"
 
+    def async_result(self, request_id: str) -> str:
+        """The stream of one asynchronous request: its record, then the worker's reply."""
+        return f"{self.prefix}:async:{request_id}"
+
+    def is_async_result(self, stream: str) -> bool:
+        return stream.startswith(f"{self.prefix}:async:")
+
     @property
     def dead_letter(self) -> str:
         return f"{self.prefix}:dead"

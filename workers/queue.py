@@ -119,6 +119,12 @@ class WorkQueue:
             pipe.xdel(stream, *ids)
         pipe.execute()
 
+    def keep(self, keys: set[str], ttl_s: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.expire(key, ttl_s)
+        pipe.execute()
+
     def dead_letter(self, entry: Entry, reason: str) -> None:
         self.r.xadd(
             self.keys.dead_letter,

@@ -50,6 +50,7 @@ class WorkerConfig:
     max_deliveries: int = 3
     heartbeat_ttl_s: float = 10.0
     reply_ttl_s: int = 300
+    async_result_ttl_s: int = 3600
     threads: int = 0
     metrics_port: int = 0
 
@@ -325,6 +326,9 @@ class Worker:
     def _finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:
         self.queue.finish(replies, done)
         self.leases.release(done)
+        kept = {to for to, _ in replies if self.queue.keys.is_async_result(to)}
+        if kept:  # asynchronous results are kept for their own, longer time
+            self.queue.keep(kept, self.config.async_result_ttl_s)
 
     def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
         """Run items as one batch; if it fails, split it (halves after out-of-memory, else each

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from service.async_infer import wants_async
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
 from service.oip import HEADER_LENGTH, decode_body, header_length, model_metadata
 from service.responses import JSONBody
+from service.routes.async_results import async_inference
 
 router = APIRouter(prefix="/v2/models", tags=["inference"])
 
@@ -51,6 +53,7 @@ _INFER_BODY: dict[str, Any] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc}
     for code, desc in (
+        (202, "accepted for asynchronous inference (Prefer: respond-async)"),
         (400, "invalid input"),
         (401, "no or bad key"),
         (403, "scope"),
@@ -109,6 +112,14 @@ async def _infer(
     limit = inference.settings.max_body_bytes
     body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
     header_len = header_length(request.headers.get(HEADER_LENGTH), len(body))
+    if wants_async(request.headers.get("prefer")):
+        state = request.app.state.kiln
+        accepted = await async_inference(state).submit(principal, model, version, body, header_len)
+        return JSONBody(
+            {"id": accepted.request_id, "status": "queued"},
+            status_code=202,
+            headers={"Location": accepted.location, "Preference-Applied": "respond-async"},
+        )
     out = await inference.infer(principal, model, version, body, header_len)
     return Response(out.body, media_type=out.media_type, headers=out.headers)
 
