@@ -139,8 +139,10 @@ def _smoke_run_torchscript(path: Path, sig: Signature) -> None:
     try:
         outputs = run_torchscript(module, sig, sample, torch.device("cpu"))
     except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # no traceback
         raise InvalidArtifact(
-            f"TorchScript model failed on a sample input of the declared signature: {str(exc)[:200]}"
+            "TorchScript model failed on a sample input of the declared signature: "
+            f"{(lines[-1] if lines else type(exc).__name__)[:200]}"
         ) from exc
     for spec in sig.outputs:
         arr = outputs[spec.name]

@@ -17,7 +17,7 @@ from service import __version__, errors, keys
 from service.auth import Authenticator
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
-from service.routes import async_results, health, inference, models
+from service.routes import async_results, health, inference, models, repository
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
@@ -99,4 +99,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(async_results.router)
+    app.include_router(repository.router)
     return app

@@ -120,6 +120,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             reply_ttl_s=settings.reply_ttl_s,
             async_result_ttl_s=settings.async_result_ttl_s,
+            memory_budget_bytes=settings.worker_memory_budget_mb << 20,
             threads=args.threads,
             metrics_port=args.metrics_port,
         ),

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=10.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
+    worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_dev(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from onnx import TensorProto, helper
 
 ALL_DATATYPES = (
@@ -73,3 +74,20 @@ def all_types_sample(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
             arr.flat[0], arr.flat[1] = info.min, info.max
         out[dt] = arr
     return out
+
+
+class Wide(torch.nn.Module):
+    """y = x @ W with a large W (FP32[-1, 2048] -> FP32[-1, 2048], 16 MiB of weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(2048, 2048) / 50)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+WIDE_SIGNATURE = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2048]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2048]}],
+}

@@ -70,6 +70,10 @@ class Batcher:
         q.policy = policy
         q.items.append(item)
 
+    def pending(self, version_id: int) -> int:
+        q = self._queues.get(version_id)
+        return len(q.items) if q is not None else 0
+
     def __len__(self) -> int:
         return sum(len(q.items) for q in self._queues.values())
 

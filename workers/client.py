@@ -138,13 +138,17 @@ class StreamsEngineClient:
     async def health(self) -> dict[str, Any]:
         try:
             await self._redis.ping()
-            keys = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
-            beats = await self._redis.mget(keys) if keys else []
+            infos = await self.worker_infos()
         except (RedisError, OSError):
             return {"redis": False, "workers": 0, "workers_not_ready": 0}
-        infos = [_worker_info(b) for b in beats if b]
         ready = sum(1 for i in infos if i.get("ready", True))
         return {"redis": True, "workers": ready, "workers_not_ready": len(infos) - ready}
+
+    async def worker_infos(self) -> list[dict[str, Any]]:
+        """The heartbeats of live workers (what each has loaded, whether it is ready)."""
+        keys = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+        beats = await self._redis.mget(keys) if keys else []
+        return [_worker_info(b) for b in beats if b]
 
     def in_flight(self) -> int:
         return len(self._pending)

@@ -45,6 +45,11 @@ class Keys:
         return stream.startswith(f"{self.prefix}:async:")
 
     @property
+    def lifecycle(self) -> str:
+        """Hash: version id -> the latest load/unload command for it."""
+        return f"{self.prefix}:lifecycle"
+
+    @property
     def dead_letter(self) -> str:
         return f"{self.prefix}:dead"
 

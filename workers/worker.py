@@ -33,6 +33,7 @@ from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferReque
 from workers.errors import LoadError
 from workers.keys import Keys
 from workers.leases import Leases
+from workers.lifecycle import Commands, lru_victims, measured, release_memory, warm
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
 from workers.runners import InputRejected, Runner, load_runner, public_message, split_failed
@@ -53,6 +54,7 @@ class WorkerConfig:
     async_result_ttl_s: int = 3600
     threads: int = 0
     metrics_port: int = 0
+    memory_budget_bytes: int = 0  # 0: unlimited; else least-recently-used versions are unloaded
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class Loaded:
     version: ResolvedVersion
     runner: Runner
     policy: BatchPolicy
+    size_bytes: int = 0  # device memory it holds (CUDA), else its artifact size
+    last_used: float = 0.0  # monotonic
 
 
 class ItemRejected(Exception):
@@ -96,6 +100,8 @@ class Worker:
         self._next_claim = 0.0
         self.leases = Leases(self.queue)
         interval = min(1.0, config.heartbeat_ttl_s / 3, config.claim_idle_ms / 3000)
+        self.commands = Commands(client, keys)
+        self.load_failures: dict[int, str] = {}
         self.watchdog = Watchdog(self._beat_while_busy, self.leases.renew, interval)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -145,7 +151,8 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_refresh:
             self._streams = self.queue.active_streams()
-            self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
+            self._apply_commands()
+            self._beat()
             self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
         if now >= self._next_claim:
             for stream in self._streams:
@@ -180,9 +187,14 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "metrics_port": self.config.metrics_port,
-            "loaded": sorted(m.version.version_id for m in self.models.values()),
+            "loaded": sorted(list(self.models)),
             "ready": True,
+            "failed": {str(vid): why for vid, why in self.load_failures.items()},
+            "memory_bytes": sum(m.size_bytes for m in list(self.models.values())),
         }
+
+    def _beat(self) -> None:
+        self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
 
     def _beat_while_busy(self, ready: bool, busy_s: float) -> None:
         """The watchdog's heartbeat while model code runs (ready=False once past a deadline)."""
@@ -250,25 +262,69 @@ class Worker:
         loaded = self.models.get(version_id)
         if loaded is not None:
             return loaded
+        if version_id in self.commands.unloaded:
+            raise ItemRejected(ErrorCode.UNAVAILABLE, "this model version is unloaded; load it first")
         started = time.monotonic()
+        size: list[int] = []
         try:
             version = self.registry.by_version_id(version_id)
-            runner = load_runner(version, self.blobs.read_verified(version.sha256), self.config.threads)
+            data = self.blobs.read_verified(version.sha256)
+            with measured(size):
+                runner = load_runner(version, data, self.config.threads)
+                warm(runner, version.signature)
         except (StoreError, LoadError) as exc:
+            self.load_failures[version_id] = str(exc)[:300]
             log.error("load of version %s failed: %s", version_id, exc)
             raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
+        except Exception as exc:
+            self.load_failures[version_id] = f"warmup failed: {public_message(exc)}"
+            log.error("warmup of version %s failed: %s", version_id, type(exc).__name__)
+            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model warmup failed: {public_message(exc)}") from exc
+        self.load_failures.pop(version_id, None)
+        self._make_room(size[0] or len(data), version_id)
         cfg = version.config
         batching = version.signature.batched() and cfg.max_batch_size > 1
         policy = BatchPolicy(
             cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000, cfg.preferred_batch_sizes
         )
-        loaded = self.models[version_id] = Loaded(version, runner, policy)
+        loaded = self.models[version_id] = Loaded(
+            version, runner, policy, size[0] or len(data), time.monotonic()
+        )
         self.metrics.load_duration.labels(version.model, str(version.version)).observe(
             time.monotonic() - started
         )
         self.metrics.loaded.set(len(self.models))
         log.info("loaded %s:%s on %s", version.model, version.version, runner.device)
+        self._beat()  # ready now: say so before the first answer goes out
         return loaded
+
+    def _make_room(self, need: int, loading: int) -> None:
+        sizes = {vid: (m.size_bytes, m.last_used) for vid, m in self.models.items()}
+        busy = {vid for vid in self.models if self.batcher.pending(vid)} | {loading}
+        for vid in lru_victims(sizes, need, self.config.memory_budget_bytes, busy):
+            self.unload(vid)
+
+    def unload(self, version_id: int) -> bool:
+        """Drop a loaded version and free its memory (not while requests wait for it)."""
+        if version_id not in self.models or self.batcher.pending(version_id):
+            return False
+        loaded = self.models.pop(version_id)
+        del loaded
+        release_memory()
+        self.metrics.loaded.set(len(self.models))
+        log.info("unloaded version %s", version_id)
+        self._beat()
+        return True
+
+    def _apply_commands(self) -> None:
+        for version_id, action in self.commands.new():
+            if action == "unload":
+                self.unload(version_id)
+                continue
+            try:
+                self._model(version_id)
+            except ItemRejected as exc:
+                log.warning("load of version %s asked for and failed: %s", version_id, exc)
 
     @staticmethod
     def _decode(loaded: Loaded, msg: InferRequestMsg) -> tuple[dict[str, np.ndarray], int, tuple[Any, ...]]:
@@ -300,6 +356,7 @@ class Worker:
     # execution --------------------------------------------------------------------------------
     def _execute(self, version_id: int, items: list[Item]) -> None:
         loaded = self.models[version_id]
+        loaded.last_used = time.monotonic()
         now = time.monotonic()
         replies: list[tuple[str, InferReplyMsg]] = []
         live: list[Item] = []

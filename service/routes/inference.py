@@ -13,6 +13,7 @@ from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, re
 from service.oip import HEADER_LENGTH, decode_body, header_length, model_metadata
 from service.responses import JSONBody
 from service.routes.async_results import async_inference
+from service.routes.repository import repository
 
 router = APIRouter(prefix="/v2/models", tags=["inference"])
 
@@ -90,8 +91,7 @@ async def version_metadata(
 
 async def _ready(principal: InferPrincipal, state: StateDep, model: str, version: str | None) -> JSONBody:
     resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
-    health = await state.engine.health()
-    ok = bool(health["redis"]) and health["workers"] > 0
+    ok = await repository(state).version_ready(resolved.version_id)
     body = {"name": resolved.model, "version": str(resolved.version), "ready": ok}
     return JSONBody(body, status_code=200 if ok else 503)
 

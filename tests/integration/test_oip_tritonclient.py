@@ -167,6 +167,7 @@ def test_health_metadata_and_readiness(triton) -> None:
     assert triton.is_server_ready()
     meta = triton.get_server_metadata()
     assert meta["name"] == "modelkiln" and "binary_tensor_data" in meta["extensions"]
+    triton.load_model(MODEL)
     assert triton.is_model_ready(MODEL)
     assert triton.is_model_ready(MODEL, "1")
     assert not triton.is_model_ready(MODEL, "9")
@@ -192,3 +193,37 @@ def test_errors_reach_the_client_as_oip_errors(triton) -> None:
     with pytest.raises(InferenceServerException) as err:
         triton.infer(MODEL, [*inputs, bad])
     assert err.value.status() == "400" and "UTF-8" in err.value.message()
+
+
+def test_repository_index_load_unload(triton, live: LiveServer) -> None:
+    register_sync(live.url, "second", identity_all_types_bytes(), "onnx")
+    index = {(m["name"], m["version"]): m for m in triton.get_model_repository_index()}
+    assert set(index) == {(MODEL, "1"), ("second", "1")}
+    assert index[(MODEL, "1")]["state"] == "UNAVAILABLE"  # nothing loaded yet (lazy)
+    assert not triton.is_model_ready(MODEL)
+
+    triton.load_model(MODEL)  # returns once a worker has it loaded and warmed up
+    assert triton.is_model_ready(MODEL) and triton.is_model_ready(MODEL, "1")
+    assert not triton.is_model_ready("second")  # readiness is per version
+    states = {m["name"]: m["state"] for m in triton.get_model_repository_index()}
+    assert states == {MODEL: "READY", "second": "UNAVAILABLE"}
+    triton.load_model("second")
+    assert triton.is_model_ready("second")  # several versions live at once
+
+    triton.unload_model(MODEL)
+    assert not triton.is_model_ready(MODEL) and triton.is_model_ready("second")
+    sample = all_types_sample(1)
+    with pytest.raises(InferenceServerException) as err:
+        triton.infer(MODEL, _inputs(sample, True))
+    assert err.value.status() == "503" and "unloaded" in err.value.message()
+    reasons = {m["name"]: m["reason"] for m in triton.get_model_repository_index()}
+    assert reasons[MODEL] == "unloaded"
+
+    triton.load_model(MODEL)
+    _check(triton.infer(MODEL, _inputs(sample, True)), sample)
+    with pytest.raises(InferenceServerException) as err:
+        triton.load_model("nope")
+    assert err.value.status() == "404"
+    with pytest.raises(InferenceServerException) as err:
+        triton.load_model(MODEL, config='{"backend": "python"}')
+    assert err.value.status() == "400"
