@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp = m.add_parser("push", help="create the model if needed and upload a new version")
     mp.add_argument("name")
     mp.add_argument("file")
-    mp.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    mp.add_argument("--format", required=True, choices=["onnx", "torchscript", "hf-encoder"])
     mp.add_argument("--signature", help="JSON, or @file")
     mp.add_argument("--config", help="JSON, or @file")
     mp.add_argument("--description", default="")

@@ -153,6 +153,10 @@ def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runn
             return OnnxRunner(version, data, device, threads)
         if version.format == "torchscript":
             return TorchScriptRunner(version, data, device, threads)
+        if version.format == "hf-encoder":
+            from workers.hf_runner import HFEncoderRunner
+
+            return HFEncoderRunner(version, data, device, threads)
     except LoadError:
         raise
     except Exception as exc:
