@@ -99,6 +99,7 @@ class VersionConfig(BaseModel):
     default_priority_level: int = Field(default=0, ge=0, le=10)  # 0: the lowest level
     max_queue_size: int = Field(default=0, ge=0, le=10_000_000)  # 0: unbounded
     default_timeout_ms: int = Field(default=0, ge=0, le=3_600_000)  # 0: the server's default
+    instances: int = Field(default=1, ge=1, le=16)  # model instances per worker, run concurrently
 
     @field_validator("max_queue_delay_ms")
     @classmethod

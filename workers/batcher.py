@@ -7,11 +7,14 @@ number) goes first. Pure logic over a monotonic clock, no I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+Capacity = Callable[[int], bool]  # version id -> whether a model instance is free for a batch
+BLOCKED_RECHECK_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +80,28 @@ class Batcher:
     def __len__(self) -> int:
         return sum(len(q.items) for q in self._queues.values())
 
-    def seconds_until_due(self, now: float) -> float | None:
-        """Time until the earliest queue is due (0 if one is ready now); None when empty."""
+    def seconds_until_due(self, now: float, capacity: Capacity | None = None) -> float | None:
+        """Time until the earliest queue is due (0 if one is ready now); None when empty.
+        A queue whose version has no free instance is looked at again in BLOCKED_RECHECK_S."""
         best: float | None = None
-        for q in self._queues.values():
+        for version_id, q in self._queues.items():
             if not q.items:
                 continue
             oldest = q.items[0]
             full = self._first_full(q) is not None
             due = 0.0 if full else max(0.0, oldest.arrived + q.policy.max_queue_delay_s - now)
+            if capacity is not None and not capacity(version_id):
+                due = max(due, BLOCKED_RECHECK_S)
             best = due if best is None else min(best, due)
         return best
 
-    def ready(self, now: float, *, flush: bool = False) -> Iterator[tuple[int, list[Item]]]:
-        """Yield (version_id, items) for every batch that is due; flush=True empties all."""
+    def ready(
+        self, now: float, *, flush: bool = False, capacity: Capacity | None = None
+    ) -> Iterator[tuple[int, list[Item]]]:
+        """Yield (version_id, items) for every batch that is due and has a free instance
+        (`capacity`, asked before each batch); flush=True empties all."""
         for version_id, q in self._queues.items():
-            while q.items:
+            while q.items and (flush or capacity is None or capacity(version_id)):
                 waited = flush or now >= q.items[0].arrived + q.policy.max_queue_delay_s
                 head = self._head(q) if waited else self._first_full(q)
                 if head is None:

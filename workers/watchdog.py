@@ -28,8 +28,8 @@ class Watchdog:
         self._renew = renew
         self._interval = interval_s
         self._lock = threading.Lock()
-        self._busy_since: float | None = None
-        self._deadline = float("inf")
+        self._busy: dict[int, tuple[float, float]] = {}  # token -> (since, deadline), one per batch
+        self._next = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,18 +44,27 @@ class Watchdog:
 
     @contextlib.contextmanager
     def busy(self, deadline: float) -> Iterator[None]:
-        """Mark the loop busy until the block ends; `deadline` is monotonic seconds."""
+        """Mark a batch running until the block ends; `deadline` is monotonic seconds.
+        Batches may run concurrently (model instances): each has its own slot."""
         with self._lock:
-            self._busy_since, self._deadline = time.monotonic(), deadline
+            token, self._next = self._next, self._next + 1
+            self._busy[token] = (time.monotonic(), deadline)
         try:
             yield
         finally:
             with self._lock:
-                self._busy_since, self._deadline = None, float("inf")
+                self._busy.pop(token, None)
+
+    def _state(self) -> tuple[float | None, float]:
+        """(earliest start, earliest deadline) over running batches."""
+        with self._lock:
+            if not self._busy:
+                return None, float("inf")
+            return min(s for s, _ in self._busy.values()), min(d for _, d in self._busy.values())
 
     def stalled(self, now: float | None = None) -> bool:
-        with self._lock:
-            return self._busy_since is not None and (now or time.monotonic()) > self._deadline
+        since, deadline = self._state()
+        return since is not None and (now or time.monotonic()) > deadline
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -65,8 +74,7 @@ class Watchdog:
                 log.warning("watchdog turn failed: %s", type(exc).__name__)
 
     def _tick(self) -> None:
-        with self._lock:
-            since, deadline = self._busy_since, self._deadline
+        since, deadline = self._state()
         now = time.monotonic()
         ready = now <= deadline
         if ready:

@@ -31,6 +31,7 @@ from model_store.registry import Registry, ResolvedVersion
 from workers.batcher import Batcher, BatchPolicy, Item
 from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
 from workers.errors import LoadError
+from workers.instances import InstancePool
 from workers.keys import Keys
 from workers.leases import Leases
 from workers.lifecycle import Commands, lru_victims, measured, release_memory, warm
@@ -64,6 +65,13 @@ class Loaded:
     policy: BatchPolicy
     size_bytes: int = 0  # device memory it holds (CUDA), else its artifact size
     last_used: float = 0.0  # monotonic
+    pool: InstancePool | None = None  # with instances > 1: batches run on the pool's threads
+
+    def runner_here(self) -> Runner:
+        return self.pool.current() if self.pool is not None else self.runner
+
+    def has_capacity(self) -> bool:
+        return self.pool is None or self.pool.has_capacity()
 
 
 class ItemRejected(Exception):
@@ -138,7 +146,10 @@ class Worker:
         """Finish what was already read, then leave; unread entries stay in the stream."""
         try:
             for version_id, items in self.batcher.ready(time.monotonic(), flush=True):
-                self._execute(version_id, items)
+                self._dispatch(version_id, items)
+            for loaded in list(self.models.values()):
+                if loaded.pool is not None:
+                    loaded.pool.close()
             self.queue.drop_heartbeat(self.worker_id)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             log.warning("redis unavailable at shutdown; unacknowledged entries will be reclaimed")
@@ -161,12 +172,24 @@ class Worker:
         if not self._streams:
             self._stop.wait(0.1)
             return
-        due = self.batcher.seconds_until_due(time.monotonic())
+        due = self.batcher.seconds_until_due(time.monotonic(), self._capacity)
         wait_s = min(due if due is not None else 1.0, self._next_refresh - now, 1.0)
         entries = self.queue.read(self._streams, self._read_count(), int(max(wait_s, 0.001) * 1000))
         self._accept(entries)
-        for version_id, items in self.batcher.ready(time.monotonic()):
+        for version_id, items in self.batcher.ready(time.monotonic(), capacity=self._capacity):
+            self._dispatch(version_id, items)
+
+    def _capacity(self, version_id: int) -> bool:
+        loaded = self.models.get(version_id)
+        return loaded is None or loaded.has_capacity()
+
+    def _dispatch(self, version_id: int, items: list[Item]) -> None:
+        """Run a batch here, or on a free instance of the version's pool."""
+        pool = self.models[version_id].pool
+        if pool is None:
             self._execute(version_id, items)
+        else:
+            pool.submit(lambda: self._execute(version_id, items))
 
     def _reclaim(self, stream: str, limit: int = 256) -> None:
         """Take over a dead consumer's entries one at a time, each run alone: a request that
@@ -253,7 +276,7 @@ class Worker:
             priority=msg.priority,
         )
         if entry.deliveries > 1:  # redelivered: suspect, so it runs alone and now
-            self._execute(loaded.version.version_id, [item])
+            self._dispatch(loaded.version.version_id, [item])
         else:
             self.batcher.add(loaded.version.version_id, loaded.policy, item)
         return None
@@ -270,8 +293,12 @@ class Worker:
             version = self.registry.by_version_id(version_id)
             data = self.blobs.read_verified(version.sha256)
             with measured(size):
-                runner = load_runner(version, data, self.config.threads)
-                warm(runner, version.signature)
+                runners = [
+                    load_runner(version, data, self.config.threads) for _ in range(version.config.instances)
+                ]
+                for r in runners:
+                    warm(r, version.signature)
+            runner = runners[0]
         except (StoreError, LoadError) as exc:
             self.load_failures[version_id] = str(exc)[:300]
             log.error("load of version %s failed: %s", version_id, exc)
@@ -281,14 +308,15 @@ class Worker:
             log.error("warmup of version %s failed: %s", version_id, type(exc).__name__)
             raise ItemRejected(ErrorCode.LOAD_FAILED, f"model warmup failed: {public_message(exc)}") from exc
         self.load_failures.pop(version_id, None)
-        self._make_room(size[0] or len(data), version_id)
+        self._make_room(size[0] or len(data) * len(runners), version_id)
         cfg = version.config
         batching = version.signature.batched() and cfg.max_batch_size > 1
         policy = BatchPolicy(
             cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000, cfg.preferred_batch_sizes
         )
+        pool = InstancePool(runners, f"kiln-v{version_id}") if len(runners) > 1 else None
         loaded = self.models[version_id] = Loaded(
-            version, runner, policy, size[0] or len(data), time.monotonic()
+            version, runner, policy, size[0] or len(data) * len(runners), time.monotonic(), pool
         )
         self.metrics.load_duration.labels(version.model, str(version.version)).observe(
             time.monotonic() - started
@@ -306,9 +334,14 @@ class Worker:
 
     def unload(self, version_id: int) -> bool:
         """Drop a loaded version and free its memory (not while requests wait for it)."""
-        if version_id not in self.models or self.batcher.pending(version_id):
+        loaded = self.models.get(version_id)
+        if loaded is None or self.batcher.pending(version_id) or not loaded.has_capacity():
             return False
-        loaded = self.models.pop(version_id)
+        if loaded.pool is not None and loaded.pool.inflight:
+            return False
+        self.models.pop(version_id)
+        if loaded.pool is not None:
+            loaded.pool.close()
         del loaded
         release_memory()
         self.metrics.loaded.set(len(self.models))
@@ -381,8 +414,10 @@ class Worker:
         self._finish(replies, [item.key[0] for item in items])
 
     def _finish(self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry]) -> None:
-        self.queue.finish(replies, done)
-        self.leases.release(done)
+        try:
+            self.queue.finish(replies, done)
+        finally:  # if the ack did not happen, stop renewing: the entries are redelivered
+            self.leases.release(done)
         kept = {to for to, _ in replies if self.queue.keys.is_async_result(to)}
         if kept:  # asynchronous results are kept for their own, longer time
             self.queue.keep(kept, self.config.async_result_ttl_s)
@@ -432,7 +467,7 @@ class Worker:
             batch = items[0].inputs
         else:
             batch = {t.name: np.concatenate([i.inputs[t.name] for i in items]) for t in sig.inputs}
-        outputs = loaded.runner.run(batch)
+        outputs = loaded.runner_here().run(batch)
         total = sum(i.count for i in items)
         for spec in sig.outputs:
             out = outputs.get(spec.name)

@@ -111,3 +111,37 @@ async def test_timeouts_fail_with_504_and_spend_no_compute(
     finally:
         w.stop()
     assert seen == [[9.0]]  # the expired requests never reached the model
+
+
+async def test_instances_run_batches_concurrently(client, settings, monkeypatch) -> None:
+    """Two batches meet at a barrier inside the model: only two concurrent instances pass it."""
+    import threading
+
+    from workers import worker as worker_module
+
+    barrier = threading.Barrier(2, timeout=15)
+    real = worker_module.load_runner
+    runners: list[object] = []
+
+    def meeting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        runner = real(*args, **kwargs)
+        runners.append(runner)
+        inner = runner.run
+
+        def run(inputs):  # type: ignore[no-untyped-def]
+            if inputs["x"].any():  # not the warmup (zeros)
+                barrier.wait()
+            return inner(inputs)
+
+        runner.run = run
+        return runner
+
+    monkeypatch.setattr(worker_module, "load_runner", meeting)
+    await _register(client, max_batch_size=1, instances=2)
+    w = WorkerThread(settings).start()
+    try:
+        a, b = await asyncio.gather(_post(client, 1), _post(client, 2))
+    finally:
+        w.stop()
+    assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+    assert len(runners) == 2  # one runner per instance
