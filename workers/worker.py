@@ -3,7 +3,11 @@
 Loop: read up to N entries across streams (blocking only until the next batch is due), drop
 expired ones, validate each item alone, batch dynamically per version, run, split results,
 reply to the asking gateway and ack, all in one round trip per batch. Entries a dead consumer
-left pending are taken over with XAUTOCLAIM; after max_deliveries they are dead-lettered.
+left pending are taken over with XAUTOCLAIM one at a time and run alone; after max_deliveries
+they are dead-lettered. A watchdog thread renews the leases on held entries and reports the
+worker not ready when model code runs past its requests' deadlines (workers/watchdog.py,
+leases.py); load/unload commands, warmup and the memory budget live in workers/lifecycle.py;
+versions with several instances run their batches on a pool (workers/instances.py).
 """
 
 from __future__ import annotations
@@ -212,7 +216,7 @@ class Worker:
             "metrics_port": self.config.metrics_port,
             "loaded": sorted(list(self.models)),
             "ready": True,
-            "failed": {str(vid): why for vid, why in self.load_failures.items()},
+            "failed": {str(vid): why for vid, why in dict(self.load_failures).items()},
             "memory_bytes": sum(m.size_bytes for m in list(self.models.values())),
         }
 
@@ -335,7 +339,7 @@ class Worker:
     def unload(self, version_id: int) -> bool:
         """Drop a loaded version and free its memory (not while requests wait for it)."""
         loaded = self.models.get(version_id)
-        if loaded is None or self.batcher.pending(version_id) or not loaded.has_capacity():
+        if loaded is None or self.batcher.pending(version_id):
             return False
         if loaded.pool is not None and loaded.pool.inflight:
             return False
