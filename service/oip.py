@@ -335,3 +335,46 @@ def model_metadata(version: ResolvedVersion, versions: list[int]) -> dict[str, A
         "inputs": [t.model_dump(mode="json") for t in sig.inputs],
         "outputs": [t.model_dump(mode="json") for t in sig.outputs],
     }
+
+
+def model_config(version: ResolvedVersion) -> dict[str, Any]:
+    """The version's serving config in Triton's model-config JSON shape (what tools such as
+    perf_analyzer read through `GET .../config`): dims exclude the batch dimension when batched."""
+    sig, cfg = version.signature, version.config
+    batched = sig.batched() and cfg.max_batch_size > 1
+
+    def tensors(specs: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": t.name,
+                "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                "dims": list(t.shape[1:] if batched else t.shape),
+            }
+            for t in specs
+        ]
+
+    return {
+        "name": version.model,
+        "platform": _PLATFORMS.get(version.format, version.format),
+        "max_batch_size": cfg.max_batch_size if batched else 0,
+        "input": tensors(sig.inputs),
+        "output": tensors(sig.outputs),
+        "instance_group": [
+            {
+                "count": cfg.instances,
+                "kind": "KIND_AUTO"
+                if cfg.device == "auto"
+                else f"KIND_{'GPU' if cfg.device == 'cuda' else 'CPU'}",
+            }
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": list(cfg.preferred_batch_sizes),
+            "max_queue_delay_microseconds": int(cfg.max_queue_delay_ms * 1000),
+            "priority_levels": cfg.priority_levels,
+            "default_priority_level": cfg.default_priority_level or cfg.priority_levels,
+            "default_queue_policy": {
+                "max_queue_size": cfg.max_queue_size,
+                "default_timeout_microseconds": cfg.default_timeout_ms * 1000,
+            },
+        },
+    }

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.async_infer import wants_async
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
-from service.oip import HEADER_LENGTH, decode_body, header_length, model_metadata
+from service.oip import HEADER_LENGTH, decode_body, header_length, model_config, model_metadata
 from service.responses import JSONBody
 from service.routes.async_results import async_inference
 from service.routes.repository import repository
@@ -87,6 +87,18 @@ async def version_metadata(
     model: str, version: str, principal: InferPrincipal, registry: RegistryDep, state: StateDep
 ) -> dict[str, object]:
     return await _metadata(principal, registry, state, model, version)
+
+
+@router.get("/{model}/config", responses=_ERRORS)
+async def config(model: str, principal: InferPrincipal, state: StateDep) -> dict[str, object]:
+    return model_config(await state.inference.resolver.resolve(principal.tenant_id, model, None))
+
+
+@router.get("/{model}/versions/{version}/config", responses=_ERRORS)
+async def version_config(
+    model: str, version: str, principal: InferPrincipal, state: StateDep
+) -> dict[str, object]:
+    return model_config(await state.inference.resolver.resolve(principal.tenant_id, model, version))
 
 
 async def _ready(principal: InferPrincipal, state: StateDep, model: str, version: str | None) -> JSONBody:

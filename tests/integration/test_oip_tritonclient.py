@@ -177,6 +177,16 @@ def test_health_metadata_and_readiness(triton) -> None:
     assert {t["name"]: t["datatype"] for t in md["inputs"]} == {f"in_{dt}": dt for dt in ALL_DATATYPES}
     assert md["outputs"][0] == {"name": "out_BOOL", "datatype": "BOOL", "shape": [-1, 3]}
     assert triton.get_model_metadata(MODEL, "1")["name"] == MODEL
+    cfg = triton.get_model_config(MODEL)
+    assert cfg["max_batch_size"] == 8 and cfg["input"][0] == {
+        "name": "in_BOOL",
+        "data_type": "TYPE_BOOL",
+        "dims": [3],
+    }
+    assert (
+        cfg["output"][-1]["data_type"] == "TYPE_STRING"
+        and triton.get_model_config(MODEL, "1")["name"] == MODEL
+    )
     with pytest.raises(InferenceServerException) as err:
         triton.get_model_metadata("nope")
     assert err.value.status() == "404"
