@@ -55,9 +55,10 @@ class WorkQueue:
         self._grouped.clear()
 
     def read(self, streams: list[str], count: int, block_ms: int) -> list[Entry]:
+        """Up to `count` new entries per stream; block_ms=0 returns at once (no BLOCK)."""
         try:
             resp: Any = self.r.xreadgroup(
-                GROUP, self.consumer, dict.fromkeys(streams, ">"), count=count, block=max(1, block_ms)
+                GROUP, self.consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms or None
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
