@@ -304,7 +304,7 @@ class Worker:
         try:
             version = self.registry.by_version_id(version_id)
             data = self.blobs.read_verified(version.sha256)
-            with measured(size):
+            with self.watchdog.busy(float("inf")), measured(size):  # heartbeats go on during a long load
                 runners = [
                     load_runner(version, data, self.config.threads) for _ in range(version.config.instances)
                 ]
