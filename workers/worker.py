@@ -179,14 +179,14 @@ class Worker:
             return
         due = self.batcher.seconds_until_due(time.monotonic(), self._capacity)
         wait_s = min(due if due is not None else 1.0, self._next_refresh - now, 1.0)
-        if wait_s < POLL_BELOW_S:
+        if due is not None and wait_s < POLL_BELOW_S:
             # Redis times out a blocked read coarsely (a 2 ms BLOCK takes ~8 ms): poll and sleep
             # here instead, so a batch runs when its delay is up, not several ms later
             entries = self.queue.read(self._streams, self._read_count(), 0)
             if not entries and wait_s > 0:
                 self._stop.wait(min(wait_s, 0.0005))
         else:
-            entries = self.queue.read(self._streams, self._read_count(), int(wait_s * 1000))
+            entries = self.queue.read(self._streams, self._read_count(), max(1, int(wait_s * 1000)))
         self._accept(entries)
         for version_id, items in self.batcher.ready(time.monotonic(), capacity=self._capacity):
             self._dispatch(version_id, items)
