@@ -19,8 +19,8 @@ import numpy as np
 from model_store.errors import InvalidArtifact
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+Format = Literal["onnx", "torchscript", "hf-encoder"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder")
 
 _ONNX_TYPES = {
     1: "FP32",
@@ -49,6 +49,10 @@ def validate(fmt: str, path: Path, signature: Signature | None) -> Signature:
         return _validate_onnx(path, signature)
     if fmt == "torchscript":
         return _validate_torchscript(path, signature)
+    if fmt == "hf-encoder":
+        from model_store.hf_encoder import validate_hf_encoder
+
+        return validate_hf_encoder(path.read_bytes(), signature)
     raise InvalidArtifact(f"unknown format; expected one of {', '.join(FORMATS)}")
 
 
@@ -139,8 +143,10 @@ def _smoke_run_torchscript(path: Path, sig: Signature) -> None:
     try:
         outputs = run_torchscript(module, sig, sample, torch.device("cpu"))
     except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # no traceback
         raise InvalidArtifact(
-            f"TorchScript model failed on a sample input of the declared signature: {str(exc)[:200]}"
+            "TorchScript model failed on a sample input of the declared signature: "
+            f"{(lines[-1] if lines else type(exc).__name__)[:200]}"
         ) from exc
     for spec in sig.outputs:
         arr = outputs[spec.name]

@@ -102,6 +102,13 @@ class VersionConfig(BaseModel):
     max_batch_size: int = Field(default=8, ge=0, le=4096)
     max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # batching policy (all optional; the defaults keep the behaviour of a bare config)
+    preferred_batch_sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(default=(), max_length=16)
+    priority_levels: int = Field(default=1, ge=1, le=10)  # 1 is the highest level
+    default_priority_level: int = Field(default=0, ge=0, le=10)  # 0: the lowest level
+    max_queue_size: int = Field(default=0, ge=0, le=10_000_000)  # 0: unbounded
+    default_timeout_ms: int = Field(default=0, ge=0, le=3_600_000)  # 0: the server's default
+    instances: int = Field(default=1, ge=1, le=16)  # model instances per worker, run concurrently
 
     @field_validator("max_queue_delay_ms")
     @classmethod
@@ -109,3 +116,19 @@ class VersionConfig(BaseModel):
         if not math.isfinite(v):
             raise ValueError("must be finite")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VersionConfig:
+        if any(p > max(self.max_batch_size, 1) for p in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must not exceed max_batch_size")
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError("default_priority_level must be within priority_levels")
+        return self
+
+    def priority_level(self, requested: int, cap: int = 1) -> int:
+        """The level a request runs at: its own (0: the default), never above the caller's cap
+        (levels count down: 1 is the highest, so a cap of 2 turns a 1 into a 2)."""
+        level = requested or self.default_priority_level or self.priority_levels
+        if level > self.priority_levels:
+            raise ValueError(f"priority must be between 1 and {self.priority_levels}")
+        return max(level, min(cap, self.priority_levels))

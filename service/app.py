@@ -21,7 +21,7 @@ from service.fastpath import InferFastPath
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
-from service.routes import files, finetune, health, inference, models
+from service.routes import async_results, files, finetune, health, inference, models, repository
 from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
 from service.settings import Settings
@@ -128,5 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(finetune.router)
     app.include_router(key_routes.router)
     app.include_router(sharing_routes.router)
+    app.include_router(async_results.router)
+    app.include_router(repository.router)
     openapi.install(app)
     return app

@@ -207,11 +207,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         WorkerConfig(
             read_count=settings.worker_read_count,
             claim_idle_ms=settings.claim_idle_ms,
-            hung_claim_ms=settings.hung_claim_ms,
             claim_interval_ms=settings.claim_interval_ms,
             max_deliveries=settings.max_deliveries,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             reply_ttl_s=settings.reply_ttl_s,
+            async_result_ttl_s=settings.async_result_ttl_s,
+            memory_budget_bytes=settings.worker_memory_budget_mb << 20,
             threads=args.threads,
             metrics_port=args.metrics_port,
         ),
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp = m.add_parser("push", help="create the model if needed and upload a new version")
     mp.add_argument("name")
     mp.add_argument("file")
-    mp.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    mp.add_argument("--format", required=True, choices=["onnx", "torchscript", "hf-encoder"])
     mp.add_argument("--signature", help="JSON, or @file")
     mp.add_argument("--config", help="JSON, or @file")
     mp.add_argument("--description", default="")

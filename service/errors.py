@@ -85,6 +85,10 @@ class Unavailable(KilnError):
     status, code = 503, "unavailable"
 
 
+class QueueFull(Unavailable):
+    code = "queue_full"
+
+
 class DeadlineExceeded(KilnError):
     status, code = 504, "deadline_exceeded"
 
@@ -109,6 +113,8 @@ def from_store(exc: store.StoreError) -> KilnError:
 def from_engine(exc: engine.EngineError) -> KilnError:
     if isinstance(exc, engine.ReplyTimeout):
         return DeadlineExceeded("request deadline exceeded")
+    if isinstance(exc, engine.QueueFull):
+        return QueueFull("the model's queue is full; retry later", retry_after=1)
     if isinstance(exc, engine.EngineUnavailable):
         return Unavailable("inference queue is unavailable", retry_after=1)
     return KilnError("internal error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from model_store.registry import ResolvedVersion
 from service.admission import Admission
@@ -19,7 +20,13 @@ from service.errors import (
 )
 from service.keys import Principal
 from service.metrics import GatewayMetrics
-from service.oip import encode_response, parse_infer_request
+from service.oip import (
+    EncodedResponse,
+    ParsedRequest,
+    encode_response,
+    parse_infer_request,
+)
+from service.policy import RequestPolicy, request_policy
 from service.request_id import current_or_new
 from service.settings import Settings
 from service.versions import VersionResolver
@@ -55,64 +62,82 @@ class InferenceService:
         self.metrics = metrics
         self.admission = admission
 
-    async def infer(self, principal: Principal, model: str, ref: str | None, body: bytes) -> bytes:
+    async def infer(
+        self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None = None
+    ) -> EncodedResponse:
         if not principal.may_use(model):  # here too: the fast path skips the route dependencies
             raise Forbidden(f"this key may not use model {model[:64]!r}")
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
-            return await self._infer(principal, version, body)
+            return await self._infer(principal, version, body, header_len)
         try:
             ticket = await self.admission.admit(principal, self.settings.request_timeout_s)
         except KilnError as exc:  # 429 (or 503: the limiter's Redis is down)
             self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)
             raise
         try:
-            return await self._infer(principal, version, body)
+            return await self._infer(principal, version, body, header_len)
         finally:
             await self.admission.release(ticket)
 
-    async def _infer(self, principal: Principal, version: ResolvedVersion, body: bytes) -> bytes:
+    async def _infer(
+        self, principal: Principal, version: ResolvedVersion, body: bytes, header_len: int | None
+    ) -> EncodedResponse:
         request_id = current_or_new()
         started = time.perf_counter()
         try:
-            client_id, reply = await self._roundtrip(principal, version, body, request_id)
+            parsed = parse_infer_request(
+                body, version.signature, self.settings.max_tensor_elements, header_len
+            )
+            reply = await self._roundtrip(principal, version, parsed, request_id)
         except KilnError as exc:
             self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)
             _log_request(request_id, principal, version, exc.code, started)
             raise
         self.metrics.ok(version.model, version.version, time.perf_counter() - started, principal.tenant_id)
         _log_request(request_id, principal, version, "success", started, reply.worker)
-        return encode_response(version, client_id, reply)
+        return encode_response(version, parsed, reply)
 
     async def _roundtrip(
-        self, principal: Principal, version: ResolvedVersion, body: bytes, request_id: str
-    ) -> tuple[str | None, InferReplyMsg]:
-        parsed = parse_infer_request(body, version.signature, self.settings.max_tensor_elements)
-        timeout_s = self.settings.request_timeout_s
-        now_ms = int(time.time() * 1000)
-        msg = InferRequestMsg(
-            request_id=request_id,
-            reply_to=self.engine.reply_stream,
-            deadline_ms=now_ms + int(timeout_s * 1000),
-            enqueued_ms=now_ms,
-            tenant_id=principal.tenant_id,
-            inputs=parsed.inputs,
-            tensors=parsed.tensors,
-            outputs=parsed.outputs,
-            parameters=parsed.parameters,
-            key_id=principal.key_id,
-        )
+        self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest, request_id: str
+    ) -> InferReplyMsg:
+        policy = request_policy(version, parsed.parameters, principal, self.keys, self.settings)
+        msg = build_message(principal, parsed, policy, self.engine.reply_stream, request_id)
         self.metrics.pending.inc()
         try:
-            await self.engine.submit(self.keys.request_stream(version.version_id), msg)
-            reply = await self.engine.wait(msg.request_id, timeout_s)
+            await self.engine.submit(policy.stream, msg, bound=policy.bound)
+            reply = await self.engine.wait(msg.request_id, policy.timeout_s)
         except EngineError as exc:
             raise from_engine(exc) from exc
         finally:
             self.metrics.pending.dec()
-        if not reply.ok:
-            raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
-        return parsed.id, reply
+        check_reply(reply)
+        return reply
+
+
+def build_message(
+    principal: Principal, parsed: ParsedRequest, policy: RequestPolicy, reply_to: str, request_id: str = ""
+) -> InferRequestMsg:
+    now_ms = int(time.time() * 1000)
+    return InferRequestMsg(
+        request_id=request_id or uuid.uuid4().hex,
+        reply_to=reply_to,
+        deadline_ms=now_ms + int(policy.timeout_s * 1000),
+        enqueued_ms=now_ms,
+        tenant_id=principal.tenant_id,
+        inputs=parsed.inputs,
+        tensors=parsed.tensors,
+        outputs=parsed.outputs,
+        parameters=parsed.parameters,
+        priority=policy.priority,
+        key_id=principal.key_id,
+    )
+
+
+def check_reply(reply: InferReplyMsg) -> None:
+    """Raise the typed error a failed reply stands for."""
+    if not reply.ok:
+        raise _REPLY_ERRORS.get(reply.error_code, ModelFailed)(reply.error)
 
 
 def _log_request(

@@ -31,6 +31,7 @@ class Principal:
     allowed_models: frozenset[str] | None = None  # None: every model the tenant can see
     key_limits: Limits | None = None
     tenant_limits: Limits | None = None
+    priority_cap: int = 1  # the highest priority level this key may ask for (1: any)
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     docs_enabled: bool = True
+    async_result_ttl_s: int = Field(default=3600, ge=10, le=7 * 86400)  # results of respond-async
 
     # tenants
     key_rotation_overlap_s: int = Field(default=86_400, ge=0, le=90 * 86_400)
@@ -41,12 +42,12 @@ class Settings(BaseSettings):
 
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)
-    claim_idle_ms: int = Field(default=1_000, ge=100)  # a dead worker's entries: taken over after
-    hung_claim_ms: int = Field(default=120_000, ge=1_000)  # a live but stuck worker's entries
+    claim_idle_ms: int = Field(default=5_000, ge=100)  # entries idle this long: their worker is gone
     claim_interval_ms: int = Field(default=1_000, ge=50)
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
+    worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -12,14 +12,32 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from workers.contract import ContractError, InferReplyMsg, InferRequestMsg
-from workers.errors import EngineUnavailable, ReplyTimeout
+from workers.errors import EngineUnavailable, QueueFull, ReplyTimeout
 from workers.keys import Keys
 
 log = logging.getLogger("kiln.engine")
+
+
+# XADD to KEYS[1] only while the streams KEYS[2..] hold fewer than ARGV[1] entries in all
+_BOUNDED_XADD = """
+local total = 0
+for i = 2, #KEYS do total = total + redis.call('XLEN', KEYS[i]) end
+if total >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+
+def _worker_info(raw: bytes | str) -> dict[str, Any]:
+    try:
+        info = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 class StreamsEngineClient:
@@ -39,6 +57,7 @@ class StreamsEngineClient:
         self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
         self._announced: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._bounded_xadd = self._redis.register_script(_BOUNDED_XADD)
         self._closed = False
         self.connected = False
 
@@ -64,25 +83,46 @@ class StreamsEngineClient:
         await self._redis.aclose()
         await self._reader.aclose()
 
-    async def submit(self, stream: str, msg: InferRequestMsg) -> None:
-        """Register the waiter, then enqueue (one round trip; the stream is announced once)."""
+    async def submit(
+        self, stream: str, msg: InferRequestMsg, *, bound: tuple[list[str], int] | None = None
+    ) -> None:
+        """Register the waiter, then enqueue (one round trip; the stream is announced once).
+        With `bound` = (the version's streams, max_queue_size), the entry is added only while
+        their total length is under the bound, checked and added atomically (QueueFull if not)."""
         if not self.connected:
             raise EngineUnavailable("queue is unavailable")
         fut: asyncio.Future[InferReplyMsg] = asyncio.get_running_loop().create_future()
         self._pending[msg.request_id] = fut
         try:
-            if stream in self._announced:
-                await self._redis.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
-            else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(self.keys.streams, stream)
-                    pipe.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
-                    await pipe.execute()
-                self._announced.add(stream)
+            if bound is None:
+                await self._add(stream, msg)
+            elif not await self._add_bounded(stream, msg, *bound):
+                self._pending.pop(msg.request_id, None)
+                raise QueueFull("queue is full")
         except (RedisError, OSError) as exc:
             self._pending.pop(msg.request_id, None)
             log.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
             raise EngineUnavailable("queue is unavailable") from exc
+
+    async def _add(self, stream: str, msg: InferRequestMsg) -> None:
+        if stream in self._announced:
+            await self._redis.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.keys.streams, stream)
+            pipe.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+            await pipe.execute()
+        self._announced.add(stream)
+
+    async def _add_bounded(self, stream: str, msg: InferRequestMsg, streams: list[str], limit: int) -> bool:
+        if stream not in self._announced:
+            await self._redis.sadd(self.keys.streams, stream)
+            self._announced.add(stream)
+        args: list[Any] = [limit]
+        for k, v in msg.to_fields().items():
+            args += [k, v]
+        added = await self._bounded_xadd(keys=[stream, *streams], args=args)
+        return added is not None
 
     async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg:
         fut = self._pending.get(request_id)
@@ -103,10 +143,17 @@ class StreamsEngineClient:
     async def health(self) -> dict[str, Any]:
         try:
             await self._redis.ping()
-            workers = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+            infos = await self.worker_infos()
         except (RedisError, OSError):
-            return {"redis": False, "workers": 0}
-        return {"redis": True, "workers": len(workers)}
+            return {"redis": False, "workers": 0, "workers_not_ready": 0}
+        ready = sum(1 for i in infos if i.get("ready", True))
+        return {"redis": True, "workers": ready, "workers_not_ready": len(infos) - ready}
+
+    async def worker_infos(self) -> list[dict[str, Any]]:
+        """The heartbeats of live workers (what each has loaded, whether it is ready)."""
+        keys = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
+        beats = await self._redis.mget(keys) if keys else []
+        return [_worker_info(b) for b in beats if b]
 
     def in_flight(self) -> int:
         return len(self._pending)

@@ -9,6 +9,10 @@ class EngineUnavailable(EngineError):
     """Redis cannot be reached, or the connection broke while a request was in flight."""
 
 
+class QueueFull(EngineError):
+    """The version's queue already holds max_queue_size requests."""
+
+
 class ReplyTimeout(EngineError):
     """No reply arrived before the request's deadline."""
 

@@ -11,11 +11,23 @@ GROUP = "workers"
 class Keys:
     prefix: str = "kiln"
 
-    def request_stream(self, version_id: int) -> str:
-        return f"{self.prefix}:req:{version_id}"
+    def request_stream(self, version_id: int, priority: int = 0) -> str:
+        """The version's stream; with priority levels, one stream per level (`:p1` highest)."""
+        base = f"{self.prefix}:req:{version_id}"
+        return base if priority <= 0 else f"{base}:p{priority}"
+
+    def request_streams(self, version_id: int, levels: int) -> list[str]:
+        """Every stream of a version (the queue depth is the sum of their lengths)."""
+        if levels <= 1:
+            return [self.request_stream(version_id)]
+        return [self.request_stream(version_id, level) for level in range(1, levels + 1)]
 
     def version_of(self, stream: str) -> int:
-        return int(stream.rsplit(":", 1)[1])
+        return int(stream.rsplit(":req:", 1)[1].split(":", 1)[0])
+
+    def priority_of(self, stream: str) -> int:
+        tail = stream.rsplit(":req:", 1)[1].split(":", 1)
+        return int(tail[1][1:]) if len(tail) == 2 and tail[1].startswith("p") else 0
 
     @property
     def streams(self) -> str:
@@ -24,6 +36,18 @@ class Keys:
 
     def reply_stream(self, gateway_id: str) -> str:
         return f"{self.prefix}:reply:{gateway_id}"
+
+    def async_result(self, request_id: str) -> str:
+        """The stream of one asynchronous request: its record, then the worker's reply."""
+        return f"{self.prefix}:async:{request_id}"
+
+    def is_async_result(self, stream: str) -> bool:
+        return stream.startswith(f"{self.prefix}:async:")
+
+    @property
+    def lifecycle(self) -> str:
+        """Hash: version id -> the latest load/unload command for it."""
+        return f"{self.prefix}:lifecycle"
 
     @property
     def dead_letter(self) -> str:

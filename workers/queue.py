@@ -58,9 +58,10 @@ class WorkQueue:
         self._grouped.clear()
 
     def read(self, streams: list[str], count: int, block_ms: int) -> list[Entry]:
+        """Up to `count` new entries per stream; block_ms=0 returns at once (no BLOCK)."""
         try:
             resp: Any = self.r.xreadgroup(
-                GROUP, self.consumer, dict.fromkeys(streams, ">"), count=count, block=max(1, block_ms)
+                GROUP, self.consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms or None
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -75,24 +76,11 @@ class WorkQueue:
             out.extend(Entry(name, eid, fields) for eid, fields in entries if fields)
         return out
 
-    def claim_orphans(self, stream: str, min_idle_ms: int, count: int = 256) -> list[Entry]:
-        """Take over the pending entries of consumers whose heartbeat has expired (dead workers)."""
-        summary: Any = self.r.xpending(stream, GROUP)
-        if not summary or not summary.get("pending"):
-            return []
-        out: list[Entry] = []
-        for c in summary.get("consumers") or ():
-            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
-            if name == self.consumer or self.r.exists(self.keys.worker(name)):
-                continue
-            rows: Any = self.r.xpending_range(stream, GROUP, min="-", max="+", count=count, consumername=name)
-            out.extend(self._claim(stream, rows, min_idle_ms))
-        return out
-
     def claim_stale(self, stream: str, min_idle_ms: int, count: int = 256) -> list[Entry]:
-        """Take over entries idle past min_idle_ms whoever holds them (a hung but live worker)."""
-        rows: Any = self.r.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
-        rows = [row for row in rows if self._decode(row["consumer"]) != self.consumer]
+        """Take over entries idle past min_idle_ms: live workers renew what they hold (leases),
+        so an idle entry belongs to a dead or stuck consumer."""
+        rows: Any = self.r.xpending_range(stream, GROUP, min="-", max="+", count=count + 16, idle=min_idle_ms)
+        rows = [row for row in rows if self._decode(row["consumer"]) != self.consumer][:count]
         return self._claim(stream, rows, min_idle_ms)
 
     @staticmethod
@@ -110,6 +98,12 @@ class WorkQueue:
         if gone:  # deleted while pending: nothing to run
             self.r.xack(stream, GROUP, *gone)
         return entries
+
+    def touch(self, stream: str, entry_ids: list[bytes]) -> None:
+        """Reset the idle time of entries this consumer holds (JUSTID: delivery count kept)."""
+        for i in range(0, len(entry_ids), 512):
+            batch: list[Any] = entry_ids[i : i + 512]
+            self.r.xclaim(stream, GROUP, self.consumer, 0, batch, justid=True)
 
     def finish(
         self,
@@ -134,6 +128,12 @@ class WorkQueue:
         for stream, ids in by_stream.items():
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
+        pipe.execute()
+
+    def keep(self, keys: set[str], ttl_s: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.expire(key, ttl_s)
         pipe.execute()
 
     def dead_letter(self, entry: Entry, reason: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Protocol
+import re
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -14,6 +15,57 @@ from model_store.registry import ResolvedVersion
 from workers.errors import LoadError
 
 log = logging.getLogger("kiln.runner")
+T = TypeVar("T")
+
+
+class InputRejected(ValueError):
+    """One item's input that this runtime cannot take (the item fails alone, as invalid input)."""
+
+
+_FRAME_STARTS = ("File ", "Traceback", "^", "~")
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\"'\\/:]+){2,}")
+
+
+def public_message(exc: BaseException, limit: int = 300) -> str:
+    """What a client may see of a model failure: the last line of the message, never a
+    traceback (TorchScript puts its interpreter traceback, with file names, in the message)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_FRAME_STARTS)]
+    text = lines[-1] if lines else type(exc).__name__
+    return _PATH.sub("<path>", text)[:limit]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (torch) or onnxruntime allocation failure: the batch was too big, not bad input."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate memory" in text
+
+
+def release_cached_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as exc:
+        log.warning("could not release cached device memory: %s", type(exc).__name__)
+
+
+def split_failed(exc: BaseException, items: list[T]) -> list[list[T]]:
+    """How to retry a failed batch: in halves after out-of-memory (device memory freed first),
+    else each item alone so that one bad item fails alone."""
+    if is_out_of_memory(exc) and len(items) > 1:
+        release_cached_memory()
+        half = len(items) // 2
+        return [items[:half], items[half:]]
+    return [[item] for item in items]
 
 
 class Runner(Protocol):
@@ -65,10 +117,24 @@ class OnnxRunner:
         self.device = device
         self._session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         self._outputs = [t.name for t in version.signature.outputs]
+        self._text_inputs = [t.name for t in version.signature.inputs if t.datatype == "BYTES"]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._text_inputs:
+            inputs = {**inputs, **{n: _as_text(n, inputs[n]) for n in self._text_inputs}}
         results = self._session.run(self._outputs, inputs)
         return dict(zip(self._outputs, results, strict=True))
+
+
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    """onnxruntime takes string tensors as Python str (it would str() a bytes object)."""
+    try:
+        flat = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in arr.reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"input {name!r}: ONNX string tensors must be UTF-8 text") from exc
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(arr.shape)
 
 
 class TorchScriptRunner:
@@ -94,6 +160,10 @@ def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runn
             return OnnxRunner(version, data, device, threads)
         if version.format == "torchscript":
             return TorchScriptRunner(version, data, device, threads)
+        if version.format == "hf-encoder":
+            from workers.hf_runner import HFEncoderRunner
+
+            return HFEncoderRunner(version, data, device, threads)
     except LoadError:
         raise
     except Exception as exc:

@@ -3,7 +3,11 @@
 Loop: read up to N entries across streams (blocking only until the next batch is due), drop
 expired ones, validate each item alone, batch dynamically per version, run, split results,
 reply to the asking gateway and ack, all in one round trip per batch. Entries a dead consumer
-left pending are taken over with XAUTOCLAIM; after max_deliveries they are dead-lettered.
+left pending are taken over with XAUTOCLAIM one at a time and run alone; after max_deliveries
+they are dead-lettered. A watchdog thread renews the leases on held entries and reports the
+worker not ready when model code runs past its requests' deadlines (workers/watchdog.py,
+leases.py); load/unload commands, warmup and the memory budget live in workers/lifecycle.py;
+versions with several instances run their batches on a pool (workers/instances.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
@@ -31,27 +36,33 @@ from workers import memory
 from workers.batcher import Batcher, BatchPolicy, Item
 from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
 from workers.errors import LoadError
+from workers.instances import InstancePool
 from workers.keys import Keys
+from workers.leases import Leases
+from workers.lifecycle import Commands, lru_victims, measured, release_memory, warm
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
-from workers.runners import Runner, load_runner
+from workers.runners import InputRejected, Runner, load_runner, public_message, split_failed
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.usage import Charge, split_compute
+from workers.watchdog import Watchdog
 
 log = logging.getLogger("kiln.worker")
+POLL_BELOW_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     read_count: int = 64
-    claim_idle_ms: int = 1_000  # a dead worker's entries are taken over once this idle
-    hung_claim_ms: int = 120_000  # a live worker's entries are taken over once this idle
+    claim_idle_ms: int = 5_000  # live workers renew their entries; idle this long means gone
     claim_interval_ms: int = 1_000
     max_deliveries: int = 3
     heartbeat_ttl_s: float = 5.0
     reply_ttl_s: int = 300
+    async_result_ttl_s: int = 3600
     threads: int = 0
     metrics_port: int = 0
+    memory_budget_bytes: int = 0  # 0: unlimited; else least-recently-used versions are unloaded
 
 
 @dataclass(slots=True)
@@ -59,6 +70,15 @@ class Loaded:
     version: ResolvedVersion
     runner: Runner
     policy: BatchPolicy
+    size_bytes: int = 0  # device memory it holds (CUDA), else its artifact size
+    last_used: float = 0.0  # monotonic
+    pool: InstancePool | None = None  # with instances > 1: batches run on the pool's threads
+
+    def runner_here(self) -> Runner:
+        return self.pool.current() if self.pool is not None else self.runner
+
+    def has_capacity(self) -> bool:
+        return self.pool is None or self.pool.has_capacity()
 
 
 class ItemRejected(Exception):
@@ -93,8 +113,12 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
-        self._loop_ts = time.monotonic()
         self._charges: list[Charge] = []  # usage of the batch being finished (see _run_group)
+        self.leases = Leases(self.queue)
+        interval = min(1.0, config.heartbeat_ttl_s / 3, config.claim_idle_ms / 3000)
+        self.commands = Commands(client, keys)
+        self.load_failures: dict[int, str] = {}
+        self.watchdog = Watchdog(self._beat_while_busy, self.leases.renew, interval)
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -108,29 +132,18 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
-    def _beat(self) -> None:
-        """Heartbeat on its own thread: a long load or batch must not look like a dead worker."""
-        interval = self.config.heartbeat_ttl_s / 3
-        while not self._stop.is_set():
-            try:
-                self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                log.debug("heartbeat failed; retrying")
-            self._stop.wait(interval)
-
     def run(self) -> None:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
-        self._loop_ts = time.monotonic()
-        self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
-        threading.Thread(target=self._beat, name="kiln-heartbeat", daemon=True).start()
+        self.watchdog.start()
         backoff = 0.05
         while not self._stop.is_set():
             try:
                 self.tick()
                 backoff = 0.05
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying", type(exc).__name__)
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                # NOGROUP: the client reconnected on its own to a Redis that lost our groups
+                log.warning("redis unavailable or reset (%s); retrying", type(exc).__name__)
                 self.queue.forget_groups()
                 self._next_refresh = 0.0
                 self._stop.wait(backoff)
@@ -141,34 +154,66 @@ class Worker:
         """Finish what was already read, then leave; unread entries stay in the stream."""
         try:
             for version_id, items in self.batcher.ready(time.monotonic(), flush=True):
-                self._execute(version_id, items)
+                self._dispatch(version_id, items)
+            for loaded in list(self.models.values()):
+                if loaded.pool is not None:
+                    loaded.pool.close()
             self.queue.drop_heartbeat(self.worker_id)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             log.warning("redis unavailable at shutdown; unacknowledged entries will be reclaimed")
+        self.watchdog.stop()
         self.metrics.up.set(0)
         log.info("worker %s stopped", self.worker_id)
 
     # one turn of the loop ---------------------------------------------------------------------
     def tick(self) -> None:
         now = time.monotonic()
-        self._loop_ts = now
         if now >= self._next_refresh:
             self._streams = self.queue.active_streams()
-            self._next_refresh = now + 1.0
+            self._apply_commands()
+            self._beat()
+            self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
         if now >= self._next_claim:
             for stream in self._streams:
-                self._accept(self.queue.claim_orphans(stream, self.config.claim_idle_ms))
-                self._accept(self.queue.claim_stale(stream, self.config.hung_claim_ms))
-            self._next_claim = now + self.config.claim_interval_ms / 1000
+                self._reclaim(stream)
+            self._next_claim = time.monotonic() + self.config.claim_interval_ms / 1000
         if not self._streams:
             self._stop.wait(0.1)
             return
-        due = self.batcher.seconds_until_due(time.monotonic())
+        due = self.batcher.seconds_until_due(time.monotonic(), self._capacity)
         wait_s = min(due if due is not None else 1.0, self._next_refresh - now, 1.0)
-        entries = self.queue.read(self._streams, self._read_count(), int(max(wait_s, 0.001) * 1000))
+        if due is not None and wait_s < POLL_BELOW_S:
+            # Redis times out a blocked read coarsely (a 2 ms BLOCK takes ~8 ms): poll and sleep
+            # here instead, so a batch runs when its delay is up, not several ms later
+            entries = self.queue.read(self._streams, self._read_count(), 0)
+            if not entries and wait_s > 0:
+                self._stop.wait(min(wait_s, 0.0005))
+        else:
+            entries = self.queue.read(self._streams, self._read_count(), max(1, int(wait_s * 1000)))
         self._accept(entries)
-        for version_id, items in self.batcher.ready(time.monotonic()):
+        for version_id, items in self.batcher.ready(time.monotonic(), capacity=self._capacity):
+            self._dispatch(version_id, items)
+
+    def _capacity(self, version_id: int) -> bool:
+        loaded = self.models.get(version_id)
+        return loaded is None or loaded.has_capacity()
+
+    def _dispatch(self, version_id: int, items: list[Item]) -> None:
+        """Run a batch here, or on a free instance of the version's pool."""
+        pool = self.models[version_id].pool
+        if pool is None:
             self._execute(version_id, items)
+        else:
+            pool.submit(lambda: self._execute(version_id, items))
+
+    def _reclaim(self, stream: str, limit: int = 256) -> None:
+        """Take over a dead consumer's entries one at a time, each run alone: a request that
+        crashed its worker then costs only its own delivery count, never its batch mates'."""
+        for _ in range(limit):
+            entries = self.queue.claim_stale(stream, self.config.claim_idle_ms, count=1)
+            if not entries:
+                return
+            self._accept(entries)
 
     def _read_count(self) -> int:
         sizes = [m.policy.max_batch_size for m in self.models.values()]
@@ -180,14 +225,25 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "metrics_port": self.config.metrics_port,
-            "loop_age_s": round(time.monotonic() - self._loop_ts, 3),
-            "loaded": sorted(m.version.version_id for m in self.models.values()),
+            "loaded": sorted(list(self.models)),
+            "ready": True,
+            "failed": {str(vid): why for vid, why in dict(self.load_failures).items()},
+            "memory_bytes": sum(m.size_bytes for m in list(self.models.values())),
         }
+
+    def _beat(self) -> None:
+        self.queue.heartbeat(self.worker_id, self._info(), self.config.heartbeat_ttl_s)
+
+    def _beat_while_busy(self, ready: bool, busy_s: float) -> None:
+        """The watchdog's heartbeat while model code runs (ready=False once past a deadline)."""
+        info = {**self._info(), "ready": ready, "busy_s": round(busy_s, 3)}
+        self.queue.heartbeat(self.worker_id, info, self.config.heartbeat_ttl_s)
 
     # admission of dequeued entries ------------------------------------------------------------
     def _accept(self, entries: list[Entry]) -> None:
         failed: list[tuple[str, InferReplyMsg]] = []
         done: list[Entry] = []
+        self.leases.hold(entries)
         for entry in entries:
             outcome = self._admit(entry)
             if outcome is not None:
@@ -195,7 +251,7 @@ class Worker:
                 if outcome[0]:  # a message too broken to name its reply stream gets none
                     failed.append(outcome)
         if done:
-            self.queue.finish(failed, done)
+            self._finish(failed, done)
 
     def _admit(self, entry: Entry) -> tuple[str, InferReplyMsg] | None:
         """Queue the entry for batching, or return the failure reply that finishes it."""
@@ -225,36 +281,59 @@ class Worker:
         except ItemRejected as exc:
             return msg.reply_to, InferReplyMsg.failure(msg.request_id, exc.code, str(exc), self.worker_id)
         mono = time.monotonic()
-        self.batcher.add(
-            loaded.version.version_id,
-            loaded.policy,
-            Item(
-                key=(entry, msg),
-                inputs=inputs,
-                count=count,
-                shape_key=shape_key,
-                arrived=mono,
-                deadline=mono + remaining_ms / 1000,
-            ),
+        item = Item(
+            key=(entry, msg),
+            inputs=inputs,
+            count=count,
+            shape_key=shape_key,
+            arrived=mono,
+            deadline=mono + remaining_ms / 1000,
+            priority=msg.priority,
         )
+        if entry.deliveries > 1:  # redelivered: suspect, so it runs alone and now
+            self._dispatch(loaded.version.version_id, [item])
+        else:
+            self.batcher.add(loaded.version.version_id, loaded.policy, item)
         return None
 
     def _model(self, version_id: int) -> Loaded:
         loaded = self.models.get(version_id)
         if loaded is not None:
             return loaded
+        if version_id in self.commands.unloaded:
+            raise ItemRejected(ErrorCode.UNAVAILABLE, "this model version is unloaded; load it first")
         started = time.monotonic()
         mem_before = memory.snapshot()
+        size: list[int] = []
         try:
             version = self.registry.by_version_id(version_id)
-            runner = load_runner(version, self.blobs.read_verified(version.sha256), self.config.threads)
+            data = self.blobs.read_verified(version.sha256)
+            with self.watchdog.busy(float("inf")), measured(size):  # heartbeats go on during a long load
+                runners = [
+                    load_runner(version, data, self.config.threads) for _ in range(version.config.instances)
+                ]
+                for r in runners:
+                    warm(r, version.signature)
+            runner = runners[0]
         except (StoreError, LoadError) as exc:
+            self.load_failures[version_id] = str(exc)[:300]
             log.error("load of version %s failed: %s", version_id, exc)
             raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
+        except Exception as exc:
+            self.load_failures[version_id] = f"warmup failed: {public_message(exc)}"
+            log.error("warmup of version %s failed: %s", version_id, type(exc).__name__)
+            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model warmup failed: {public_message(exc)}") from exc
+        self.load_failures.pop(version_id, None)
+        self._make_room(size[0] or len(data) * len(runners), version_id)
         cfg = version.config
         batching = version.signature.batched() and cfg.max_batch_size > 1
-        policy = BatchPolicy(cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000)
-        loaded = self.models[version_id] = Loaded(version, runner, policy)
+        policy = BatchPolicy(
+            cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000, cfg.preferred_batch_sizes
+        )
+        pool = InstancePool(runners, f"kiln-v{version_id}") if len(runners) > 1 else None
+        loaded = self.models[version_id] = Loaded(
+            version, runner, policy, size[0] or len(data) * len(runners), time.monotonic(), pool
+        )
         self.metrics.load_duration.labels(version.model, str(version.version)).observe(
             time.monotonic() - started
         )
@@ -263,7 +342,41 @@ class Worker:
             version.model, version.version, runner.device, memory.used_since(mem_before, runner.device)
         )
         log.info("loaded %s:%s on %s", version.model, version.version, runner.device)
+        self._beat()  # ready now: say so before the first answer goes out
         return loaded
+
+    def _make_room(self, need: int, loading: int) -> None:
+        sizes = {vid: (m.size_bytes, m.last_used) for vid, m in self.models.items()}
+        busy = {vid for vid in self.models if self.batcher.pending(vid)} | {loading}
+        for vid in lru_victims(sizes, need, self.config.memory_budget_bytes, busy):
+            self.unload(vid)
+
+    def unload(self, version_id: int) -> bool:
+        """Drop a loaded version and free its memory (not while requests wait for it)."""
+        loaded = self.models.get(version_id)
+        if loaded is None or self.batcher.pending(version_id):
+            return False
+        if loaded.pool is not None and loaded.pool.inflight:
+            return False
+        self.models.pop(version_id)
+        if loaded.pool is not None:
+            loaded.pool.close()
+        del loaded
+        release_memory()
+        self.metrics.loaded.set(len(self.models))
+        log.info("unloaded version %s", version_id)
+        self._beat()
+        return True
+
+    def _apply_commands(self) -> None:
+        for version_id, action in self.commands.new():
+            if action == "unload":
+                self.unload(version_id)
+                continue
+            try:
+                self._model(version_id)
+            except ItemRejected as exc:
+                log.warning("load of version %s asked for and failed: %s", version_id, exc)
 
     @staticmethod
     def _decode(loaded: Loaded, msg: InferRequestMsg) -> tuple[dict[str, np.ndarray], int, tuple[Any, ...]]:
@@ -295,6 +408,7 @@ class Worker:
     # execution --------------------------------------------------------------------------------
     def _execute(self, version_id: int, items: list[Item]) -> None:
         loaded = self.models[version_id]
+        loaded.last_used = time.monotonic()
         now = time.monotonic()
         replies: list[tuple[str, InferReplyMsg]] = []
         live: list[Item] = []
@@ -317,27 +431,41 @@ class Worker:
         if live:
             replies.extend(self._run_group(loaded, live))
         charges, self._charges = self._charges, []
-        self.queue.finish(replies, [item.key[0] for item in items], charges)
+        self._finish(replies, [item.key[0] for item in items], charges)
+
+    def _finish(
+        self, replies: list[tuple[str, InferReplyMsg]], done: list[Entry], charges: list[Charge] | None = None
+    ) -> None:
+        try:
+            self.queue.finish(replies, done, charges)
+        finally:  # if the ack did not happen, stop renewing: the entries are redelivered
+            self.leases.release(done)
+        kept = {to for to, _ in replies if self.queue.keys.is_async_result(to)}
+        if kept:  # asynchronous results are kept for their own, longer time
+            self.queue.keep(kept, self.config.async_result_ttl_s)
 
     def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
-        """Run items as one batch; if it fails, run each alone so one bad item fails alone."""
+        """Run items as one batch; if it fails, split it (halves after out-of-memory, else each
+        item alone) so that one bad item fails alone."""
         v = loaded.version
         started = time.perf_counter()
         try:
-            outputs = self._forward(loaded, items)
+            with self.watchdog.busy(min(item.deadline for item in items)):
+                outputs = self._forward(loaded, items)
         except Exception as exc:
             if len(items) > 1:
-                log.warning("batch of %d failed (%s); running items alone", len(items), type(exc).__name__)
-                return [r for item in items for r in self._run_group(loaded, [item])]
-            self.metrics.failure(v.model, v.version, ErrorCode.MODEL_ERROR)
+                log.warning("batch of %d failed (%s); splitting it", len(items), type(exc).__name__)
+                return [r for group in split_failed(exc, items) for r in self._run_group(loaded, group)]
+            code = ErrorCode.INVALID_INPUT if isinstance(exc, InputRejected) else ErrorCode.MODEL_ERROR
+            self.metrics.failure(v.model, v.version, code)
             _entry, msg = items[0].key
             return [
                 (
                     msg.reply_to,
                     InferReplyMsg.failure(
                         msg.request_id,
-                        ErrorCode.MODEL_ERROR,
-                        f"model execution failed: {type(exc).__name__}: {str(exc)[:300]}",
+                        code,
+                        f"model execution failed: {public_message(exc)}",
                         self.worker_id,
                     ),
                 )
@@ -369,7 +497,7 @@ class Worker:
             batch = items[0].inputs
         else:
             batch = {t.name: np.concatenate([i.inputs[t.name] for i in items]) for t in sig.inputs}
-        outputs = loaded.runner.run(batch)
+        outputs = loaded.runner_here().run(batch)
         total = sum(i.count for i in items)
         for spec in sig.outputs:
             out = outputs.get(spec.name)

@@ -40,7 +40,11 @@ def _db_ok(state: StateDep) -> bool:
 
 @router.get("/v2", tags=["health"])
 async def server_metadata() -> dict[str, object]:
-    return {"name": "modelkiln", "version": __version__, "extensions": ["model_repository"]}
+    return {
+        "name": "modelkiln",
+        "version": __version__,
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }
 
 
 @router.get("/metrics", tags=["health"], include_in_schema=False)

@@ -8,9 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from service.async_infer import wants_async
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
-from service.oip import model_metadata
+from service.oip import HEADER_LENGTH, decode_body, header_length, model_config, model_metadata
 from service.responses import JSONBody
+from service.routes.async_results import async_inference
+from service.routes.repository import repository
 
 router = APIRouter(prefix="/v2/models", tags=["inference"])
 
@@ -51,6 +54,7 @@ _INFER_BODY: dict[str, Any] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": desc}
     for code, desc in (
+        (202, "accepted for asynchronous inference (Prefer: respond-async)"),
         (400, "invalid input"),
         (401, "no or bad key"),
         (403, "scope"),
@@ -85,10 +89,21 @@ async def version_metadata(
     return await _metadata(principal, registry, state, model, version)
 
 
+@router.get("/{model}/config", responses=_ERRORS)
+async def config(model: str, principal: InferPrincipal, state: StateDep) -> dict[str, object]:
+    return model_config(await state.inference.resolver.resolve(principal.tenant_id, model, None))
+
+
+@router.get("/{model}/versions/{version}/config", responses=_ERRORS)
+async def version_config(
+    model: str, version: str, principal: InferPrincipal, state: StateDep
+) -> dict[str, object]:
+    return model_config(await state.inference.resolver.resolve(principal.tenant_id, model, version))
+
+
 async def _ready(principal: InferPrincipal, state: StateDep, model: str, version: str | None) -> JSONBody:
     resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
-    health = await state.engine.health()
-    ok = bool(health["redis"]) and health["workers"] > 0
+    ok = await repository(state).version_ready(resolved.version_id)
     body = {"name": resolved.model, "version": str(resolved.version), "ready": ok}
     return JSONBody(body, status_code=200 if ok else 503)
 
@@ -106,9 +121,19 @@ async def version_ready(model: str, version: str, principal: InferPrincipal, sta
 async def _infer(
     request: Request, principal: InferPrincipal, inference: InferenceDep, model: str, version: str | None
 ) -> Response:
-    body = await read_body(request, inference.settings.max_body_bytes)
-    out = await inference.infer(principal, model, version, body)
-    return Response(out, media_type="application/json")
+    limit = inference.settings.max_body_bytes
+    body = decode_body(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+    header_len = header_length(request.headers.get(HEADER_LENGTH), len(body))
+    if wants_async(request.headers.get("prefer")):
+        state = request.app.state.kiln
+        accepted = await async_inference(state).submit(principal, model, version, body, header_len)
+        return JSONBody(
+            {"id": accepted.request_id, "status": "queued"},
+            status_code=202,
+            headers={"Location": accepted.location, "Preference-Applied": "respond-async"},
+        )
+    out = await inference.infer(principal, model, version, body, header_len)
+    return Response(out.body, media_type=out.media_type, headers=out.headers)
 
 
 @router.post("/{model}/infer", openapi_extra=_INFER_BODY, responses=_ERRORS)

@@ -23,12 +23,14 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, module: str = "service.cli"
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *argv],
+            [sys.executable, "-m", module, *argv],
             env=env,
             cwd=ROOT,
             stdout=self._log,
@@ -81,9 +83,15 @@ class Stack:
         self.wait_http(f"{self.url}/v2/health/ready", p)
         return p
 
-    def start_worker(self, name: str) -> Proc:
+    def start_worker(self, name: str, module: str = "service.cli", env: dict[str, str] | None = None) -> Proc:
         port = free_port()
-        p = Proc(name, ["worker", "--metrics-port", str(port), "--threads", "1"], self.env, self.log_dir)
+        p = Proc(
+            name,
+            ["worker", "--metrics-port", str(port), "--threads", "1"],
+            {**self.env, **(env or {})},
+            self.log_dir,
+            module,
+        )
         self.procs.append(p)
         self.worker_ports[name] = port
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)

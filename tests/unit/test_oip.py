@@ -1,84 +1,179 @@
+"""The OIP codec alone: binary framing, requested outputs, body decoding, error cases."""
+
 from __future__ import annotations
+
+import gzip
+import struct
+import zlib
 
 import numpy as np
 import orjson
 import pytest
 
-from model_store.signature import Signature
+from model_store.registry import ResolvedVersion
+from model_store.signature import Signature, VersionConfig
 from service.errors import InvalidInput, PayloadTooLarge
-from service.oip import parse_infer_request
-from workers.tensors import from_bytes
+from service.oip import decode_body, encode_response, header_length, parse_infer_request
+from workers.contract import InferReplyMsg, TensorMeta
 
 SIG = Signature.model_validate(
     {
         "inputs": [
-            {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
-            {"name": "ids", "datatype": "INT8", "shape": [-1]},
-            {"name": "text", "datatype": "BYTES", "shape": [-1]},
+            {"name": "x", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "s", "datatype": "BYTES", "shape": [-1]},
         ],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "t", "datatype": "BYTES", "shape": [-1]},
+        ],
     }
 )
 
 
-def body(**over: object) -> bytes:
-    doc: dict[str, object] = {
-        "id": "abc",
-        "inputs": [
-            {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [5, 6, 7, 8]]},
-            {"name": "ids", "shape": [2], "datatype": "INT8", "data": [1, -2]},
-            {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hi", "there"]},
-        ],
-        "outputs": [{"name": "y"}],
+def _binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
+    head = orjson.dumps(header)
+    return head + b"".join(chunks), len(head)
+
+
+def _bytes_tensor(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def test_binary_and_json_inputs_mix() -> None:
+    x = np.array([[1, 2]], dtype=np.float32)
+    body, n = _binary_body(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+                {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["hi"]},
+            ]
+        },
+        x.tobytes(),
+    )
+    parsed = parse_infer_request(body, SIG, 1000, n)
+    assert parsed.tensors == [x.tobytes(), _bytes_tensor(b"hi")]
+
+
+@pytest.mark.parametrize("case", ["short", "trailing", "wrong_size", "both", "bad_bytes"])
+def test_binary_framing_errors(case: str) -> None:
+    x = np.zeros((1, 2), dtype=np.float32).tobytes()
+    s = _bytes_tensor(b"ab")
+    sizes = {
+        "short": (8, len(s) + 5),
+        "trailing": (8, len(s)),
+        "wrong_size": (4, len(s) + 4),
+        "both": (8, len(s)),
+        "bad_bytes": (8, len(s)),
+    }[case]
+    tail = x + s + (b"zz" if case == "trailing" else b"")
+    if case == "bad_bytes":
+        tail = x + struct.pack("<I", 99) + b"ab"
+    xin = {"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": sizes[0]}}
+    if case == "both":
+        xin["data"] = [1, 2]
+    body, n = _binary_body(
+        {
+            "inputs": [
+                xin,
+                {
+                    "name": "s",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": sizes[1]},
+                },
+            ]
+        },
+        tail,
+    )
+    with pytest.raises(InvalidInput):
+        parse_infer_request(body, SIG, 1000, n)
+
+
+def test_header_length_and_encoding() -> None:
+    assert header_length(None, 10) is None and header_length("4", 10) == 4
+    for bad in ("0", "11", "-1", "x"):
+        with pytest.raises(InvalidInput):
+            header_length(bad, 10)
+    raw = b'{"a": 1}' * 100
+    assert decode_body(gzip.compress(raw), "gzip", 10_000) == raw
+    assert decode_body(zlib.compress(raw), "deflate", 10_000) == raw
+    with pytest.raises(PayloadTooLarge):
+        decode_body(gzip.compress(b"\0" * 100_000), "gzip", 1000)
+    with pytest.raises(InvalidInput):
+        decode_body(b"nope", "br", 1000)
+    with pytest.raises(InvalidInput):
+        decode_body(b"nope", "gzip", 1000)
+
+
+def test_requested_outputs_binary_and_order() -> None:
+    body = orjson.dumps(
+        {
+            "id": "q",
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+                {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["a"]},
+            ],
+            "outputs": [{"name": "t", "parameters": {"binary_data": True}}, {"name": "y"}],
+        }
+    )
+    parsed = parse_infer_request(body, SIG, 1000)
+    assert parsed.outputs == ["t", "y"] and parsed.binary("t") and not parsed.binary("y")
+    version = ResolvedVersion(1, 1, "m", 3, "onnx", "0" * 64, SIG, VersionConfig())
+    t = _bytes_tensor(b"zz")
+    y = np.array([[5, 6]], dtype=np.float32).tobytes()
+    reply = InferReplyMsg(
+        "r", True, [TensorMeta("t", "BYTES", (1,)), TensorMeta("y", "FP32", (1, 2))], [t, y]
+    )
+    out = encode_response(version, parsed, reply)
+    assert out.header_length is not None and out.body[out.header_length :] == t
+    head = orjson.loads(out.body[: out.header_length])
+    assert head["id"] == "q" and head["model_version"] == "3"
+    assert head["outputs"][0] == {
+        "name": "t",
+        "datatype": "BYTES",
+        "shape": [1],
+        "parameters": {"binary_data_size": len(t)},
     }
-    doc.update(over)
-    return orjson.dumps(doc)
-
-
-def test_valid_request_is_ordered_and_encoded() -> None:
-    req = parse_infer_request(body(), SIG, 1000)
-    assert req.id == "abc" and req.outputs == ["y"]
-    assert [m.name for m in req.inputs] == ["x", "ids", "text"]
-    x = from_bytes(req.tensors[0], "FP32", (2, 4))
-    np.testing.assert_array_equal(x, np.arange(1, 9, dtype=np.float32).reshape(2, 4))
-    assert list(from_bytes(req.tensors[2], "BYTES", (2,))) == [b"hi", b"there"]
+    assert head["outputs"][1]["data"] == [5.0, 6.0]
 
 
 @pytest.mark.parametrize(
-    ("change", "fragment"),
+    "outputs",
     [
-        ({"name": "x", "shape": [2, 5], "datatype": "FP32", "data": [0] * 10}, "'x'"),
-        ({"name": "x", "shape": [2, 4], "datatype": "FP64", "data": [0] * 8}, "datatype"),
-        ({"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [0] * 7}, "elements"),
-        ({"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[0, 1], [2]]}, "ragged"),
-        ({"name": "x", "shape": [2, -4], "datatype": "FP32", "data": []}, "non-negative"),
-        ({"name": "x", "shape": [2, 4], "datatype": "FP32", "data": "nope"}, "list"),
-        ({"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [True] * 8}, "FP32"),
-        ({"name": "ids", "shape": [2], "datatype": "INT8", "data": [1, 300]}, "fit"),
-        ({"name": "ids", "shape": [2], "datatype": "INT8", "data": [1.5, 2]}, "INT8"),
+        [{"name": "y", "parameters": {"classification": 2}}],
+        [{"name": "y"}, {"name": "y"}],
+        [{"name": "y", "parameters": {"binary_data": "yes"}}],
+        [{"name": "nope"}],
     ],
 )
-def test_bad_inputs_name_the_input(change: dict[str, object], fragment: str) -> None:
-    doc = orjson.loads(body())
-    doc["inputs"] = [change if i["name"] == change["name"] else i for i in doc["inputs"]]
-    with pytest.raises(InvalidInput) as exc:
-        parse_infer_request(orjson.dumps(doc), SIG, 1000)
-    assert fragment in exc.value.message
+def test_bad_requested_outputs(outputs: list) -> None:
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+                {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["a"]},
+            ],
+            "outputs": outputs,
+        }
+    )
+    with pytest.raises(InvalidInput):
+        parse_infer_request(body, SIG, 1000)
 
 
-def test_missing_unknown_and_duplicate_inputs() -> None:
-    doc = orjson.loads(body())
-    with pytest.raises(InvalidInput, match="missing input"):
-        parse_infer_request(orjson.dumps({"inputs": doc["inputs"][:2]}), SIG, 1000)
-    with pytest.raises(InvalidInput, match="given twice"):
-        parse_infer_request(orjson.dumps({"inputs": doc["inputs"] + doc["inputs"][:1]}), SIG, 1000)
-    with pytest.raises(InvalidInput, match="unknown output"):
-        parse_infer_request(body(outputs=[{"name": "zz"}]), SIG, 1000)
-
-
-def test_limits_and_garbage() -> None:
-    with pytest.raises(PayloadTooLarge):
-        parse_infer_request(body(), SIG, 4)
-    for raw in (b"", b"[]", b"{", b"[" * 2000 + b"]" * 2000, b'{"inputs": 3}'):
-        with pytest.raises(InvalidInput):
-            parse_infer_request(raw, SIG, 1000)
+def test_uint64_extremes_in_json() -> None:
+    sig = Signature.model_validate(
+        {
+            "inputs": [{"name": "u", "datatype": "UINT64", "shape": [3]}],
+            "outputs": [{"name": "v", "datatype": "UINT64", "shape": [3]}],
+        }
+    )
+    body = orjson.dumps(
+        {"inputs": [{"name": "u", "datatype": "UINT64", "shape": [3], "data": [0, 2**63, 2**64 - 1]}]}
+    )
+    parsed = parse_infer_request(body, sig, 10)
+    assert np.frombuffer(parsed.tensors[0], "<u8").tolist() == [0, 2**63, 2**64 - 1]
+    body = orjson.dumps(
+        {"inputs": [{"name": "u", "datatype": "UINT64", "shape": [3], "data": [0.5, 2**63, 2**64 - 1]}]}
+    )
+    with pytest.raises(InvalidInput):
+        parse_infer_request(body, sig, 10)
