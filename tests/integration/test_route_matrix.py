@@ -8,8 +8,10 @@ here until it gets an entry in PATH_VALUES / BODIES."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +26,16 @@ from tests.integration.tenancy import new_key, new_tenant
 from tests.models import demo_onnx_bytes
 
 SCOPES = ("infer", "manage", "finetune", "admin")
-OBJECT_PARAMS = {"model", "name", "key_id", "version", "alias", "file_id", "job_id"}  # a tenant's object
+OBJECT_PARAMS = {
+    "model",
+    "name",
+    "key_id",
+    "version",
+    "alias",
+    "file_id",
+    "job_id",
+    "request_id",
+}  # a tenant's object
 BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs")}  # the body names tenant A's model and files
 LEAKS = ("Traceback", 'File "', "/work/", "/tmp/", "/etc/", "127.0.0.1", "redis://", "postgresql", "sqlite")
 _seq = itertools.count()
@@ -63,7 +74,7 @@ class World:
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
-        self.train = self.valid = self.job = ""
+        self.train = self.valid = self.job = self.async_id = ""
 
     async def setup(self) -> None:
         assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
@@ -71,6 +82,17 @@ class World:
         assert r.status_code == 200
         self.train, self.valid = await setup_classifier(self.client)
         self.job = await self.new_job()
+        r = await self.client.post(
+            "/v2/models/demo/infer",
+            json=infer_body("x", [1, 2, 3, 4], [1, 4]),
+            headers={"Prefer": "respond-async"},
+        )
+        assert r.status_code == 202, r.text
+        self.async_id = r.json()["id"]  # an asynchronous result of tenant A
+        deadline = time.monotonic() + 30  # its answer also means a worker has loaded (and readied) demo
+        while (await self.client.get(f"/v1/async/{self.async_id}")).status_code != 200:
+            assert time.monotonic() < deadline, "the asynchronous request was never answered"
+            await asyncio.sleep(0.05)
 
     async def new_job(self, paused: bool = False) -> str:
         r = await self.client.post("/v1/fine_tuning/jobs", json=job_body(self.train, self.valid))
@@ -82,7 +104,7 @@ class World:
 
     async def path(self, method: str, path: str) -> str:
         values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
-        values.update(file_id=self.train, job_id=self.job)
+        values.update(file_id=self.train, job_id=self.job, request_id=self.async_id)
         if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
             values["key_id"] = str((await new_key(self.client, ["infer"]))[0])
         if method == "DELETE" and "{file_id}" in path:
