@@ -51,6 +51,12 @@ class NotFound(KilnError):
     status, code = 404, "not_found"
 
 
+class NotReady(KilnError):
+    """A model version asked about is not loaded and warm on any ready worker (OIP: a 4xx)."""
+
+    status, code = 400, "not_ready"
+
+
 class Conflict(KilnError):
     status, code = 409, "conflict"
 

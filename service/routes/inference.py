@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.async_infer import wants_async
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
-from service.errors import Unavailable
+from service.errors import NotReady
 from service.oip import HEADER_LENGTH, decode_body, header_length, model_config, model_metadata
 from service.responses import JSONBody
 from service.routes.async_results import async_inference
@@ -105,8 +105,8 @@ async def version_config(
 async def _ready(principal: InferPrincipal, state: StateDep, model: str, version: str | None) -> JSONBody:
     resolved = await state.inference.resolver.resolve(principal.tenant_id, model, version)
     if not await repository(state).version_ready(resolved.version_id):
-        # OIP: the status says it (200 ready, otherwise an error); the body is our error shape
-        raise Unavailable(f"version {resolved.version} of model {resolved.model!r} is not ready")
+        # OIP: 200 means ready, a 4xx not ready (Triton answers 400); the body is our error shape
+        raise NotReady(f"version {resolved.version} of model {resolved.model!r} is not ready")
     return JSONBody({"name": resolved.model, "version": str(resolved.version), "ready": True})
 
 

@@ -48,7 +48,7 @@ async def test_failed_warmup_means_not_loaded(client, worker: WorkerThread, monk
     r = await client.post("/v2/repository/models/picky/load")
     assert r.status_code == 422 and "warmup failed" in r.json()["error"], r.text
     assert "/secret" not in r.json()["error"]
-    assert (await client.get("/v2/models/picky/ready")).status_code == 503
+    assert (await client.get("/v2/models/picky/ready")).status_code == 400
     r = await client.post("/v2/models/picky/infer", json=infer_body("x", [[1, 2]], [1, 2]))
     assert r.status_code == 503  # never served by a model that did not warm up
     (entry,) = (await client.post("/v2/repository/index")).json()
@@ -75,7 +75,7 @@ async def test_memory_budget_unloads_least_recently_used(client, settings, redis
         await infer(1)  # 1 is now the most recently used
         await infer(3)  # room for two: 2 goes
         assert _loaded(redis_client, settings, w) == [1, 3]
-        assert (await client.get("/v2/models/demo/versions/2/ready")).status_code == 503
+        assert (await client.get("/v2/models/demo/versions/2/ready")).status_code == 400
         await infer(2)  # loads again on demand; 1 is the least recently used now
         assert _loaded(redis_client, settings, w) == [2, 3]
     finally:
@@ -116,7 +116,7 @@ async def test_load_waits_for_warm_and_unload_frees(
     client, settings, redis_client, worker: WorkerThread
 ) -> None:
     assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
-    assert (await client.get("/v2/models/demo/ready")).status_code == 503
+    assert (await client.get("/v2/models/demo/ready")).status_code == 400
     assert (
         await client.post("/v2/repository/models/demo/load", json={"parameters": {"version": "1"}})
     ).status_code == 200

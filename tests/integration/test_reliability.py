@@ -136,7 +136,7 @@ async def test_hung_runner_fails_at_deadline_and_worker_reports_not_ready(
             return raw is not None and orjson.loads(raw)["ready"] is False
 
         await _poll(not_ready, what="the hung worker to report not ready")
-        assert (await client.get("/v2/models/demo/ready")).status_code == 503
+        assert (await client.get("/v2/models/demo/ready")).status_code == 400
         health = (await client.get("/v2/health/ready")).json()
         assert health["workers"] == 0
 
