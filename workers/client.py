@@ -56,6 +56,9 @@ class StreamsEngineClient:
         self._reader = aioredis.from_url(redis_url, max_connections=1)
         self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
         self._announced: set[str] = set()
+        self._outbox: list[tuple[str, dict[bytes, bytes], asyncio.Future[None]]] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._bounded_xadd = self._redis.register_script(_BOUNDED_XADD)
         self._closed = False
@@ -105,14 +108,43 @@ class StreamsEngineClient:
             raise EngineUnavailable("queue is unavailable") from exc
 
     async def _add(self, stream: str, msg: InferRequestMsg) -> None:
-        if stream in self._announced:
-            await self._redis.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+        """Enqueue through the outbox: every entry added during one turn of the event loop goes
+        to Redis in one pipeline (one write, one round trip), however many requests there are."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._outbox.append((stream, msg.to_fields(), done))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._start_flush)
+        await done
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._outbox = self._outbox, []
+        task = asyncio.ensure_future(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[str, dict[bytes, bytes], asyncio.Future[None]]]) -> None:
+        new = {stream for stream, _f, _d in batch if stream not in self._announced}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in new:
+                    pipe.sadd(self.keys.streams, stream)
+                for stream, fields, _done in batch:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type,unused-ignore]
+                await pipe.execute()
+        except BaseException as exc:  # every waiter learns it (RedisError/OSError -> 503 upstream)
+            for _s, _f, done in batch:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else EngineUnavailable("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.keys.streams, stream)
-            pipe.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
-            await pipe.execute()
-        self._announced.add(stream)
+        self._announced.update(new)
+        for _s, _f, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def _add_bounded(self, stream: str, msg: InferRequestMsg, streams: list[str], limit: int) -> bool:
         if stream not in self._announced:
