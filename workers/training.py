@@ -100,8 +100,11 @@ class Run:
         spec: JobSpec,
         seed: int,
         device: torch.device,
+        encode: Callable[[list[str]], torch.Tensor] | None = None,
     ) -> None:
+        """`encode` turns text rows into the model's input tensor (text models: hf-encoder)."""
         self.module, self.sig, self.spec, self.seed, self.device = module, sig, spec, seed, device
+        self.encode = encode
         self.hp = spec.hyperparameters
         self.classification = spec.task == "classification"
         self.train_x, self.train_y = self._tensors(train)
@@ -121,7 +124,12 @@ class Run:
         torch.manual_seed(seed)
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(ds.inputs.copy()).to(self.device)
+        if ds.is_text:
+            if self.encode is None:
+                raise ValueError("text rows need a text model")
+            x = self.encode([str(t) for t in ds.inputs]).to(self.device)
+        else:
+            x = torch.from_numpy(ds.inputs.copy()).to(self.device)
         if self.sig.inputs[0].datatype == "FP64":
             x = x.double()
         if self.classification:
@@ -165,7 +173,7 @@ class Run:
         return result
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if self.hp.dropout > 0:
+        if self.hp.dropout > 0 and x.is_floating_point():
             x = F.dropout(x, p=self.hp.dropout, training=True)
         out = first_output(self.module, x, self.sig)
         loss = self._loss(out, y)
