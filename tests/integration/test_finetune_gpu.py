@@ -49,12 +49,13 @@ async def test_minilm_classification_head_on_cuda(client, settings, worker, free
         trainer.stop()
     assert job["status"] == "succeeded", job
     events = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/events")).json()["data"]
-    assert any("training started on cuda" in e["message"] for e in events)
+    started = next(e["message"] for e in events if e["message"].startswith("training started on"))
+    assert "training started on cuda" in started
     valid_rows = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics")).json()["valid"]
     seconds = [v["seconds"] for v in valid_rows]
     accuracy = job["result"]["metrics"]["accuracy"]
     print(
-        f"\nMiniLM {'head-only' if freeze else 'whole-encoder'} on cuda: {len(seconds)} epochs, "
+        f"\nMiniLM {'head-only' if freeze else 'whole-encoder'}: {started}; {len(seconds)} epochs, "
         f"seconds per epoch {seconds} (mean {np.mean(seconds):.3f}), validation accuracy {accuracy:.3f} "
         f"(parent {job['result']['parent_metrics']['accuracy']:.3f}), 80 training / 16 validation texts"
     )

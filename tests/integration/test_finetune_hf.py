@@ -50,6 +50,12 @@ async def test_minilm_head_finetune_serves_text(client, settings, worker: Worker
     r = await client.post("/v1/fine_tuning/jobs", json=hf_job(numeric.json()["id"], valid))
     assert r.status_code == 422 and "text rows" in r.text, r.text
 
+    r = await client.post("/v1/fine_tuning/jobs?dry_run=true", json=hf_job(train, valid))
+    assert r.status_code == 200, r.text
+    estimate = r.json()["estimate"]
+    assert estimate["trainable_parameters"] == 2 * 384 + 2 < estimate["total_parameters"]
+    assert estimate["steps_per_epoch"] == 3
+
     trainer = TrainerThread(settings, lease_s=30).start()
     try:
         r = await client.post("/v1/fine_tuning/jobs", json=hf_job(train, valid))

@@ -70,6 +70,11 @@ def test_head_only_training_learns_and_exports_a_servable_bundle() -> None:
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-6)
     assert runner.run({"text": np.array([], dtype=object)})["probabilities"].shape == (0, 2)
 
+    # the result is fine-tuned again: its head is kept (same task), the encoder is the trained one
+    again = build(_base(artifact), artifact, spec, [_data(8, 3)], CPU, 9)
+    assert torch.equal(again.module.head.weight, run.module.head.weight)
+    assert again.sig == built.sig
+
 
 def test_resume_from_state_equals_a_straight_run_and_regression_head() -> None:
     data = tiny_bundle()
