@@ -135,7 +135,7 @@ class FinetuneService:
 
     def _create_row(self, tenant_id: int, body: JobCreate, idem: tuple[int, str] | None) -> FineTuneJobRow:
         prep = self._prepare(tenant_id, body)
-        if body.hyperparameters.freeze or body.hyperparameters.num_classes is not None:
+        if _needs_model_check(prep.base, body):
             self._check_model(prep, body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         spec = JobSpec(
@@ -295,6 +295,15 @@ class FinetuneService:
                 if idle % 30 == 0:
                     yield b": keep-alive\n\n"
                 await asyncio.sleep(0.5)
+
+
+def _needs_model_check(base: ResolvedVersion, body: JobCreate) -> bool:
+    """Whether creating the job must load the model: a TorchScript head to resize or a freeze list
+    to apply; an hf-encoder always has a head, so only freeze prefixes need the model."""
+    hp = body.hyperparameters
+    if _is_text(base):
+        return any(f != "backbone" for f in hp.freeze)
+    return bool(hp.freeze) or hp.num_classes is not None
 
 
 def _is_text(base: ResolvedVersion) -> bool:

@@ -216,7 +216,7 @@ class Run:
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            out = first_output(module, self.valid_x, self.sig)
+            out = forward_all(module, self.valid_x, self.sig)
         module.train(was_training)
         if self.classification:
             return [int(v) for v in out.argmax(dim=1).tolist()]
@@ -251,13 +251,24 @@ class Run:
         self.progress = Progress(**state["progress"])
 
 
+EVAL_CHUNK = 256
+
+
+def forward_all(module: Any, x: torch.Tensor, sig: Signature) -> torch.Tensor:
+    """The first output over all rows, EVAL_CHUNK rows at a time (bounded memory for large
+    validation sets, e.g. tokenised texts through an encoder)."""
+    if len(x) <= EVAL_CHUNK:
+        return first_output(module, x, sig)
+    return torch.cat([first_output(module, x[i : i + EVAL_CHUNK], sig) for i in range(0, len(x), EVAL_CHUNK)])
+
+
 def evaluate(
     module: Any, sig: Signature, x: torch.Tensor, y: torch.Tensor, classification: bool
 ) -> dict[str, Any]:
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        out = first_output(module, x, sig)
+        out = forward_all(module, x, sig)
         if classification:
             loss = F.cross_entropy(out, y)
             metrics = {"valid_loss": float(loss), "accuracy": float((out.argmax(dim=1) == y).float().mean())}

@@ -56,6 +56,10 @@ async def test_minilm_head_finetune_serves_text(client, settings, worker: Worker
     assert estimate["trainable_parameters"] == 2 * 384 + 2 < estimate["total_parameters"]
     assert estimate["steps_per_epoch"] == 3
 
+    frozen = hf_job(train, valid, freeze=["encoder.", "head."])
+    r = await client.post("/v1/fine_tuning/jobs", json=frozen)
+    assert r.status_code == 422 and "no parameter to train" in r.text, r.text
+
     trainer = TrainerThread(settings, lease_s=30).start()
     try:
         r = await client.post("/v1/fine_tuning/jobs", json=hf_job(train, valid))

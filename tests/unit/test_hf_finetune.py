@@ -19,7 +19,7 @@ from workers.datasets import Dataset, parse
 from workers.ft_build import Built, build
 from workers.ft_spec import Hyperparameters, JobSpec
 from workers.hf_runner import HFEncoderRunner
-from workers.training import Run
+from workers.training import EVAL_CHUNK, Run, forward_all
 
 CPU = torch.device("cpu")
 
@@ -115,3 +115,16 @@ def test_bad_heads_are_refused() -> None:
     bundle = open_bundle(tiny_bundle(extra={**head, HEAD_WEIGHTS: good}))
     assert bundle.head == {"task": "classification", "num_outputs": 3}
     assert isinstance(validate_hf_encoder(tiny_bundle(extra={**head, HEAD_WEIGHTS: good}), None), Signature)
+
+
+def test_evaluation_runs_in_chunks() -> None:
+    module = torch.nn.Linear(3, 2)
+    x = torch.randn(EVAL_CHUNK * 2 + 5, 3)
+    sig = Signature.model_validate(
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+        }
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(forward_all(module, x, sig), module(x))
