@@ -1,7 +1,13 @@
 """The `hf-encoder` format: a Hugging Face sentence encoder as a bundle of
 config.json + model.safetensors + tokenizer.json (+ sentence-transformers' pooling config).
 BYTES text in, FP32 mean-pooled, L2-normalised sentence embeddings out; tokenisation happens
-on the worker. Weights only from safetensors, never pickle; no remote code."""
+on the worker. Weights only from safetensors, never pickle; no remote code.
+
+A fine-tuned bundle also carries a head (HEAD_CONFIG + HEAD_WEIGHTS): one linear layer on the
+normalised embedding, `{"task": "classification" | "regression", "num_outputs": K}` with
+tensors `weight` [K, hidden] and `bias` [K]. Its signature then says what comes out:
+classification -> `logits` and `probabilities` (softmax), FP32 [-1, K]; regression ->
+`prediction`, FP32 [-1, K]. Such a bundle is fine-tuned again like any other."""
 
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 MAX_UNPACKED = 8 << 30
 DEFAULT_MAX_SEQ = 256
+HEAD_CONFIG = "kiln_head.json"
+HEAD_WEIGHTS = "kiln_head.safetensors"
+HEAD_TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,7 @@ class EncoderBundle:
     files: dict[str, bytes]
     config: dict[str, Any]
     max_seq_length: int
+    head: dict[str, Any] | None = None  # the head config, when the bundle carries one
 
     @property
     def hidden_size(self) -> int:
@@ -108,7 +118,26 @@ def open_bundle(data: bytes) -> EncoderBundle:
     _check_config(config)
     _check_pooling(files)
     check_safetensors_header(files["model.safetensors"])
-    return EncoderBundle(files, config, _max_seq(files, config))
+    hidden = int(config.get("hidden_size") or config.get("dim"))
+    return EncoderBundle(files, config, _max_seq(files, config), _check_head(files, hidden))
+
+
+def _check_head(files: dict[str, bytes], hidden: int) -> dict[str, Any] | None:
+    if HEAD_CONFIG not in files and HEAD_WEIGHTS not in files:
+        return None
+    if HEAD_CONFIG not in files or HEAD_WEIGHTS not in files:
+        raise InvalidArtifact(f"a head needs both {HEAD_CONFIG} and {HEAD_WEIGHTS}")
+    head = _json(files, HEAD_CONFIG)
+    k = head.get("num_outputs") if isinstance(head, dict) else None
+    if not isinstance(head, dict) or head.get("task") not in HEAD_TASKS:
+        raise InvalidArtifact(f"{HEAD_CONFIG}: task must be one of {', '.join(HEAD_TASKS)}")
+    if not isinstance(k, int) or not 0 < k <= 100_000:
+        raise InvalidArtifact(f"{HEAD_CONFIG}: num_outputs must be a positive integer")
+    header = check_safetensors_header(files[HEAD_WEIGHTS])
+    shapes = {n: m.get("shape") for n, m in header.items() if n != "__metadata__"}
+    if shapes != {"weight": [k, hidden], "bias": [k]}:
+        raise InvalidArtifact(f"{HEAD_WEIGHTS} must hold weight [{k}, {hidden}] and bias [{k}] only")
+    return {"task": head["task"], "num_outputs": k}
 
 
 def encoder_signature(hidden_size: int) -> Signature:
@@ -116,6 +145,23 @@ def encoder_signature(hidden_size: int) -> Signature:
         {
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, hidden_size]}],
+        }
+    )
+
+
+def bundle_signature(bundle: EncoderBundle) -> Signature:
+    """What the bundle's runner answers: embeddings, or the head's outputs."""
+    if bundle.head is None:
+        return encoder_signature(bundle.hidden_size)
+    return head_signature(bundle.head["task"], bundle.head["num_outputs"])
+
+
+def head_signature(task: str, k: int) -> Signature:
+    names = ["logits", "probabilities"] if task == "classification" else ["prediction"]
+    return Signature.model_validate(
+        {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, k]} for n in names],
         }
     )
 
@@ -128,7 +174,7 @@ def validate_hf_encoder(data: bytes, given: Signature | None) -> Signature:
         Tokenizer.from_str(bundle.files["tokenizer.json"].decode("utf-8"))
     except Exception as exc:
         raise InvalidArtifact("tokenizer.json is not a valid tokenizer") from exc
-    sig = encoder_signature(bundle.hidden_size)
+    sig = bundle_signature(bundle)
     if given is not None and given != sig:
         raise InvalidArtifact(f"an hf-encoder's signature is fixed: {sig.model_dump(mode='json')}")
     return sig

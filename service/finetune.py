@@ -1,9 +1,10 @@
 """Fine-tuning on the gateway side: dataset files, job creation (validation, dry run, idempotency),
 job actions, and the public shapes. Routes call this; the trainer (workers/) runs the jobs.
 
-Everything a job needs is checked before anything queues: the base model (TorchScript only; ONNX
-is inference-only), the files (this tenant's, parsed again), the data against the model's
-signature and the task. A bad dataset answers 422 with a line-numbered report.
+Everything a job needs is checked before anything queues: the base model (TorchScript, or an
+hf-encoder trained on text rows with a linear head; ONNX is inference-only), the files (this
+tenant's, parsed again), the data against the model's signature and the task. A bad dataset
+answers 422 with a line-numbered report.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.finetune_schemas import (
 )
 from service.state import AppState
 from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
+from workers.ft_build import build
 from workers.ft_model import (
     ModelNotTrainable,
     load_scripted,
@@ -62,6 +64,7 @@ class Prepared:
     train_rows: int
     valid_rows: int
     split: float | None
+    tenant_id: int = 0
 
 
 class FinetuneService:
@@ -132,7 +135,7 @@ class FinetuneService:
 
     def _create_row(self, tenant_id: int, body: JobCreate, idem: tuple[int, str] | None) -> FineTuneJobRow:
         prep = self._prepare(tenant_id, body)
-        if body.hyperparameters.freeze or body.hyperparameters.num_classes is not None:
+        if _needs_model_check(prep.base, body):
             self._check_model(prep, body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         spec = JobSpec(
@@ -169,29 +172,30 @@ class FinetuneService:
         train = self._dataset(tenant_id, body.training_file)
         in_shape, out_shape = _shapes(base, body)
         reports: dict[str, dict[str, Any]] = {}
-        report = check_against(train, in_shape, out_shape, body.task)
+        report = check_against(train, in_shape, out_shape, body.task, text_model=_is_text(base))
         if not report.valid:
             reports["training_file"] = report.as_dict()
-        valid_rows, split = self._validation(tenant_id, body, train, in_shape, out_shape, reports)
+        shapes = (in_shape, out_shape, _is_text(base))
+        valid_rows, split = self._validation(tenant_id, body, train, shapes, reports)
         if reports:
             first = next(iter(reports))
             raise InvalidDataset(f"{first}: {_summary(reports[first])}", reports)
         n_train = len(train) - (valid_rows if split else 0)
-        return Prepared(base, target, n_train, valid_rows, split)
+        return Prepared(base, target, n_train, valid_rows, split, tenant_id)
 
     def _validation(
         self,
         tenant_id: int,
         body: JobCreate,
         train: Dataset,
-        in_shape: tuple[int, ...],
-        out_shape: tuple[int, ...],
+        shapes: tuple[tuple[int, ...], tuple[int, ...], bool],
         reports: dict[str, dict[str, Any]],
     ) -> tuple[int, float | None]:
+        in_shape, out_shape, text = shapes
         if body.validation_file:
             valid = self._dataset(tenant_id, body.validation_file)
             known = label_set(train) if body.task == "classification" else None
-            report = check_against(valid, in_shape, out_shape, body.task, known)
+            report = check_against(valid, in_shape, out_shape, body.task, known, text_model=text)
             if not report.valid:
                 reports["validation_file"] = report.as_dict()
             return len(valid), None
@@ -214,6 +218,8 @@ class FinetuneService:
             raise Unprocessable(
                 "ONNX versions are inference-only and cannot be fine-tuned; upload the model as TorchScript"
             )
+        if base.format == "hf-encoder":
+            return base
         if base.format != "torchscript":
             raise Unprocessable(f"versions of format {base.format!r} cannot be fine-tuned")
         sig = base.signature
@@ -230,12 +236,24 @@ class FinetuneService:
 
     def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
         """Load the base model: the head can be resized and the freeze list leaves something to train."""
-        module = load_scripted(self.state.blobs.read_verified(prep.base.sha256), torch.device("cpu"))
+        data = self.state.blobs.read_verified(prep.base.sha256)
+        if prep.base.format == "hf-encoder":
+            return self._check_encoder(prep, body, data)
+        module = load_scripted(data, torch.device("cpu"))
         hp = body.hyperparameters
         try:
             if hp.num_classes is not None:
                 resize_head(module, hp.num_classes)
             return parameter_counts(module, trainable_names(module, hp.freeze))
+        except ModelNotTrainable as exc:
+            raise Unprocessable(str(exc)) from exc
+
+    def _check_encoder(self, prep: Prepared, body: JobCreate, data: bytes) -> dict[str, int]:
+        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters)
+        train = self._dataset(prep.tenant_id, body.training_file)
+        built = build(prep.base, data, spec, [train], torch.device("cpu"), 0)
+        try:
+            return parameter_counts(built.module, trainable_names(built.module, body.hyperparameters.freeze))
         except ModelNotTrainable as exc:
             raise Unprocessable(str(exc)) from exc
 
@@ -279,8 +297,23 @@ class FinetuneService:
                 await asyncio.sleep(0.5)
 
 
+def _needs_model_check(base: ResolvedVersion, body: JobCreate) -> bool:
+    """Whether creating the job must load the model: a TorchScript head to resize or a freeze list
+    to apply; an hf-encoder always has a head, so only freeze prefixes need the model."""
+    hp = body.hyperparameters
+    if _is_text(base):
+        return any(f != "backbone" for f in hp.freeze)
+    return bool(hp.freeze) or hp.num_classes is not None
+
+
+def _is_text(base: ResolvedVersion) -> bool:
+    return base.format == "hf-encoder"
+
+
 def _shapes(base: ResolvedVersion, body: JobCreate) -> tuple[tuple[int, ...], tuple[int, ...]]:
     out = tuple(base.signature.outputs[0].shape[1:])
+    if _is_text(base) and (base.signature.outputs[0].name == "embedding" or body.task == "regression"):
+        out = (-1,)  # a new head, as wide as the labels need
     classes = body.hyperparameters.num_classes
     if classes is not None:
         if body.task != "classification" or len(out) != 1:

@@ -49,3 +49,30 @@ def csv_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
         ",".join(f"{v:.5f}" for v in xi) + f",{float(yi):.6g}" for xi, yi in zip(x, y, strict=True)
     ]
     return ("\n".join(lines) + "\n").encode()
+
+
+_SPORT = (
+    ["The striker", "Our goalkeeper", "The home team", "The tennis star", "A young sprinter", "The coach"],
+    ["scored a late goal in", "won the final of", "trained hard before", "celebrated victory after"],
+    ["the football match", "the league season", "the tournament", "the championship game", "the relay race"],
+)
+_FOOD = (
+    ["The chef", "My grandmother", "The baker", "A home cook", "The pastry student", "Our waiter"],
+    ["simmered garlic and tomatoes for", "baked fresh bread for", "seasoned the soup for", "served pasta at"],
+    ["the family dinner", "the cooking class", "the restaurant kitchen", "the birthday party", "lunch today"],
+)
+
+
+def topic_texts(n: int, seed: int) -> list[tuple[str, int]]:
+    """Short English sentences on two clearly separable topics: sport (label 0) and cooking (1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = i % 2
+        parts = _FOOD if label else _SPORT
+        out.append((" ".join(str(rng.choice(p)) for p in parts) + ".", label))
+    return out
+
+
+def text_jsonl(items: list[tuple[str, int]]) -> bytes:
+    return "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in items).encode()

@@ -1,7 +1,9 @@
 """Fine-tune datasets: parse JSONL or CSV into tensors, with a line-numbered validation report.
 
 JSONL: one object per line, `{"input": <number or nested list of numbers>, "label": <number or
-list of numbers>}`. CSV: a header row, a `label` column, every other column a numeric feature.
+list of numbers>}`, or for text models (hf-encoder) `{"text": "<a non-empty string>", "label": ...}`
+(every row of a file the same kind). CSV: a header row, a `label` column, every other column a
+numeric feature.
 Checks in two stages: `parse` (the file alone: bad JSON, missing fields, ragged or non-numeric
 inputs, inconsistent shapes, empty file) and `check_against` (a model's signature and a task:
 wrong tensor shape, unknown label). Both gather issues per line instead of stopping at the first.
@@ -66,12 +68,21 @@ class Report:
 
 @dataclass(slots=True)
 class Dataset:
-    inputs: np.ndarray  # float32 [N, *input_shape]
+    inputs: np.ndarray  # float32 [N, *input_shape], or object [N] of str for text rows
     labels: np.ndarray  # float64 [N] or [N, K]
     lines: list[int]
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    @property
+    def is_text(self) -> bool:
+        return bool(self.inputs.dtype == object)
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    value: str
 
 
 class _RowError(Exception):
@@ -108,13 +119,31 @@ def _json_row(text: str) -> tuple[Any, Any]:
         raise _RowError("", f"bad JSON ({exc.msg} at column {exc.colno})") from exc
     if not isinstance(obj, dict):
         raise _RowError("", "each line must be a JSON object")
-    unknown = sorted(set(obj) - {"input", "label"})
+    unknown = sorted(set(obj) - {"input", "text", "label"})
     if unknown:
-        raise _RowError(unknown[0], "unknown field (expected input and label)")
-    for name in ("input", "label"):
-        if name not in obj:
-            raise _RowError(name, f"missing {name}")
-    return obj["input"], obj["label"]
+        raise _RowError(unknown[0], "unknown field (expected input or text, and label)")
+    if "text" in obj:
+        return _text_field(obj), _label_field(obj)
+    if "input" not in obj:
+        raise _RowError("input", "missing input (or text)")
+    return obj["input"], _label_field(obj)
+
+
+def _label_field(obj: dict[str, Any]) -> Any:
+    if "label" not in obj:
+        raise _RowError("label", "missing label")
+    return obj["label"]
+
+
+def _text_field(obj: dict[str, Any]) -> _Text:
+    if "input" in obj:
+        raise _RowError("text", "give either text or input, not both")
+    value = obj["text"]
+    if not isinstance(value, str):
+        raise _RowError("text", "must be a string")
+    if not value.strip():
+        raise _RowError("text", "is empty")
+    return _Text(value)
 
 
 def _jsonl_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
@@ -168,13 +197,16 @@ def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
     ys: list[np.ndarray] = []
     lines: list[int] = []
     shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    kind: str | None = None
     for row in rows:
         if len(row) == 2:
             report.add(row[0], row[1].field, row[1].message)
             continue
         n, x_raw, y_raw = row
         try:
-            x, y = _numeric(x_raw, "input"), _numeric(y_raw, "label")
+            kind = _check_kind(kind, x_raw)
+            x = np.asarray(x_raw.value, dtype=object) if kind == "text" else _numeric(x_raw, "input")
+            y = _numeric(y_raw, "label")
             shapes = _check_shape(shapes, x.shape, y.shape)
         except _RowError as err:
             report.add(n, err.field, err.message)
@@ -184,10 +216,18 @@ def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
         lines.append(n)
     if not rows:
         report.add(0, "", "file is empty (no rows)")
-    report.stats = _stats(xs, ys)
+    report.stats = _stats(xs, ys) | ({"input_kind": "text"} if kind == "text" else {})
     if not report.valid:
         return None, report
-    return Dataset(np.stack(xs).astype(np.float32), np.stack(ys), lines), report
+    inputs = np.array([str(x) for x in xs], dtype=object) if kind == "text" else np.stack(xs)
+    return Dataset(inputs if kind == "text" else inputs.astype(np.float32), np.stack(ys), lines), report
+
+
+def _check_kind(seen: str | None, x: Any) -> str:
+    kind = "text" if isinstance(x, _Text) else "input"
+    if seen is not None and kind != seen:
+        raise _RowError(kind, f"rows mix text and input: other rows have {seen}")
+    return kind
 
 
 def _check_shape(
@@ -206,7 +246,8 @@ def _stats(xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, Any]:
     stats: dict[str, Any] = {"rows": len(xs)}
     if not xs:
         return stats
-    stats["input_shape"] = list(xs[0].shape)
+    if xs[0].dtype != object:
+        stats["input_shape"] = list(xs[0].shape)
     stats["label_shape"] = list(ys[0].shape)
     if ys[0].shape == () and all(float(y).is_integer() for y in ys):
         counts = Counter(int(y) for y in ys)
@@ -225,23 +266,35 @@ def check_against(
     task: Task,
     known_labels: set[int] | None = None,
     report: Report | None = None,
+    text_model: bool = False,
 ) -> Report:
-    """Check a parsed dataset against a model's input/output shapes (without batch) and a task."""
+    """Check a parsed dataset against a model's input/output shapes (without batch) and a task;
+    a text model (hf-encoder) takes text rows, every other model tensor rows."""
     report = report or Report(stats={"rows": len(ds)})
+    _check_inputs(ds, input_shape, text_model, report)
+    if task == "classification":
+        _check_classes(ds, output_shape, known_labels, report)
+    else:
+        _check_regression(ds, output_shape, report)
+    return report
+
+
+def _check_inputs(ds: Dataset, input_shape: tuple[int, ...], text_model: bool, report: Report) -> None:
+    if ds.is_text != text_model:
+        field_ = "text" if ds.is_text else "input"
+        wants = 'text rows ({"text": "...", "label": ...})' if text_model else "tensor rows (input)"
+        report.add(ds.lines[0], field_, f"the model takes {wants} (all rows)")
+        return
     row_shape = tuple(ds.inputs.shape[1:])
-    if len(row_shape) != len(input_shape) or any(
-        w not in (-1, g) for w, g in zip(input_shape, row_shape, strict=False)
+    if not text_model and (
+        len(row_shape) != len(input_shape)
+        or any(w not in (-1, g) for w, g in zip(input_shape, row_shape, strict=False))
     ):
         report.add(
             ds.lines[0],
             "input",
             f"wrong tensor shape: {list(row_shape)}, the model takes {list(input_shape)} per row (all rows)",
         )
-    if task == "classification":
-        _check_classes(ds, output_shape, known_labels, report)
-    else:
-        _check_regression(ds, output_shape, report)
-    return report
 
 
 def _check_classes(

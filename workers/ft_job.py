@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,8 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from workers.datasets import Dataset, parse
+from workers.ft_build import build
 from workers.ft_metrics import TrainerMetrics
-from workers.ft_model import load_scripted, resize_head, save_scripted, with_classes
 from workers.ft_spec import JobSpec
 from workers.training import Run, better, split
 
@@ -103,12 +104,9 @@ def execute(ctx: JobContext, job_id: str) -> None:
     base = ctx.registry.by_version_id(row.base_version_id)
     train, valid = load_data(ctx, row, spec)
     device = pick_device()
-    module = load_scripted(ctx.blobs.read_verified(base.sha256), device)
-    classes = spec.hyperparameters.num_classes
-    if classes is not None:
-        resize_head(module, classes)
-    sig = with_classes(base.signature, classes)
-    run = Run(module, sig, train, valid, spec, row.seed, device)
+    built = build(base, ctx.blobs.read_verified(base.sha256), spec, [train, valid], device, row.seed)
+    run = Run(built.module, built.sig, train, valid, spec, row.seed, device, built.encode)
+    ctx.store.renew(job_id, ctx.owner, ctx.lease_s, None)  # building a large model takes a while
     parent_metrics = run.evaluate()
     parent_predictions = run.predictions()
     ckpt = ctx.store.latest_checkpoint(job_id)
@@ -133,7 +131,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
         ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(res.epoch, res.step, sha, res.train, res.valid))
     final = run.evaluate()
     results_file = _results_file(ctx, row, run, parent_predictions)
-    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file)
+    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file, built.export)
 
 
 def _finish(
@@ -145,6 +143,7 @@ def _finish(
     parent: dict[str, Any],
     final: dict[str, Any],
     results_file: str,
+    export: Callable[[Any], tuple[bytes, str]],
 ) -> None:
     lineage = {
         "job_id": row.id,
@@ -166,7 +165,7 @@ def _finish(
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
     }
-    version = _register(ctx, row, base, run, lineage)
+    version = _register(ctx, row, base, run, lineage, export)
     result: dict[str, Any] = {
         "metrics": final,
         "parent_metrics": parent,
@@ -190,7 +189,12 @@ def _finish(
 
 
 def _register(
-    ctx: JobContext, row: FineTuneJobRow, base: ResolvedVersion, run: Run, lineage: dict[str, Any]
+    ctx: JobContext,
+    row: FineTuneJobRow,
+    base: ResolvedVersion,
+    run: Run,
+    lineage: dict[str, Any],
+    export: Callable[[Any], tuple[bytes, str]],
 ) -> int:
     """Register the result once (a retried finish finds the version this job already made)."""
     with contextlib.suppress(Conflict):
@@ -201,14 +205,14 @@ def _register(
             return v.version
     run.module.to("cpu")
     run.module.eval()
-    data = save_scripted(run.module)
+    data, fmt = export(run.module)
     fd, tmp = ctx.blobs.new_tempfile()
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     created = ctx.registry.add_version(
         row.tenant_id,
         row.target_model,
-        "torchscript",
+        fmt,
         tmp,
         sha256_of([data]),
         len(data),

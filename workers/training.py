@@ -100,8 +100,11 @@ class Run:
         spec: JobSpec,
         seed: int,
         device: torch.device,
+        encode: Callable[[list[str]], torch.Tensor] | None = None,
     ) -> None:
+        """`encode` turns text rows into the model's input tensor (text models: hf-encoder)."""
         self.module, self.sig, self.spec, self.seed, self.device = module, sig, spec, seed, device
+        self.encode = encode
         self.hp = spec.hyperparameters
         self.classification = spec.task == "classification"
         self.train_x, self.train_y = self._tensors(train)
@@ -121,7 +124,12 @@ class Run:
         torch.manual_seed(seed)
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(ds.inputs.copy()).to(self.device)
+        if ds.is_text:
+            if self.encode is None:
+                raise ValueError("text rows need a text model")
+            x = self.encode([str(t) for t in ds.inputs]).to(self.device)
+        else:
+            x = torch.from_numpy(ds.inputs.copy()).to(self.device)
         if self.sig.inputs[0].datatype == "FP64":
             x = x.double()
         if self.classification:
@@ -165,7 +173,7 @@ class Run:
         return result
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if self.hp.dropout > 0:
+        if self.hp.dropout > 0 and x.is_floating_point():
             x = F.dropout(x, p=self.hp.dropout, training=True)
         out = first_output(self.module, x, self.sig)
         loss = self._loss(out, y)
@@ -208,7 +216,7 @@ class Run:
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            out = first_output(module, self.valid_x, self.sig)
+            out = forward_all(module, self.valid_x, self.sig)
         module.train(was_training)
         if self.classification:
             return [int(v) for v in out.argmax(dim=1).tolist()]
@@ -243,13 +251,24 @@ class Run:
         self.progress = Progress(**state["progress"])
 
 
+EVAL_CHUNK = 256
+
+
+def forward_all(module: Any, x: torch.Tensor, sig: Signature) -> torch.Tensor:
+    """The first output over all rows, EVAL_CHUNK rows at a time (bounded memory for large
+    validation sets, e.g. tokenised texts through an encoder)."""
+    if len(x) <= EVAL_CHUNK:
+        return first_output(module, x, sig)
+    return torch.cat([first_output(module, x[i : i + EVAL_CHUNK], sig) for i in range(0, len(x), EVAL_CHUNK)])
+
+
 def evaluate(
     module: Any, sig: Signature, x: torch.Tensor, y: torch.Tensor, classification: bool
 ) -> dict[str, Any]:
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        out = first_output(module, x, sig)
+        out = forward_all(module, x, sig)
         if classification:
             loss = F.cross_entropy(out, y)
             metrics = {"valid_loss": float(loss), "accuracy": float((out.argmax(dim=1) == y).float().mean())}

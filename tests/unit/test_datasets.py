@@ -63,3 +63,36 @@ def test_checks_against_a_model() -> None:
     report = check_against(ds, (4,), (3,), "classification", known_labels=label_set(ds) - {int(y[0])})
     assert report.issues and report.issues[0].line == 1
     assert check_against(ds, (4,), (1,), "regression").valid
+
+
+def test_text_rows_parse_and_are_checked_by_line() -> None:
+    ds, report = parse(b'{"text": "hello", "label": 1}\n{"text": "bye there", "label": 0}\n', "jsonl")
+    assert ds is not None and report.valid and ds.is_text
+    assert list(ds.inputs) == ["hello", "bye there"] and ds.labels.tolist() == [1, 0]
+    assert report.stats["input_kind"] == "text" and report.stats["label_counts"] == {"0": 1, "1": 1}
+    assert check_against(ds, (), (-1,), "classification", text_model=True).valid
+    wrong = check_against(ds, (4,), (3,), "classification")
+    assert [(i.line, i.field) for i in wrong.issues] == [(1, "text")]
+
+    bad = (
+        b'{"text": "fine", "label": 0}\n'
+        b'{"text": 3, "label": 0}\n'  # 2: not a string
+        b'{"text": "  ", "label": 0}\n'  # 3: empty
+        b'{"text": "x", "input": [1], "label": 0}\n'  # 4: both
+        b'{"text": "no label"}\n'  # 5: missing label
+        b'{"input": [1, 2], "label": 0}\n'  # 6: mixes kinds
+    )
+    ds, report = parse(bad, "jsonl")
+    assert ds is None
+    assert {(i.line, i.field) for i in report.issues} == {
+        (2, "text"),
+        (3, "text"),
+        (4, "text"),
+        (5, "label"),
+        (6, "input"),
+    }
+    x, y = rows(4, 1)
+    numeric, _ = parse(jsonl(x, y), "jsonl")
+    assert numeric is not None
+    refused = check_against(numeric, (), (-1,), "classification", text_model=True)
+    assert [(i.line, i.field) for i in refused.issues] == [(1, "input")]

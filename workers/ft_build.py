@@ -1,0 +1,75 @@
+"""The seam where a fine-tune job's model is built and exported, per base format.
+
+TorchScript: the scripted module itself (head = the module owning the last parameter), saved
+again as TorchScript. hf-encoder: encoder + mean pooling + a linear head (workers/hf_model.py),
+trained on tokenised text rows, exported as an hf-encoder bundle that carries the head. Both
+train in the same loop (workers/training.py) with the same checkpoints, resume and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from model_store.hf_encoder import head_signature
+from model_store.registry import ResolvedVersion
+from model_store.signature import Signature
+from workers.datasets import Dataset
+from workers.ft_model import load_scripted, resize_head, save_scripted, with_classes
+from workers.ft_spec import JobSpec
+from workers.hf_model import Encode, export_bundle, for_finetune
+
+
+@dataclass(slots=True)
+class Built:
+    module: Any
+    sig: Signature  # the result's signature
+    encode: Encode | None  # text rows -> input tensor (text models)
+    export: Callable[[Any], tuple[bytes, str]]  # trained module -> (artifact bytes, format)
+
+
+def head_outputs(spec: JobSpec, base_sig: Signature, datasets: list[Dataset]) -> int:
+    """Outputs of a new head: classification -> num_classes, else enough for every label seen (and
+    the parent's classes when it already has a head); regression -> the labels' width."""
+    if spec.task == "regression":
+        labels = datasets[0].labels
+        return 1 if labels.ndim == 1 else int(labels.shape[1])
+    seen = max(int(ds.labels.max()) + 1 for ds in datasets)
+    parent = int(base_sig.outputs[0].shape[-1]) if base_sig.outputs[0].name == "logits" else 0
+    return max(2, seen, parent, spec.hyperparameters.num_classes or 0)
+
+
+def build(
+    base: ResolvedVersion,
+    data: bytes,
+    spec: JobSpec,
+    datasets: list[Dataset],
+    device: torch.device,
+    seed: int,
+) -> Built:
+    if base.format == "hf-encoder":
+        torch.manual_seed(seed)  # a new head starts the same for the same seed
+        return _hf_encoder(base, data, spec, datasets, device)
+    module = load_scripted(data, device)
+    classes = spec.hyperparameters.num_classes
+    if classes is not None:
+        resize_head(module, classes)
+    sig = with_classes(base.signature, classes)
+    return Built(module, sig, None, lambda m: (save_scripted(m), "torchscript"))
+
+
+def _hf_encoder(
+    base: ResolvedVersion, data: bytes, spec: JobSpec, datasets: list[Dataset], device: torch.device
+) -> Built:
+    k = head_outputs(spec, base.signature, datasets)
+    module, encode, bundle = for_finetune(data, device, spec.task, k)
+    if int(module.head.weight.shape[0]) < k:
+        resize_head(module, k)
+    module.dropout = spec.hyperparameters.dropout
+    task = spec.task
+    return Built(
+        module, head_signature(task, k), encode, lambda m: (export_bundle(m, bundle, task), "hf-encoder")
+    )
