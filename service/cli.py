@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import contextlib
 import json
 import logging
@@ -24,6 +25,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated at start-up (torch alone is ~10^6 objects) out of the garbage
+    collector's reach: a full collection walking them stalls a process for ~100 ms, which showed
+    as a p99 ten times the p50 under load."""
+    gc.collect()
+    gc.freeze()
 
 
 def _setup_logging() -> None:
@@ -218,6 +227,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ),
     )
     preload_runtimes()  # import torch/onnxruntime now, not on the first request
+    freeze_startup_objects()
     worker.install_signal_handlers()
     worker.run()
     return 0
