@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import contextlib
+import gc
 import json
 import logging
 import os

@@ -6,21 +6,9 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-ALL_DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
+from model_store.signature import NUMPY_DTYPES
+
+ALL_DATATYPES = tuple(NUMPY_DTYPES)  # every OIP datatype, in the signature module's order
 _ONNX_TYPES = {
     "BOOL": TensorProto.BOOL,
     "UINT8": TensorProto.UINT8,

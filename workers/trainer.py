@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from types import FrameType
 
 import redis
 from redis.exceptions import RedisError
@@ -32,6 +30,7 @@ from workers.ft_metrics import TrainerMetrics
 from workers.ft_model import ModelNotTrainable
 from workers.ft_queue import JobQueue
 from workers.keys import Keys
+from workers.signals import stop_on_signals
 
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
@@ -97,12 +96,7 @@ class Trainer:
         self.current_job: str | None = None
 
     def install_signal_handlers(self) -> None:
-        def _stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %s: hand back the current job and stop", signum)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        stop_on_signals(self._stop, log, "hand back the current job and stop")
 
     def stop(self) -> None:
         self._stop.set()

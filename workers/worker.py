@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -43,6 +41,7 @@ from workers.lifecycle import Commands, lru_victims, measured, release_memory, w
 from workers.metrics import WorkerMetrics
 from workers.queue import Entry, WorkQueue
 from workers.runners import InputRejected, Runner, load_runner, public_message, split_failed
+from workers.signals import stop_on_signals
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.usage import Charge, split_compute
 from workers.watchdog import Watchdog
@@ -122,12 +121,7 @@ class Worker:
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        def _stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %s: stop taking new work", signum)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        stop_on_signals(self._stop, log, "stop taking new work")
 
     def stop(self) -> None:
         self._stop.set()
