@@ -122,6 +122,7 @@ class Admission:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_ADMIT)
+        self._refused: dict[int, tuple[float, str, str]] = {}  # key id -> (until, kind, limit)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> Admission:
@@ -143,6 +144,7 @@ class Admission:
         ]
         if not scopes:
             return None
+        self._refuse_if_recently_refused(principal.key_id)
         now = time.time()
         request_id = uuid.uuid4().hex
         keys, args = self._arguments(scopes, now)
@@ -152,9 +154,31 @@ class Admission:
         except (RedisError, OSError) as exc:
             raise Unavailable("rate limiter is unavailable", retry_after=1) from exc
         if not int(ok):
+            self._remember_refusal(principal.key_id, _text(kind), _text(limit), int(reset_ms))
             raise _limited(_text(kind), _text(limit), int(reset_ms))
         inflight = tuple(keys[i * 3 + 1] for i, (_k, _i, lim) in enumerate(scopes) if lim.max_concurrent)
         return Ticket(request_id, inflight)
+
+    def _refuse_if_recently_refused(self, key_id: int) -> None:
+        """A key refused for its rate or a monthly quota stays refused until the reset the
+        script reported (at most 1 s): answered here, without a Redis round trip, so a flooding
+        key costs the gateway and Redis little. Concurrency refusals are not remembered: they
+        clear as soon as one of the key's requests finishes."""
+        refused = self._refused.get(key_id)
+        if refused is None:
+            return
+        until, kind, limit = refused
+        left_ms = int((until - time.monotonic()) * 1000)
+        if left_ms > 0:
+            raise _limited(kind, limit, left_ms)
+        self._refused.pop(key_id, None)
+
+    def _remember_refusal(self, key_id: int, kind: str, limit: str, reset_ms: int) -> None:
+        if kind == "concurrency":
+            return
+        if len(self._refused) >= 100_000:
+            self._refused.clear()
+        self._refused[key_id] = (time.monotonic() + min(reset_ms, 1000) / 1000, kind, limit)
 
     def _arguments(self, scopes: list[tuple[str, int, Limits]], now: float) -> tuple[list[str], list[Any]]:
         month = time.strftime("%Y%m", time.gmtime(now))
