@@ -12,14 +12,13 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from model_store.errors import InvalidArtifact
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 
-Format = Literal["onnx", "torchscript", "hf-encoder"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder")
 
 _ONNX_TYPES = {

@@ -40,7 +40,6 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-DATATYPE_OF: dict[np.dtype, str] = {v: k for k, v in NUMPY_DTYPES.items()}
 
 TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$"
 Dim = Annotated[int, Field(ge=-1, le=2**31)]

@@ -3,7 +3,6 @@ on a Unix socket inside the data directory (no TCP port), nothing persisted."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -73,4 +72,3 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.socket.unlink(missing_ok=True)
-        os.environ.pop("KILN_PRIVATE_REDIS", None)
