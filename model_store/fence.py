@@ -1,0 +1,326 @@
+"""The fence around code we did not write: a child process that can read its own artifact and the
+Python installation, and nothing else.
+
+Every place that loads, checks or runs a tenant's model (the upload check, the worker's model
+instances, the trainer's job) does it in a `FencedChild`:
+
+- a fresh process forked from a single-threaded fork server (multiprocessing's `forkserver`,
+  with the runtimes preloaded, so a child starts in milliseconds instead of a second);
+- Landlock applied before the child runs anything: read and execute beneath the interpreter,
+  its packages and the system libraries; read beneath the paths named for this child (its
+  artifact); read and write beneath its own empty temporary directory; no TCP, no abstract
+  Unix sockets, no signals to processes outside the fence (model_store.landlock);
+- resource limits: address space (where no GPU is used), CPU seconds, file size, no core dumps;
+- an environment reduced to a few harmless variables (secrets never reach the child);
+- one pipe to the parent, carrying length-bounded frames of a JSON header and raw buffers. The
+  parent never unpickles anything the child sends.
+
+A child that does not answer within its deadline is killed (`FenceTimeout`); one that dies
+(`FenceDied`) says how if it can (the memory limit shows as MemoryError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from model_store import landlock
+
+log = logging.getLogger("kiln.fence")
+
+_ENV_KEEP = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "PYTHONHASHSEED",
+)
+_SYSTEM_READ = (
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib",
+    "/lib64",
+    "/usr/local/lib",
+    "/usr/share/zoneinfo",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/urandom",
+    "/dev/null",
+    "/proc/cpuinfo",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup/cpu.max",
+)
+_GPU_PATHS = (
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia0",
+    "/dev/nvidia1",
+    "/dev/nvidia2",
+    "/dev/nvidia3",
+    "/dev/nvidia4",
+    "/dev/nvidia5",
+    "/dev/nvidia6",
+    "/dev/nvidia7",
+    "/proc/driver/nvidia",
+    "/sys/devices",
+    "/sys/bus/pci",
+    "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
+)
+_PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]
+MAX_FRAME = 1 << 31
+
+
+class FenceError(RuntimeError):
+    """The fenced child failed outside the request it was given."""
+
+
+class FenceTimeout(FenceError):
+    """The child did not answer within its deadline and was killed."""
+
+
+class FenceDied(FenceError):
+    """The child exited (killed, crashed, or over its memory limit)."""
+
+
+class FenceUnavailable(FenceError):
+    """The operating system cannot fence a child here and the settings require a fence."""
+
+
+@dataclass(frozen=True)
+class FenceSpec:
+    """What one child may touch. `read` is extra paths (the artifact); `memory_bytes` and `cpu_s`
+    are limits (0: none); `gpu` opens the NVIDIA device files."""
+
+    read: tuple[str, ...] = ()
+    memory_bytes: int = 0
+    cpu_s: int = 0
+    file_bytes: int = 256 << 20
+    gpu: bool = False
+    require: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def fence_available() -> bool:
+    return landlock.abi_version() >= 1
+
+
+def _python_paths() -> list[Path]:
+    """The interpreter, its standard library and installed packages, and the project's own
+    package directories (never the project root: a data directory may live there)."""
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.executable).parent}
+    for name in ("model_store", "workers", "service", "migrations"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.update(Path(p) for p in spec.submodule_search_locations)
+    for entry in sys.path:
+        p = Path(entry)
+        if (p.is_dir() and p.name in ("site-packages", "dist-packages")) or p.name.startswith("python3"):
+            paths.add(p)
+    return sorted(paths)
+
+
+def _package_dirs(target: str) -> list[str]:
+    """The directories of the target's top-level package (our code, chosen by us)."""
+    spec = importlib.util.find_spec(target.partition(":")[0].split(".")[0])
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return list(spec.submodule_search_locations)
+
+
+def _apply(spec: FenceSpec, tmp: Path) -> None:
+    """Runs first in the child, while it is single-threaded."""
+    keep = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep | spec.env | {"TMPDIR": str(tmp), "HOME": str(tmp)})
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if spec.file_bytes:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (spec.file_bytes, spec.file_bytes))
+    if spec.memory_bytes and not spec.gpu:
+        resource.setrlimit(resource.RLIMIT_AS, (spec.memory_bytes, spec.memory_bytes))
+    if spec.cpu_s:
+        resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_s, spec.cpu_s + 1))
+    read = [*_python_paths(), *(Path(p) for p in _SYSTEM_READ), *(Path(p) for p in spec.read)]
+    write = [tmp, Path("/dev/null")]
+    if spec.gpu:
+        write += [Path(p) for p in _GPU_PATHS]
+    try:
+        landlock.restrict(read, write)
+    except landlock.LandlockUnavailable:
+        if spec.require:
+            raise
+        log.warning("model code runs without a filesystem fence: Landlock is not available here")
+
+
+def _child_main(conn: Connection, target: str, args: dict[str, Any], spec: FenceSpec, tmp: str) -> None:
+    try:
+        _apply(spec, Path(tmp))
+        module, _, func = target.partition(":")
+        fn: Callable[[Channel, dict[str, Any]], None] = getattr(importlib.import_module(module), func)
+    except BaseException as exc:
+        conn.send_bytes(json.dumps({"fence_error": f"{type(exc).__name__}: {exc}"[:300]}).encode())
+        raise SystemExit(3) from None
+    conn.send_bytes(b'{"ready": true}')
+    try:
+        fn(Channel(conn), args)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+    except MemoryError:
+        _last_word(conn, "MemoryError: over the memory limit")
+    except BaseException as exc:
+        _last_word(conn, f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _last_word(conn: Connection, text: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(json.dumps({"died": text}).encode())
+
+
+class Channel:
+    """Frames over one pipe: a JSON header, then the raw buffers it announces."""
+
+    def __init__(self, conn: Connection, max_frame: int = MAX_FRAME) -> None:
+        self._conn = conn
+        self._max = max_frame
+
+    def send(self, header: dict[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> None:
+        self._conn.send_bytes(json.dumps({**header, "_n": len(buffers)}).encode())
+        for buf in buffers:
+            self._conn.send_bytes(buf)
+
+    def poll(self, timeout_s: float | None) -> bool:
+        return self._conn.poll(timeout_s)
+
+    def recv(self) -> tuple[dict[str, Any], list[bytes]]:
+        header = json.loads(self._conn.recv_bytes(1 << 24))
+        if not isinstance(header, dict):
+            raise FenceError("malformed frame from the fenced child")
+        n = header.pop("_n", 0)
+        if not isinstance(n, int) or n < 0 or n > 4096:
+            raise FenceError("malformed frame from the fenced child")
+        return header, [self._conn.recv_bytes(self._max) for _ in range(n)]
+
+
+_ctx_lock = threading.Lock()
+_ctx: Any = None
+
+
+def _context() -> Any:
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([m for m in _PRELOAD if importlib.util.find_spec(m) is not None])
+            _ctx = ctx
+        return _ctx
+
+
+class FencedChild:
+    """One fenced process running `target(channel, args)`; `call` is one request and its answer."""
+
+    def __init__(
+        self, target: str, args: dict[str, Any], spec: FenceSpec, start_timeout_s: float = 60
+    ) -> None:
+        if spec.require and not fence_available():
+            raise FenceUnavailable("Landlock is not available on this kernel; model code cannot be fenced")
+        ctx = _context()
+        spec = replace(spec, read=(*spec.read, *_package_dirs(target)))
+        self._tmp = tempfile.mkdtemp(prefix="kiln-fence-")
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_child_main, args=(child, target, args, spec, self._tmp), daemon=True, name="kiln-fenced"
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self.channel = Channel(parent)
+        self._lock = threading.Lock()
+        header = self._first(start_timeout_s)
+        if "fence_error" in header:
+            self.kill()
+            raise FenceUnavailable(f"fenced child could not start: {header['fence_error']}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _first(self, timeout_s: float) -> dict[str, Any]:
+        if not self._conn.poll(timeout_s):
+            self.kill()
+            raise FenceTimeout("fenced child did not start in time")
+        try:
+            header = json.loads(self._conn.recv_bytes(1 << 16))
+        except (EOFError, OSError, ValueError) as exc:
+            self.kill()
+            raise FenceDied(self._death()) from exc
+        return header if isinstance(header, dict) else {}
+
+    def call(
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[bytes | memoryview] = (),
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one request and wait for its answer; kill the child if it does not answer in time."""
+        with self._lock:
+            try:
+                self.channel.send(header, buffers)
+                if not self.channel.poll(timeout_s):
+                    self.kill()
+                    raise FenceTimeout(f"model code did not answer within {timeout_s:.1f} s")
+                reply, bufs = self.channel.recv()
+            except (EOFError, OSError) as exc:
+                self.kill()
+                raise FenceDied(self._death()) from exc
+        if "died" in reply:
+            self.kill()
+            raise FenceDied(str(reply["died"]))
+        return reply, bufs
+
+    def _death(self) -> str:
+        self._proc.join(1)
+        code = self._proc.exitcode
+        if code is not None and code < 0:
+            import signal
+
+            name = signal.Signals(-code).name
+            return f"model process was killed ({name}{', CPU time limit' if name == 'SIGXCPU' else ''})"
+        return f"model process exited (code {code})"
+
+    def kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(5)
+        self._conn.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Ask the child to stop (EOF on its pipe), then kill it if it lingers."""
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        self._proc.join(timeout_s)
+        self.kill()

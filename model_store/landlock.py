@@ -1,0 +1,119 @@
+"""Landlock (Linux >= 5.13) through its three system calls.
+
+Written by hand (about 100 lines) because PyPI's `landlock` (1.0.0.dev5, a pre-release) knows
+filesystem rules only: the fence here also needs TCP rules (ABI 4) and scoping of abstract Unix
+sockets and signals (ABI 6), and must choose the access rights the running kernel knows.
+
+A ruleset restricts the calling thread and every thread or process it creates afterwards, so it
+is applied at the start of a fresh, single-threaded child process (model_store.fence).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+_SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Filesystem rights, by the ABI that introduced them.
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_FS_ABI1 = (1 << 13) - 1  # execute .. make_sym
+_REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | _TRUNCATE | _IOCTL_DEV
+READ = EXECUTE | READ_FILE | READ_DIR
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+
+class LandlockUnavailable(OSError):
+    """This kernel (or this platform) cannot apply a Landlock ruleset."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is not there."""
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None or platform.system() != "Linux":
+        return 0
+    version = _libc().syscall(numbers[0], None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    return max(int(version), 0)
+
+
+def _fs_rights(abi: int) -> int:
+    rights = _FS_ABI1
+    if abi >= 2:
+        rights |= _REFER
+    if abi >= 3:
+        rights |= _TRUNCATE
+    if abi >= 5:
+        rights |= _IOCTL_DEV
+    return rights
+
+
+def restrict(read: list[Path], write: list[Path]) -> int:
+    """Allow reading (and executing) beneath `read`, reading and writing beneath `write`, no TCP
+    (ABI >= 4), no abstract Unix sockets or signals outside the domain (ABI >= 6); deny the
+    rest of the filesystem. Returns the ABI used. Paths that do not exist are skipped."""
+    abi = abi_version()
+    if abi < 1:
+        raise LandlockUnavailable("Landlock is not available on this kernel")
+    create, add_rule, restrict_self = _SYSCALLS[platform.machine()]
+    libc = _libc()
+    handled = _fs_rights(abi)
+    attr = _RulesetAttr(handled, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0, 0)
+    if abi >= 6:
+        attr.scoped = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL
+    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        raise LandlockUnavailable(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        write_rights = handled & ~_REFER
+        for paths, rights in ((read, READ & handled), (write, write_rights)):
+            for path in paths:
+                _add_path(libc, add_rule, ruleset, path, rights)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise LandlockUnavailable("prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(restrict_self, ruleset, 0) != 0:
+            raise LandlockUnavailable(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def _add_path(libc: ctypes.CDLL, add_rule: int, ruleset: int, path: Path, rights: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        if not os.path.isdir(path):
+            rights &= _FILE_RIGHTS
+        rule = _PathBeneathAttr(rights, fd)
+        if libc.syscall(add_rule, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:
+            raise LandlockUnavailable(
+                f"landlock_add_rule failed for {path.name!r}: {os.strerror(ctypes.get_errno())}"
+            )
+    finally:
+        os.close(fd)

@@ -1,0 +1,38 @@
+"""Targets run inside a fenced child by the fence tests (imported by name in the child)."""
+# ruff: noqa: SIM115
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from model_store.fence import Channel
+
+
+def probe(ch: Channel, args: dict[str, Any]) -> None:
+    """Try every way out the fence must close, report each outcome, then echo requests."""
+    out: dict[str, str] = {}
+    for key, attempt in (
+        ("read_secret", lambda: open(args["secret"], "rb").read()),
+        ("read_artifact", lambda: open(args["artifact"], "rb").read()),
+        ("write_outside", lambda: open(args["outside"], "wb").write(b"x")),
+        ("tcp", lambda: socket.create_connection(("127.0.0.1", args["port"]), timeout=1)),
+        ("signal_parent", lambda: os.kill(args["parent"], 0)),
+        ("parent_environ", lambda: open(f"/proc/{args['parent']}/environ", "rb").read()),
+        ("env_secret", lambda: os.environ["KILN_FENCE_TEST_SECRET"]),
+    ):
+        try:
+            attempt()
+            out[key] = "allowed"
+        except (OSError, KeyError) as exc:
+            out[key] = type(exc).__name__
+    ch.send(out)
+    while True:
+        header, buffers = ch.recv()
+        if header.get("op") == "hang":
+            while True:
+                pass
+        if header.get("op") == "allocate":
+            buffers = [bytes(header["n"])]
+        ch.send({"echo": header}, buffers)

@@ -1,0 +1,74 @@
+"""The OS fence around model code: a fenced child reads its artifact and nothing else, reaches no
+TCP port, cannot signal or read its parent, sees no secrets, and is killed past its deadline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, fence_available
+
+pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
+
+
+@pytest.fixture
+def listener() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s
+    s.close()
+
+
+def _child(tmp_path: Path, port: int, **spec: object) -> tuple[FencedChild, dict[str, str]]:
+    secret = tmp_path / "admin.key"
+    secret.write_text("kiln_secret")
+    artifact = tmp_path / "artifact.bin"
+    artifact.write_bytes(b"model bytes")
+    os.environ["KILN_FENCE_TEST_SECRET"] = "s3cret"
+    args = {
+        "secret": str(secret),
+        "artifact": str(artifact),
+        "outside": str(tmp_path / "planted"),
+        "port": port,
+        "parent": os.getpid(),
+    }
+    child = FencedChild("tests.fence_targets:probe", args, FenceSpec(read=(str(artifact),), **spec))  # type: ignore[arg-type]
+    header, _ = child.channel.recv()
+    return child, header
+
+
+def test_fenced_child_reads_its_artifact_and_nothing_else(tmp_path: Path, listener: socket.socket) -> None:
+    child, seen = _child(tmp_path, listener.getsockname()[1])
+    try:
+        assert seen["read_artifact"] == "allowed"
+        assert seen["read_secret"] == "PermissionError"
+        assert seen["write_outside"] == "PermissionError"
+        assert not (tmp_path / "planted").exists()
+        assert seen["tcp"] == "PermissionError"
+        assert seen["signal_parent"] == "PermissionError"
+        assert seen["parent_environ"] == "PermissionError"
+        assert seen["env_secret"] == "KeyError"
+        reply, buffers = child.call({"op": "echo", "x": 1}, [b"abc"], timeout_s=10)
+        assert reply == {"echo": {"op": "echo", "x": 1}} and buffers == [b"abc"]
+    finally:
+        child.close()
+
+
+def test_a_child_that_does_not_answer_is_killed_at_its_deadline(
+    tmp_path: Path, listener: socket.socket
+) -> None:
+    child, _ = _child(tmp_path, listener.getsockname()[1])
+    with pytest.raises(FenceTimeout):
+        child.call({"op": "hang"}, timeout_s=0.5)
+    assert not child.alive()
+
+
+def test_the_memory_limit_kills_only_the_child(tmp_path: Path, listener: socket.socket) -> None:
+    child, _ = _child(tmp_path, listener.getsockname()[1], memory_bytes=3 << 30)
+    with pytest.raises(FenceDied, match=r"MemoryError|exited|killed"):
+        child.call({"op": "allocate", "n": 4 << 30}, timeout_s=30)
+    assert not child.alive()
