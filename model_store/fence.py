@@ -236,6 +236,18 @@ def _context() -> Any:
         return _ctx
 
 
+def prestart() -> None:
+    """Start the fork server now and wait until it has imported the runtimes (seconds), so that
+    no request pays for it."""
+    proc = _context().Process(target=_nothing, name="kiln-fence-prestart")
+    proc.start()
+    proc.join()
+
+
+def _nothing() -> None:
+    return None
+
+
 class FencedChild:
     """One fenced process running `target(channel, args)`; `call` is one request and its answer."""
 

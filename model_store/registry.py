@@ -5,6 +5,7 @@ Every query is scoped to a tenant; another tenant's object is NotFound, as if ab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.blobs import BlobStore
+from model_store.checks import FencedCheck
 from model_store.db import AliasRow, ModelRow, ModelShareRow, ModelVersionRow, TenantRow, utcnow
 from model_store.errors import Conflict, InvalidName, NotFound
-from model_store.formats import validate
 from model_store.names import check_alias, check_model_name, is_tenant_name
 from model_store.signature import Signature, VersionConfig
 
@@ -52,10 +53,17 @@ def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
     )
 
 
+Check = Callable[[str, Path, Signature | None], Signature]
+
+
 class Registry:
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+    """`check` validates an uploaded file and returns its signature; by default in a fenced
+    child process (model_store.checks), so no model code runs in the caller."""
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, check: Check | None = None) -> None:
         self.sessions = sessions
         self.blobs = blobs
+        self.check: Check = check or FencedCheck()
 
     # tenants -------------------------------------------------------------------------------
     def ensure_tenant(self, name: str) -> int:
@@ -196,7 +204,7 @@ class Registry:
         """Validate an uploaded file, store it by digest and register the next version."""
         try:
             self.get_model(tenant_id, name)  # 404 before any parsing of the upload
-            sig = validate(fmt, upload, signature)
+            sig = self.check(fmt, upload, signature)
             self.blobs.commit(upload, sha256)
         finally:
             upload.unlink(missing_ok=True)

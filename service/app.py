@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
@@ -65,7 +67,7 @@ def build_state(settings: Settings) -> AppState:
     engine_db = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine_db)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(sessions, blobs)
+    registry = Registry(sessions, blobs, settings.upload_check)
     redis_keys = Keys(settings.redis_prefix)
     engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
@@ -97,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings)
         await run_in_threadpool(bootstrap_admin, settings, state.registry, state.sessions)
+        if settings.fence != "off":  # upload checks run in fenced children: start their fork server now
+            threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         await state.engine.start()
         app.state.kiln = state
         try:

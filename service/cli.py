@@ -204,7 +204,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         REGISTRY.register(GpuCollector())
         start_http_server(args.metrics_port, addr=args.metrics_host)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(make_sessionmaker(make_engine(settings.resolved_database_url)), blobs)
+    registry = Registry(
+        make_sessionmaker(make_engine(settings.resolved_database_url)), blobs, settings.upload_check
+    )
     client = redis.Redis.from_url(
         settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
     )

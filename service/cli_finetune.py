@@ -39,7 +39,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     trainer = Trainer(
         client,
         Keys(settings.redis_prefix),
-        Registry(sessions, blobs),
+        Registry(sessions, blobs, settings.upload_check),
         blobs,
         JobStore(sessions),
         TrainerConfig(

@@ -54,7 +54,7 @@ def register_demo(settings: Settings) -> None:
 
     engine = make_engine(settings.resolved_database_url)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(make_sessionmaker(engine), blobs)
+    registry = Registry(make_sessionmaker(engine), blobs, settings.upload_check)
     tenant = registry.ensure_tenant(settings.default_tenant)
     with contextlib.suppress(Conflict):
         registry.create_model(tenant, DEMO_MODEL, "demo: y = tanh(x @ W + b)")

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_store.checks import FencedCheck
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
@@ -49,6 +51,13 @@ class Settings(BaseSettings):
     reply_ttl_s: int = Field(default=300, ge=10)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
 
+    # model code runs only in fenced child processes (model_store.fence): `required` refuses to run
+    # it where Landlock is missing, `auto` runs it in a limited child without the filesystem fence,
+    # `off` runs it in the calling process (debugging only)
+    fence: Literal["required", "auto", "off"] = "required"
+    check_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # an upload's check, wall clock
+    check_memory_mb: int = Field(default=4096, ge=256)  # an upload's check, address space
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, v: object) -> object:
@@ -69,6 +78,10 @@ class Settings(BaseSettings):
             if not self.database_url or not self.redis_url:
                 raise ValueError("prod needs KILN_DATABASE_URL and KILN_REDIS_URL")
         return self
+
+    @property
+    def upload_check(self) -> FencedCheck:
+        return FencedCheck(self.check_timeout_s, self.check_memory_mb << 20, self.fence)
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -36,3 +36,15 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         if header.get("op") == "allocate":
             buffers = [bytes(header["n"])]
         ch.send({"echo": header}, buffers)
+
+
+def run_torchscript_file(ch: Channel, args: dict[str, Any]) -> None:
+    """Load and call a TorchScript file once (as the check and the worker do), report the result."""
+    import torch
+
+    module = torch.jit.load(args["path"])
+    try:
+        out = module(torch.zeros(1, 4))
+        ch.send({"result": out.tolist()})
+    except Exception as exc:
+        ch.send({"error": str(exc)[:300]})
