@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -57,6 +59,8 @@ class ApiKeyRow(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    # 0004_access: the highest priority level the key may ask for (1: any level)
+    priority_cap: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
 
 
 class ModelRow(Base):
@@ -71,6 +75,10 @@ class ModelRow(Base):
     # 0002: "private" (owner only, plus model_shares) or "public" (every tenant, read-only)
     visibility: Mapped[str] = mapped_column(
         String(16), nullable=False, default="private", server_default="private"
+    )
+    # 0004_access: the tenants it is shared with (or every tenant, if public) may fine-tune it
+    allow_finetune: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
     )
 
 

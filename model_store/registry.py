@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from model_store import grants
 from model_store.blobs import BlobStore
 from model_store.checks import FencedCheck
 from model_store.db import AliasRow, ModelRow, ModelShareRow, ModelVersionRow, TenantRow, utcnow
@@ -106,6 +107,11 @@ class Registry:
         with self.sessions() as s:
             return self._model(s, tenant_id, name)
 
+    def has_model(self, tenant_id: int, name: str) -> bool:
+        with self.sessions() as s:
+            q = select(ModelRow.id).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+            return s.scalar(q) is not None
+
     # sharing -------------------------------------------------------------------------------
     def _visible_model(self, s: Session, tenant_id: int, name: str) -> ModelRow:
         """The caller's own model, or `owner~model` if the owner made it public or shared it
@@ -132,8 +138,11 @@ class Registry:
         with self.sessions() as s:
             return self._visible_model(s, tenant_id, name)
 
-    def set_sharing(self, tenant_id: int, name: str, visibility: str, tenants: list[str]) -> None:
-        """Replace the model's visibility and the tenants it is shared with (read-only)."""
+    def set_sharing(
+        self, tenant_id: int, name: str, visibility: str, tenants: list[str], allow_finetune: bool = False
+    ) -> None:
+        """Replace the model's visibility, the tenants it is shared with, and whether they may
+        fine-tune it (model_store/grants.py)."""
         if visibility not in VISIBILITIES:
             raise InvalidName(f"visibility must be one of {', '.join(VISIBILITIES)}")
         if not all(is_tenant_name(t) for t in tenants):
@@ -146,13 +155,14 @@ class Registry:
             if missing:
                 raise NotFound(f"tenant {missing[0]!r} not found")
             model.visibility = visibility
+            model.allow_finetune = allow_finetune
             s.execute(delete(ModelShareRow).where(ModelShareRow.model_id == model.id))
             s.add_all(
                 ModelShareRow(model_id=model.id, tenant_id=t) for t in set(ids.values()) if t != tenant_id
             )
             s.commit()
 
-    def sharing(self, tenant_id: int, name: str) -> tuple[str, list[str]]:
+    def sharing(self, tenant_id: int, name: str) -> tuple[str, list[str], bool]:
         with self.sessions() as s:
             model = self._model(s, tenant_id, name)
             names = s.scalars(
@@ -161,7 +171,19 @@ class Registry:
                 .where(ModelShareRow.model_id == model.id)
                 .order_by(TenantRow.name)
             )
-            return model.visibility, list(names)
+            return model.visibility, list(names), model.allow_finetune
+
+    def may_finetune(self, tenant_id: int, base: ResolvedVersion) -> bool:
+        """Whether `tenant_id` may fine-tune `base` (its own model, or a finetune grant)."""
+        with self.sessions() as s:
+            model = s.scalar(
+                select(ModelRow).where(ModelRow.tenant_id == base.tenant_id, ModelRow.name == base.model)
+            )
+            return model is not None and grants.grants_finetune(s, model, tenant_id)
+
+    def base_grants(self, base_version_id: int, tenant_id: int) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            return grants.base_grants(s, base_version_id, tenant_id)
 
     def list_models(self, tenant_id: int) -> list[ModelRow]:
         with self.sessions() as s:
@@ -268,6 +290,11 @@ class Registry:
             if row is None:
                 what = f"version {ref}" if ref is not None else "a version"
                 raise NotFound(f"{what} of model {name!r} not found")
+            if row.lineage and grants.revoked_grant(s, row.lineage) is not None:
+                raise NotFound(
+                    f"version {row.version} of model {name!r} is not available: the owner of the "
+                    "model it was fine-tuned from no longer shares it for fine-tuning"
+                )
             return _resolved(model, row)
 
     def by_version_id(self, version_id: int) -> ResolvedVersion:

@@ -47,8 +47,19 @@ class KeyCreate(BaseModel):
     models: list[Annotated[str, Field(min_length=1, max_length=63, pattern=_PRINTABLE)]] | None = Field(
         default=None, max_length=1000, description="allowlist of model names; null: every model"
     )
-    expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86_400)
-    limits: Limits | None = None
+    expires_in_s: int | None = Field(
+        default=None, ge=1, le=10 * 365 * 86_400, description="default: the creating key's expiry"
+    )
+    limits: Limits | None = Field(
+        default=None, description="fields left out: the creating key's; an explicit 0 asks for none"
+    )
+    priority_cap: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="the highest priority level (1 = highest) the key may ask for; "
+        "default and best allowed: the creating key's cap",
+    )
     tenant: str | None = Field(
         default=None, max_length=63, description="admin only: create the key for this tenant"
     )
@@ -61,6 +72,7 @@ class KeyPublic(BaseModel):
     scopes: list[str]
     models: list[str] | None = None
     limits: Limits | None = None
+    priority_cap: int = 1
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -92,12 +104,18 @@ class SharingSet(BaseModel):
     tenants: list[Annotated[str, Field(max_length=63, pattern=_PRINTABLE)]] = Field(
         default_factory=list, max_length=1000
     )
+    allow_finetune: bool = Field(
+        default=False,
+        description="the tenants it is shared with (every tenant if public) may also fine-tune it; "
+        "revoking this (or the share) stops their fine-tuned versions from serving",
+    )
 
 
 class SharingPublic(BaseModel):
     model: str
     visibility: Literal["private", "public"]
     tenants: list[str]
+    allow_finetune: bool = False
     shared_name: str = Field(description="how other tenants name this model: owner~model")
 
 

@@ -235,11 +235,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_metrics(settings: Settings, host: str, port: int) -> None:
+    """/metrics on the operators' port, in this (parent) process; never on the public port."""
+    from model_store.db import make_engine, make_sessionmaker
+    from service import metrics
+    from service.ops_metrics import FineTuneJobsCollector
+
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    metrics.serve(host, port, FineTuneJobsCollector(sessions))
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kiln-prom-")
+    settings = Settings()
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if metrics_port:
+        _gateway_metrics(settings, args.metrics_host or settings.metrics_host, metrics_port)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -249,7 +263,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
-        log_config=None if Settings().log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     return 0
 
@@ -276,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--workers", type=int, default=1, help="gateway processes")
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics here (default $KILN_METRICS_PORT; 0: off)",
+    )
+    g.add_argument("--metrics-host", default=None, help="default $KILN_METRICS_HOST or 127.0.0.1")
     g.set_defaults(func=cmd_gateway)
 
     w = sub.add_parser("worker", help="an inference worker")

@@ -8,10 +8,10 @@ import time
 import uuid
 
 from model_store.registry import ResolvedVersion
+from service import access
 from service.admission import Admission
 from service.errors import (
     DeadlineExceeded,
-    Forbidden,
     InvalidInput,
     KilnError,
     ModelFailed,
@@ -65,8 +65,7 @@ class InferenceService:
     async def infer(
         self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None = None
     ) -> EncodedResponse:
-        if not principal.may_use(model):  # here too: the fast path skips the route dependencies
-            raise Forbidden(f"this key may not use model {model[:64]!r}")
+        access.check_model(principal, model)  # here too: the fast path skips the route dependencies
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
             return await self._infer(principal, version, body, header_len)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # tenants
     key_rotation_overlap_s: int = Field(default=86_400, ge=0, le=90 * 86_400)
     metrics_max_tenants: int = Field(default=100, ge=1, le=10_000)
+    # the gateway's /metrics (tenant ids and model names in labels) is served only here, for
+    # operators and Prometheus, never on the public port; 0: not served
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)

@@ -147,7 +147,14 @@ def _finish(
 ) -> None:
     lineage = {
         "job_id": row.id,
-        "parent": {"model": base.model, "version": base.version, "sha256": base.sha256},
+        "parent": {
+            "model": base.model,
+            "version": base.version,
+            "sha256": base.sha256,
+            "tenant_id": base.tenant_id,
+        },
+        # the sharing grants this version depends on (model_store/grants.py): withdrawn, it stops serving
+        "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
         "training_file": {
             "id": row.training_file,
             "sha256": ctx.store.get_file(row.tenant_id, row.training_file).sha256,
@@ -165,7 +172,7 @@ def _finish(
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
     }
-    version = _register(ctx, row, base, run, lineage, export)
+    version = _register(ctx, row, spec, base, run, lineage, export)
     result: dict[str, Any] = {
         "metrics": final,
         "parent_metrics": parent,
@@ -191,18 +198,27 @@ def _finish(
 def _register(
     ctx: JobContext,
     row: FineTuneJobRow,
+    spec: JobSpec,
     base: ResolvedVersion,
     run: Run,
     lineage: dict[str, Any],
     export: Callable[[Any], tuple[bytes, str]],
 ) -> int:
-    """Register the result once (a retried finish finds the version this job already made)."""
+    """Register the result once (a retried finish finds the version this job already made).
+    A job without `publish_existing` (its key lacked `manage`) publishes only into a model that
+    holds no other versions: one it created."""
     with contextlib.suppress(Conflict):
         ctx.registry.create_model(row.tenant_id, row.target_model, f"fine-tuned from {row.model}")
     model = ctx.registry.get_model(row.tenant_id, row.target_model)
-    for v in ctx.registry.list_versions(model.id):
+    versions = ctx.registry.list_versions(model.id)
+    for v in versions:
         if (v.lineage or {}).get("job_id") == row.id:
             return v.version
+    if versions and not spec.publish_existing:
+        raise Conflict(
+            f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
+            "existing model needs the 'manage' scope"
+        )
     run.module.to("cpu")
     run.module.eval()
     data, fmt = export(run.module)

@@ -1,15 +1,15 @@
-"""Liveness, readiness, server metadata and /metrics. Unauthenticated, as probes need."""
+"""Liveness, readiness and server metadata. Unauthenticated, as probes need. /metrics is not
+here: it names tenants and models, so the gateway serves it on the operators' port only
+(service/metrics.serve, KILN_METRICS_PORT)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from service import __version__, metrics
+from service import __version__
 from service.deps import StateDep
-from service.ops_metrics import FineTuneJobsCollector
 from service.responses import JSONBody
 
 router = APIRouter()
@@ -45,10 +45,3 @@ async def server_metadata() -> dict[str, object]:
         "version": __version__,
         "extensions": ["binary_tensor_data", "model_repository"],
     }
-
-
-@router.get("/metrics", tags=["health"], include_in_schema=False)
-async def prometheus_metrics(state: StateDep) -> Response:
-    jobs = FineTuneJobsCollector(state.sessions)  # one small query; off the event loop
-    body, content_type = await run_in_threadpool(metrics.render, jobs)
-    return Response(body, media_type=content_type)

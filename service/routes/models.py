@@ -13,6 +13,7 @@ from model_store.db import ModelRow, ModelVersionRow
 from model_store.formats import FORMATS
 from model_store.names import check_alias, parse_version_ref
 from model_store.signature import Signature, VersionConfig
+from service import access
 from service.deps import ManagePrincipal, RegistryDep, SettingsDep, StateDep
 from service.errors import PayloadTooLarge, Unprocessable
 from service.schemas import (
@@ -55,6 +56,7 @@ def _version_public(model: str, row: ModelVersionRow) -> VersionPublic:
 
 @router.post("", status_code=201, response_model=ModelPublic)
 async def create_model(body: ModelCreate, principal: ManagePrincipal, registry: RegistryDep) -> ModelPublic:
+    access.check_model(principal, body.name)
     row = await run_in_threadpool(registry.create_model, principal.tenant_id, body.name, body.description)
     return ModelPublic(name=row.name, description=row.description, created_at=row.created_at)
 
@@ -62,7 +64,7 @@ async def create_model(body: ModelCreate, principal: ManagePrincipal, registry: 
 @router.get("", response_model=ModelList)
 async def list_models(principal: ManagePrincipal, registry: RegistryDep) -> ModelList:
     def load() -> ModelList:
-        rows = registry.list_models(principal.tenant_id)
+        rows = [r for r in registry.list_models(principal.tenant_id) if principal.may_use(r.name)]
         return ModelList(data=[_model_public(registry, r) for r in rows])
 
     return await run_in_threadpool(load)

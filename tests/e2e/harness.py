@@ -69,18 +69,28 @@ class Stack:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
         self.gateway_port = free_port()
+        self.gateway_metrics_port = free_port()  # the operators' port: /metrics is not on the public one
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.worker_ports: dict[str, int] = {}
 
     def start_gateway(self, processes: int = 1) -> Proc:
         p = Proc(
             "gateway",
-            ["gateway", "--port", str(self.gateway_port), "--workers", str(processes)],
+            [
+                "gateway",
+                "--port",
+                str(self.gateway_port),
+                "--workers",
+                str(processes),
+                "--metrics-port",
+                str(self.gateway_metrics_port),
+            ],
             self.env,
             self.log_dir,
         )
         self.procs.append(p)
         self.wait_http(f"{self.url}/v2/health/ready", p)
+        self.wait_http(f"http://127.0.0.1:{self.gateway_metrics_port}/metrics", p)
         return p
 
     def start_worker(self, name: str, module: str = "service.cli", env: dict[str, str] | None = None) -> Proc:
