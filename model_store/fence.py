@@ -236,12 +236,21 @@ def _context() -> Any:
         return _ctx
 
 
+_started = threading.Event()
+_start_lock = threading.Lock()
+
+
 def prestart() -> None:
-    """Start the fork server now and wait until it has imported the runtimes (seconds), so that
-    no request pays for it."""
-    proc = _context().Process(target=_nothing, name="kiln-fence-prestart")
-    proc.start()
-    proc.join()
+    """Start the fork server and wait until it has imported the runtimes (seconds, once per
+    process), so that no request and no deadline pays for it. Idempotent."""
+    if _started.is_set():
+        return
+    with _start_lock:
+        if not _started.is_set():
+            proc = _context().Process(target=_nothing, name="kiln-fence-prestart")
+            proc.start()
+            proc.join()
+            _started.set()
 
 
 def _nothing() -> None:
@@ -256,6 +265,7 @@ class FencedChild:
     ) -> None:
         if spec.require and not fence_available():
             raise FenceUnavailable("Landlock is not available on this kernel; model code cannot be fenced")
+        prestart()  # the fork server's start is ours, not the child's: it counts in no deadline
         ctx = _context()
         spec = replace(spec, read=(*spec.read, *_package_dirs(target)))
         self._tmp = tempfile.mkdtemp(prefix="kiln-fence-")
