@@ -4,7 +4,8 @@
   when a model is loaded from bytes, so any tensor stored "elsewhere" reads a host file. Every
   place a tensor can live is checked: graph initializers, sparse initializers (values and
   indices), node attributes (`t`, `tensors`, `sparse_tensor`, `sparse_tensors`) at any depth,
-  subgraphs (`g`, `graphs`: If, Loop, Scan) and model-local functions. A tensor with
+  subgraphs (`g`, `graphs`: If, Loop, Scan) and model-local functions (bodies and attribute
+  defaults). A tensor with
   `data_location == EXTERNAL` or any `external_data` entry is refused.
 - Domains: only the standard ONNX domains may appear in `opset_import` and on nodes. Custom
   domains (custom-op libraries), onnxruntime's contrib domains (`com.microsoft`, its
@@ -48,6 +49,8 @@ def check_onnx_model(model: Any) -> None:
     for function in model.functions:
         where = f"function {function.domain}.{function.name}"
         _check_nodes(function.node, local, where)
+        for attr in function.attribute_proto:  # default values of the function's attributes
+            _check_attribute(attr, local, f"attribute default {attr.name!r} of {where}")
         _check_opsets(function.opset_import, local_domains, where)
     _check_opsets(model.opset_import, local_domains, "the model")
 

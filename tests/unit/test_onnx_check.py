@@ -92,6 +92,13 @@ def test_every_attribute_kind_is_checked() -> None:
         assert kind
 
 
+def test_function_attribute_default_is_checked() -> None:
+    model = onnx.ModelProto.FromString(onnx_local_function(clean_function_body()))
+    model.functions[0].attribute_proto.append(helper.make_attribute("k", _hidden("default")))
+    with pytest.raises(InvalidArtifact, match=re.escape("attribute default 'k' of function local.f")):
+        check_onnx_bytes(model.SerializeToString())
+
+
 def test_external_marker_without_location_and_other_domains() -> None:
     t = numpy_helper.from_array(np.ones(3, dtype=np.float32), "W")
     t.external_data.add().key = "offset"  # entries without the EXTERNAL flag count too
