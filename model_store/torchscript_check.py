@@ -10,7 +10,7 @@ What a TorchScript model can do is the set of operators its code calls. The poli
   `save`, anything with file/load/save/pickle/mmap in its name), storage and shared-memory
   access (`set_` onto a Storage, storage/share/shm/ipc names; the read-only `storage_offset`
   family excepted), Python and remote calls (`prim::PythonOp`, `prim::rpc_*`). Against this
-  torch.s registry that refuses 9 of 1,830 aten/prim op names (a unit test keeps it short).
+  torch's registry that refuses 9 of 1,830 aten/prim op names (a unit test keeps it short).
   Allowed on purpose: `fork`/`wait` (inter-op threads, no I/O), `manual_seed`/`seed` and
   `prim::Print` (state and output of the loading process only).
 
