@@ -10,8 +10,11 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from model_store.errors import InvalidArtifact
 from model_store.loading import run_torchscript
+from model_store.onnx_check import check_onnx_bytes
 from model_store.registry import ResolvedVersion
+from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 from workers.errors import LoadError
 
 log = logging.getLogger("kiln.runner")
@@ -115,6 +118,7 @@ class OnnxRunner:
         elif device == "cuda":
             device = "cpu"
         self.device = device
+        check_onnx_bytes(data)  # again at load: the store may hold bytes that never passed upload
         self._session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         self._outputs = [t.name for t in version.signature.outputs]
         self._text_inputs = [t.name for t in version.signature.inputs if t.datatype == "BYTES"]
@@ -145,7 +149,9 @@ class TorchScriptRunner:
             torch.set_num_threads(threads)
         self.device = device
         self._device = torch.device(device)
+        check_torchscript_archive(data)  # before loading: loading runs the model's __setstate__
         self._module: Any = torch.jit.load(io.BytesIO(data), map_location=self._device)
+        check_torchscript_module(self._module)
         self._module.eval()
         self._sig = version.signature
 
@@ -166,6 +172,8 @@ def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runn
             return HFEncoderRunner(version, data, device, threads)
     except LoadError:
         raise
+    except InvalidArtifact as exc:
+        raise LoadError(f"refused {version.format} model: {exc}") from exc
     except Exception as exc:
         raise LoadError(f"could not load {version.format} model: {type(exc).__name__}") from exc
     raise LoadError(f"no runner for format {version.format!r}")
