@@ -47,4 +47,4 @@ def run_torchscript_file(ch: Channel, args: dict[str, Any]) -> None:
         out = module(torch.zeros(1, 4))
         ch.send({"result": out.tolist()})
     except Exception as exc:
-        ch.send({"error": str(exc)[:300]})
+        ch.send({"error": str(exc)[-300:]})
