@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from model_store.errors import InvalidArtifact
 from model_store.fence import Channel, FencedChild, FenceDied, FenceSpec, FenceTimeout, FenceUnavailable
+from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
 
 _TARGET = "model_store.checks:check_in_child"
@@ -34,12 +35,13 @@ class FencedCheck:
     timeout_s: float = 60.0
     memory_bytes: int = 4 << 30
     mode: FenceMode = "required"
+    limits: ArtifactLimits = field(default_factory=ArtifactLimits)  # bundles are read under these
 
     def __call__(self, fmt: str, path: Path, signature: Signature | None) -> Signature:
         if self.mode == "off":
             from model_store.formats import validate
 
-            return validate(fmt, path, signature)
+            return validate(fmt, path, signature, self.limits)
         spec = FenceSpec(
             read=(str(path),),
             memory_bytes=self.memory_bytes,
@@ -50,6 +52,7 @@ class FencedCheck:
             "format": fmt,
             "path": str(path),
             "signature": signature.model_dump(mode="json") if signature is not None else None,
+            "limits": asdict(self.limits),
         }
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -83,7 +86,7 @@ def check_in_child(channel: Channel, args: dict[str, Any]) -> None:
     channel.recv()
     given = Signature.model_validate(args["signature"]) if args["signature"] is not None else None
     try:
-        sig = validate(str(args["format"]), Path(args["path"]), given)
+        sig = validate(str(args["format"]), Path(args["path"]), given, ArtifactLimits(**args["limits"]))
     except InvalidArtifact as exc:
         channel.send({"ok": False, "error": str(exc)})
         return

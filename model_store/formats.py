@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import InvalidArtifact
+from model_store.limits import ArtifactLimits
 from model_store.onnx_check import check_onnx_model
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
@@ -42,9 +43,13 @@ _ONNX_TYPES = {
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
-def validate(fmt: str, path: Path, signature: Signature | None) -> Signature:
-    """Validate an artifact of the given format and return its signature."""
-    head = path.open("rb").read(4)
+def validate(
+    fmt: str, path: Path, signature: Signature | None, limits: ArtifactLimits | None = None
+) -> Signature:
+    """Validate an artifact of the given format and return its signature. Streams from `path`;
+    bundles are read under `limits` (the settings' `artifact_limits`; defaults without them)."""
+    with path.open("rb") as f:
+        head = f.read(4)
     if head[:2] in _PICKLE_MAGIC:
         raise InvalidArtifact("pickle files are refused; upload ONNX or TorchScript")
     if fmt == "onnx":
@@ -54,7 +59,7 @@ def validate(fmt: str, path: Path, signature: Signature | None) -> Signature:
     if fmt == "hf-encoder":
         from model_store.hf_encoder import validate_hf_encoder
 
-        return validate_hf_encoder(path.read_bytes(), signature)
+        return validate_hf_encoder(path, signature, limits or ArtifactLimits())
     raise InvalidArtifact(f"unknown format; expected one of {', '.join(FORMATS)}")
 
 

@@ -226,6 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             memory_budget_bytes=settings.worker_memory_budget_mb << 20,
             threads=args.threads,
             metrics_port=args.metrics_port,
+            artifact_limits=settings.artifact_limits,
         ),
     )
     preload_runtimes()  # import torch/onnxruntime now, not on the first request

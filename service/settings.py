@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.checks import FencedCheck
+from model_store.limits import ArtifactLimits, budget_from
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=64 << 20, gt=0)
     max_upload_bytes: int = Field(default=2 << 30, gt=0)
+    # bundles (hf-encoder): unpacked at most min(max_upload_bytes * bundle_expansion_factor,
+    # max_unpacked_bytes), and at most max_bundle_ratio times the archive's own size
+    bundle_expansion_factor: int = Field(default=4, ge=1, le=1000)
+    max_unpacked_bytes: int = Field(default=8 << 30, gt=0)
+    max_bundle_members: int = Field(default=256, ge=1, le=100_000)
+    max_bundle_ratio: int = Field(default=100, ge=1, le=100_000)
+    max_model_parameters: int = Field(default=1_000_000_000, gt=0)  # hf-encoder, estimated
     max_tensor_elements: int = Field(default=1 << 26, gt=0)
     key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
@@ -85,7 +93,19 @@ class Settings(BaseSettings):
 
     @property
     def upload_check(self) -> FencedCheck:
-        return FencedCheck(self.check_timeout_s, self.check_memory_mb << 20, self.fence)
+        return FencedCheck(self.check_timeout_s, self.check_memory_mb << 20, self.fence, self.artifact_limits)
+
+    @property
+    def artifact_limits(self) -> ArtifactLimits:
+        """The bounds uploads are validated and stored bundles loaded under (gateway and worker)."""
+        return ArtifactLimits(
+            max_unpacked_bytes=budget_from(
+                self.max_upload_bytes, self.bundle_expansion_factor, self.max_unpacked_bytes
+            ),
+            max_members=self.max_bundle_members,
+            max_ratio=self.max_bundle_ratio,
+            max_parameters=self.max_model_parameters,
+        )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from model_store.errors import InvalidArtifact
+from model_store.limits import ArtifactLimits
 from model_store.loading import run_torchscript
 from model_store.onnx_check import check_onnx_bytes
 from model_store.registry import ResolvedVersion
@@ -159,7 +160,9 @@ class TorchScriptRunner:
         return run_torchscript(self._module, self._sig, inputs, self._device)
 
 
-def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runner:
+def load_runner(
+    version: ResolvedVersion, data: bytes, threads: int = 0, limits: ArtifactLimits | None = None
+) -> Runner:
     device = pick_device(version.config.device)
     try:
         if version.format == "onnx":
@@ -169,7 +172,7 @@ def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runn
         if version.format == "hf-encoder":
             from workers.hf_runner import HFEncoderRunner
 
-            return HFEncoderRunner(version, data, device, threads)
+            return HFEncoderRunner(version, data, device, threads, limits or ArtifactLimits())
     except LoadError:
         raise
     except InvalidArtifact as exc:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
+from model_store.limits import ArtifactLimits
 from model_store.registry import Registry, ResolvedVersion
 from workers import memory
 from workers.batcher import Batcher, BatchPolicy, Item
@@ -62,6 +63,7 @@ class WorkerConfig:
     threads: int = 0
     metrics_port: int = 0
     memory_budget_bytes: int = 0  # 0: unlimited; else least-recently-used versions are unloaded
+    artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)  # bundles are loaded under these
 
 
 @dataclass(slots=True)
@@ -304,7 +306,8 @@ class Worker:
             data = self.blobs.read_verified(version.sha256)
             with self.watchdog.busy(float("inf")), measured(size):  # heartbeats go on during a long load
                 runners = [
-                    load_runner(version, data, self.config.threads) for _ in range(version.config.instances)
+                    load_runner(version, data, self.config.threads, self.config.artifact_limits)
+                    for _ in range(version.config.instances)
                 ]
                 for r in runners:
                     warm(r, version.signature)
