@@ -88,7 +88,7 @@ _GPU_PATHS = (
     "/sys/bus/pci",
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
-_PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]
+_PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats", "workers.model_host", "workers.runners"]
 MAX_FRAME = 1 << 31
 
 

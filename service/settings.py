@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
+    # model code runs in fenced child processes (workers/fenced.py): required refuses to load
+    # without Landlock, auto warns and runs unfenced there, off runs models in the worker
+    fence: Literal["required", "auto", "off"] = "required" if sys.platform == "linux" else "auto"
+    model_memory_mb: int = Field(default=8192, ge=256)  # address-space limit of a CPU model process
+    hung_backoff_s: float = Field(default=30.0, ge=0, le=86_400)  # a version that hung reloads after
 
     @field_validator("log_level", mode="before")
     @classmethod
