@@ -148,7 +148,8 @@ class Worker:
         self.metrics.up.set(1)
         self.watchdog.start()
         if self.config.fence != "off":
-            start_fork_server()  # the first model load must not wait for the runtimes' imports
+            # the runtimes' imports take seconds: in the background, while the loop heartbeats
+            threading.Thread(target=start_fork_server, name="kiln-fork-server", daemon=True).start()
         backoff = 0.05
         while not self._stop.is_set():
             try:
