@@ -89,6 +89,7 @@ _GPU_PATHS = (
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
 _PRELOAD = [
+    "workers.fork_server_init",  # signals to the worker's process group are the worker's alone
     "numpy",
     "onnx",
     "onnxruntime",

@@ -13,6 +13,7 @@ what the child sends with these functions only: no pickle crosses back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import resource
 from pathlib import Path
@@ -115,10 +116,27 @@ def _footprint(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _tie_lifetime() -> None:
+    """The worker decides when this process ends (EOF on the pipe, or SIGKILL past a deadline):
+    a SIGTERM or Ctrl-C sent to the worker's process group must not fail the batches the worker
+    is still finishing; and if the fork server (so the worker) is gone, this process goes too."""
+    import ctypes
+    import os
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        raise SystemExit(0)
+
+
 def serve(ch: Channel, args: dict[str, Any]) -> None:
     """Load one model instance, say so, then answer `run` frames until the pipe closes."""
     from workers.errors import LoadError
 
+    _tie_lifetime()
     before = _footprint("cpu")
     try:
         runner = _load(args)
