@@ -88,7 +88,16 @@ _GPU_PATHS = (
     "/sys/bus/pci",
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
-_PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]
+_PRELOAD = [
+    "workers.fork_server_init",  # signals to the worker's process group are the worker's alone
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "torch",
+    "model_store.formats",
+    "workers.model_host",  # a worker's model instance starts in ~0.2 s instead of ~1 s
+    "workers.runners",
+]
 MAX_FRAME = 1 << 31
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -62,11 +63,13 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     reply_ttl_s: int = Field(default=300, ge=10)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
-
-    # model code runs only in fenced child processes (model_store.fence): `required` refuses to run
-    # it where Landlock is missing, `auto` runs it in a limited child without the filesystem fence,
-    # `off` runs it in the calling process (debugging only)
-    fence: Literal["required", "auto", "off"] = "required"
+    # model code (upload checks, model instances, fine-tunes) runs only in fenced child processes
+    # (model_store.fence): `required` refuses to run it where Landlock is missing, `auto` runs it
+    # in a limited child without the filesystem fence (warned), `off` runs it in the calling
+    # process (debugging only)
+    fence: Literal["required", "auto", "off"] = "required" if sys.platform == "linux" else "auto"
+    model_memory_mb: int = Field(default=8192, ge=256)  # address-space limit of a CPU model process
+    hung_backoff_s: float = Field(default=30.0, ge=0, le=86_400)  # a version that hung reloads after
     check_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # an upload's check, wall clock
     check_memory_mb: int = Field(default=4096, ge=256)  # an upload's check, address space
 

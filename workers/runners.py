@@ -160,9 +160,10 @@ class TorchScriptRunner:
         return run_torchscript(self._module, self._sig, inputs, self._device)
 
 
-def load_runner(
+def load_local_runner(
     version: ResolvedVersion, data: bytes, threads: int = 0, limits: ArtifactLimits | None = None
 ) -> Runner:
+    """A runner in this process (in a fenced child, or with KILN_FENCE=off)."""
     device = pick_device(version.config.device)
     try:
         if version.format == "onnx":
