@@ -57,6 +57,8 @@ def deadline_scope(deadline: float) -> Iterator[None]:
 
 
 class FencedRunner:
+    TARGET = "workers.model_host:serve"  # what the child runs
+
     def __init__(
         self,
         version: ResolvedVersion,
@@ -81,7 +83,7 @@ class FencedRunner:
             "limits": limits or ArtifactLimits(),
         }
         try:
-            self._child = FencedChild("workers.model_host:serve", args, spec, start_timeout_s=load_timeout_s)
+            self._child = FencedChild(self.TARGET, args, spec, start_timeout_s=load_timeout_s)
         except FenceError as exc:
             raise LoadError(f"model process could not start: {exc}") from exc
         header = self._first()

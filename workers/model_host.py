@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def encode(arrays: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[by
     return metas, bufs
 
 
-def decode(metas: object, bufs: list[bytes]) -> dict[str, np.ndarray]:
+def decode(metas: object, bufs: Sequence[bytes | memoryview]) -> dict[str, np.ndarray]:
     """The arrays a frame carries; anything malformed is a TensorDecodeError."""
     if not isinstance(metas, list) or len(metas) != len(bufs):
         raise TensorDecodeError("malformed tensor frame")

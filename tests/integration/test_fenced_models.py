@@ -1,8 +1,10 @@
 """Model code runs in a fenced process (workers/fenced.py): a TorchScript model that reads a host
 file through `torch.from_file` gets an error at inference and its answer never carries the
 file's bytes; one that maps a host file shared never creates it. The models are planted in the
-registry and blob store directly, past every upload check. With the fence off (the control),
-the same models do leak and write, so these tests can fail."""
+registry and blob store directly, past every upload check, and the worker's model process runs
+without the load-time static checks (tests.fence_targets.serve_unchecked), so that the fence is
+all that stands between the model and the host. With the fence off (the control), the same
+models do leak and write, so these tests can fail."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from tests.conftest import WorkerThread
 from tests.fence_models import ReadsHostFile, WritesHostFile
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, torchscript_bytes
+from workers import runners
+from workers.fenced import FencedRunner
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 SECRET = b"kiln_secret_token"
@@ -46,7 +50,13 @@ async def _plant(client, registry: Registry, settings, name: str, data: bytes) -
         s.commit()
 
 
-def _worker(settings, fence: str) -> WorkerThread:  # type: ignore[no-untyped-def]
+def _worker(settings, fence: str, monkeypatch: pytest.MonkeyPatch) -> WorkerThread:  # type: ignore[no-untyped-def]
+    """A worker whose model processes skip the static checks (fenced), or, with the fence off,
+    whose in-process runners skip them (the control)."""
+    monkeypatch.setattr(FencedRunner, "TARGET", "tests.fence_targets:serve_unchecked")
+    if fence == "off":
+        for name in ("check_onnx_bytes", "check_torchscript_archive", "check_torchscript_module"):
+            monkeypatch.setattr(runners, name, lambda *_: None)
     w = WorkerThread(settings)
     w.worker.config = dataclasses.replace(w.worker.config, fence=fence)  # type: ignore[arg-type]
     return w.start()
@@ -54,13 +64,13 @@ def _worker(settings, fence: str) -> WorkerThread:  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize("fence", ["required", "off"])
 async def test_model_reading_a_host_file_gets_an_error_not_the_bytes(
-    client, registry, settings, tmp_path: Path, fence: str
+    client, registry, settings, tmp_path: Path, fence: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = tmp_path / "admin.key"
     secret.write_bytes(SECRET)
     await _plant(client, registry, settings, "reader", torchscript_bytes(ReadsHostFile(str(secret), 8)))
     leaked = f"{float(SECRET[0])},{float(SECRET[1])}"  # as the JSON answer would carry them
-    w = _worker(settings, fence)
+    w = _worker(settings, fence, monkeypatch)
     try:
         r = await client.post("/v2/models/reader/versions/2/infer", json=infer_body("x", [1, 2], [1, 2]))
     finally:
@@ -74,11 +84,11 @@ async def test_model_reading_a_host_file_gets_an_error_not_the_bytes(
 
 @pytest.mark.parametrize("fence", ["required", "off"])
 async def test_model_mapping_a_host_file_shared_never_creates_it(
-    client, registry, settings, tmp_path: Path, fence: str
+    client, registry, settings, tmp_path: Path, fence: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "planted.bin"
     await _plant(client, registry, settings, "writer", torchscript_bytes(WritesHostFile(str(target))))
-    w = _worker(settings, fence)
+    w = _worker(settings, fence, monkeypatch)
     try:
         r = await client.post("/v2/models/writer/versions/2/infer", json=infer_body("x", [1, 2], [1, 2]))
     finally:
