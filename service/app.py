@@ -20,6 +20,7 @@ from service import __version__, errors, keys, openapi
 from service.admission import Admission
 from service.auth import Authenticator
 from service.fastpath import InferFastPath
+from service.guard import RequestGuard
 from service.inference import InferenceService
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
@@ -120,6 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    # authentication and body limits before a route reads a body; inside the fast path, which
+    # does both itself for the inference route
+    app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(InferFastPath)
     # added after the fast path, so the request id wraps it too
     app.add_middleware(RequestIdMiddleware)

@@ -26,7 +26,7 @@ from service import access
 from service.errors import DeadlineExceeded, NotFound, Unavailable, from_engine
 from service.inference import InferenceService, build_message, check_reply
 from service.keys import Principal
-from service.oip import EncodedResponse, ParsedRequest, encode_response, parse_infer_request
+from service.oip import EncodedResponse, ParsedRequest, encode_response
 from service.policy import request_policy
 from workers.contract import ContractError, InferReplyMsg
 from workers.errors import EngineError
@@ -59,7 +59,7 @@ class AsyncInference:
         version = await svc.resolver.resolve(principal.tenant_id, model, ref)
         if svc.admission is not None:  # rate limits and quotas count it; nothing is held open
             await svc.admission.release(await svc.admission.admit(principal, svc.settings.request_timeout_s))
-        parsed = parse_infer_request(body, version.signature, svc.settings.max_tensor_elements, header_len)
+        parsed = await svc.parse(body, version.signature, header_len)
         policy = request_policy(version, parsed.parameters, principal, svc.keys, svc.settings)
         request_id = uuid.uuid4().hex
         result = svc.keys.async_result(request_id)

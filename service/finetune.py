@@ -180,7 +180,10 @@ class FinetuneService:
         train = self._dataset(tenant_id, body.training_file)
         in_shape, out_shape = _shapes(base, body)
         reports: dict[str, dict[str, Any]] = {}
-        report = check_against(train, in_shape, out_shape, body.task, text_model=_is_text(base))
+        cap = self.state.settings.max_classes
+        report = check_against(
+            train, in_shape, out_shape, body.task, text_model=_is_text(base), max_classes=cap
+        )
         if not report.valid:
             reports["training_file"] = report.as_dict()
         shapes = (in_shape, out_shape, _is_text(base))
@@ -203,7 +206,10 @@ class FinetuneService:
         if body.validation_file:
             valid = self._dataset(tenant_id, body.validation_file)
             known = label_set(train) if body.task == "classification" else None
-            report = check_against(valid, in_shape, out_shape, body.task, known, text_model=text)
+            cap = self.state.settings.max_classes
+            report = check_against(
+                valid, in_shape, out_shape, body.task, known, text_model=text, max_classes=cap
+            )
             if not report.valid:
                 reports["validation_file"] = report.as_dict()
             return len(valid), None

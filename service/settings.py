@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     max_bundle_ratio: int = Field(default=100, ge=1, le=100_000)
     max_model_parameters: int = Field(default=1_000_000_000, gt=0)  # hf-encoder, estimated
     max_tensor_elements: int = Field(default=1 << 26, gt=0)
+    # what one request may cost before a route reads it (service/guard.py): management JSON bodies;
+    # inference bodies use max_body_bytes, uploads max_upload_bytes (datasets max_dataset_bytes)
+    max_json_body_bytes: int = Field(default=1 << 20, gt=0)
+    # BYTES tensors (JSON strings or the binary extension's length-prefixed elements), per input
+    max_bytes_elements: int = Field(default=1 << 20, gt=0)
+    max_bytes_tensor_bytes: int = Field(default=64 << 20, gt=0)
+    # inference bodies over this size are decoded in a worker thread, off the event loop
+    decode_thread_bytes: int = Field(default=256 << 10, ge=0)
     key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     docs_enabled: bool = True
@@ -80,6 +88,8 @@ class Settings(BaseSettings):
 
     # fine-tuning
     max_dataset_bytes: int = Field(default=256 << 20, gt=0)
+    # classification labels must be below the model's classes, or below this when the head is new
+    max_classes: int = Field(default=100_000, ge=2, le=100_000)
     trainer_lease_s: float = Field(default=30.0, ge=1, le=3600)
     trainer_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
     trainer_reconcile_interval_s: float = Field(default=10.0, gt=0, le=3600)
