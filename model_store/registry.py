@@ -41,6 +41,14 @@ class ResolvedVersion:
     config: VersionConfig
 
 
+def _alias_version(s: Session, model_id: int, alias: str) -> int | None:
+    row = s.get(AliasRow, (model_id, alias))
+    if row is None:
+        return None
+    target = s.get(ModelVersionRow, row.version_id)
+    return None if target is None else target.version
+
+
 def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
     return ResolvedVersion(
         version_id=row.id,
@@ -252,10 +260,16 @@ class Registry:
             s.commit()
             return row
 
-    def set_alias(self, tenant_id: int, name: str, alias: str, version: int) -> None:
+    def set_alias(
+        self, tenant_id: int, name: str, alias: str, version: int, *, expect: int | None | bool = True
+    ) -> bool:
+        """Point `alias` at `version`. With `expect` a version number (or None: the alias is
+        unset), only if the alias still points there (compare and set): False when it moved."""
         check_alias(alias)
         with self.sessions() as s:
             model = self._model(s, tenant_id, name, lock=True)
+            if expect is not True and _alias_version(s, model.id, alias) != expect:
+                return False
             target = s.scalar(
                 select(ModelVersionRow).where(
                     ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
@@ -270,6 +284,7 @@ class Registry:
                 row.version_id = target.id
                 row.updated_at = utcnow()
             s.commit()
+            return True
 
     def resolve(self, tenant_id: int, name: str, ref: int | str | None) -> ResolvedVersion:
         """A version by number or alias; with none, `production` if set, else the newest."""
