@@ -261,7 +261,7 @@ class Registry:
             return row
 
     def set_alias(
-        self, tenant_id: int, name: str, alias: str, version: int, *, expect: int | None | bool = True
+        self, tenant_id: int, name: str, alias: str, version: int, *, expect: int | bool | None = True
     ) -> bool:
         """Point `alias` at `version`. With `expect` a version number (or None: the alias is
         unset), only if the alias still points there (compare and set): False when it moved."""
