@@ -16,7 +16,7 @@ from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import __version__, errors, keys, openapi
+from service import __version__, errors, keys, openapi, ops_metrics
 from service.admission import Admission
 from service.auth import Authenticator
 from service.fastpath import InferFastPath
@@ -73,6 +73,7 @@ def build_state(settings: Settings) -> AppState:
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
+    ops_metrics.ops().tenant_labels.limit = settings.metrics_max_tenants
     return AppState(
         settings=settings,
         engine_db=engine_db,
