@@ -21,6 +21,7 @@ from service.admission import Admission
 from service.auth import Authenticator
 from service.fastpath import InferFastPath
 from service.inference import InferenceService
+from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
 from service.routes import async_results, files, finetune, health, inference, models, repository
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(JsonBodyContentType)  # curl -d: a JSON body labelled as a form
     app.add_middleware(InferFastPath)
     # added after the fast path, so the request id wraps it too
     app.add_middleware(RequestIdMiddleware)
