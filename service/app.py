@@ -74,7 +74,7 @@ def build_state(settings: Settings) -> AppState:
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
-    ops_metrics.ops().tenant_labels.limit = settings.metrics_max_tenants
+    ops_metrics.TENANT_LABELS.limit = settings.metrics_max_tenants
     return AppState(
         settings=settings,
         engine_db=engine_db,

@@ -36,9 +36,11 @@ class OpsMetrics:
             "Requests refused (429) by a key's or tenant's rate limit, concurrency limit or quota",
             ("tenant",),
         )
-        # bounded: past KILN_METRICS_MAX_TENANTS tenants the label is "other" (as for
-        # kiln_tenant_inference_requests_total, so the two can be divided)
-        self.tenant_labels = TenantLabels(100)
+
+
+# bounded: past KILN_METRICS_MAX_TENANTS tenants the label is "other" (as for
+# kiln_tenant_inference_requests_total, so the two can be divided); the app factory sets the limit
+TENANT_LABELS = TenantLabels(100)
 
 
 @cache
@@ -50,8 +52,7 @@ def ops() -> OpsMetrics:
 
 def rate_limited(tenant: str | int) -> None:
     try:
-        m = ops()
-        m.rate_limited.labels(m.tenant_labels(tenant)).inc()
+        ops().rate_limited.labels(TENANT_LABELS(tenant)).inc()
     except Exception:
         log.exception("metrics hook failed")
 
