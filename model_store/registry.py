@@ -41,6 +41,26 @@ class ResolvedVersion:
     config: VersionConfig
 
 
+def _ensure_model(s: Session, tenant_id: int, name: str, description: str) -> None:
+    """Add the model (uncommitted) unless it exists; a concurrent creation wins."""
+    q = select(ModelRow.id).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+    if s.scalar(q) is not None:
+        return
+    try:
+        with s.begin_nested():
+            s.add(ModelRow(tenant_id=tenant_id, name=name, description=description))
+    except IntegrityError:
+        pass
+
+
+def _alias_version(s: Session, model_id: int, alias: str) -> int | None:
+    row = s.get(AliasRow, (model_id, alias))
+    if row is None:
+        return None
+    target = s.get(ModelVersionRow, row.version_id)
+    return None if target is None else target.version
+
+
 def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
     return ResolvedVersion(
         version_id=row.id,
@@ -222,15 +242,24 @@ class Registry:
         signature: Signature | None,
         config: VersionConfig,
         lineage: dict[str, Any] | None = None,
+        *,
+        create: str | None = None,
     ) -> ModelVersionRow:
-        """Validate an uploaded file, store it by digest and register the next version."""
+        """Validate an uploaded file, store it by digest and register the next version. With
+        `create` (a description), a missing model is created in the same transaction as its
+        first version, so a refused upload leaves no empty model behind."""
         try:
-            self.get_model(tenant_id, name)  # 404 before any parsing of the upload
+            if create is None:
+                self.get_model(tenant_id, name)  # 404 before any parsing of the upload
+            else:
+                check_model_name(name)
             sig = self.check(fmt, upload, signature)
             self.blobs.commit(upload, sha256)
         finally:
             upload.unlink(missing_ok=True)
         with self.sessions() as s:
+            if create is not None:
+                _ensure_model(s, tenant_id, name, create)
             model = self._model(s, tenant_id, name, lock=True)
             latest = (
                 s.scalar(
@@ -252,10 +281,16 @@ class Registry:
             s.commit()
             return row
 
-    def set_alias(self, tenant_id: int, name: str, alias: str, version: int) -> None:
+    def set_alias(
+        self, tenant_id: int, name: str, alias: str, version: int, *, expect: int | bool | None = True
+    ) -> bool:
+        """Point `alias` at `version`. With `expect` a version number (or None: the alias is
+        unset), only if the alias still points there (compare and set): False when it moved."""
         check_alias(alias)
         with self.sessions() as s:
             model = self._model(s, tenant_id, name, lock=True)
+            if expect is not True and _alias_version(s, model.id, alias) != expect:
+                return False
             target = s.scalar(
                 select(ModelVersionRow).where(
                     ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
@@ -270,6 +305,7 @@ class Registry:
                 row.version_id = target.id
                 row.updated_at = utcnow()
             s.commit()
+            return True
 
     def resolve(self, tenant_id: int, name: str, ref: int | str | None) -> ResolvedVersion:
         """A version by number or alias; with none, `production` if set, else the newest."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.limits import Limits
+from service.schemas import Timestamp
 
 Scope = Literal["infer", "manage", "finetune", "admin"]
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no NUL or control characters (PostgreSQL refuses NUL)
@@ -30,7 +31,7 @@ class TenantCreate(BaseModel):
 class TenantPublic(BaseModel):
     id: int
     name: str
-    created_at: datetime
+    created_at: Timestamp
     limits: Limits | None = None
 
 
@@ -73,9 +74,9 @@ class KeyPublic(BaseModel):
     models: list[str] | None = None
     limits: Limits | None = None
     priority_cap: int = 1
-    created_at: datetime
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
+    created_at: Timestamp
+    expires_at: Timestamp | None = None
+    revoked_at: Timestamp | None = None
     rotated_from: int | None = None
     active: bool
 

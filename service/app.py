@@ -16,12 +16,13 @@ from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import __version__, errors, keys, openapi
+from service import __version__, errors, keys, openapi, ops_metrics
 from service.admission import Admission
 from service.auth import Authenticator
 from service.fastpath import InferFastPath
 from service.guard import RequestGuard
 from service.inference import InferenceService
+from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
 from service.routes import async_results, files, finetune, health, inference, models, repository
@@ -74,6 +75,7 @@ def build_state(settings: Settings) -> AppState:
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
+    ops_metrics.TENANT_LABELS.limit = settings.metrics_max_tenants
     return AppState(
         settings=settings,
         engine_db=engine_db,
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(JsonBodyContentType)  # curl -d: a JSON body labelled as a form (after the guard)
     # authentication and body limits before a route reads a body; inside the fast path, which
     # does both itself for the inference route
     app.add_middleware(RequestGuard, settings=settings)

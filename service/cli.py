@@ -161,19 +161,24 @@ def _add_tenant_commands(sub: Any) -> None:
 
 # models (over HTTP, like any client) ----------------------------------------------------------
 def cmd_models_push(args: argparse.Namespace) -> int:
-    from service.client import KilnClient
+    from service.bundle_pack import NotPackable
+    from service.client import KilnClient, KilnError
 
     client = KilnClient(args.url, args.key)
     signature = _json_arg(args.signature)
     config = _json_arg(args.config)
-    result = client.push_model(
-        args.name,
-        Path(args.file),
-        args.format,
-        signature=signature,
-        config=config,
-        description=args.description or "",
-    )
+    try:
+        result = client.push_model(
+            args.name,
+            Path(args.file),
+            args.format,
+            signature=signature,
+            config=config,
+            description=args.description or "",
+        )
+    except (NotPackable, KilnError) as e:
+        print(f"kiln models push: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -326,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="models").add_subparsers(dest="models_cmd", required=True)
     mp = m.add_parser("push", help="create the model if needed and upload a new version")
     mp.add_argument("name")
-    mp.add_argument("file")
+    mp.add_argument("file", help="the artifact, or a directory (packed as a tar bundle: hf-encoder)")
     mp.add_argument("--format", required=True, choices=["onnx", "torchscript", "hf-encoder"])
     mp.add_argument("--signature", help="JSON, or @file")
     mp.add_argument("--config", help="JSON, or @file")

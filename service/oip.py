@@ -212,6 +212,14 @@ def _parse_input(
 
 
 # the request --------------------------------------------------------------------------------------
+def _json_error(exc: orjson.JSONDecodeError, part: str, size: int) -> InvalidInput:
+    """Say what is wrong and where: an empty body, or the parser's message with its position."""
+    if size == 0:
+        return _fail(f"request {part} is empty: send the inference request as JSON")
+    where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    return _fail(f"request {part} is not valid JSON: {exc.msg} at {where}")
+
+
 def parse_infer_request(
     body: bytes,
     sig: Signature,
@@ -225,7 +233,7 @@ def parse_infer_request(
     try:
         doc = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
-        raise _fail("request header is not valid JSON (or is nested too deeply)") from exc
+        raise _json_error(exc, "body" if header_len is None else "JSON header", len(json_part)) from exc
     if not isinstance(doc, dict):
         raise _fail("request body must be a JSON object")
     raw_inputs = doc.get("inputs")

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     claim_interval_ms: int = Field(default=1_000, ge=50)
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
+    # a gateway is ready (GET /v2/health/ready) only with at least this many live, ready workers
+    ready_min_workers: int = Field(default=1, ge=0, le=10_000)
+    # kiln serve: a dead worker or trainer is restarted after this delay, doubled per quick failure
+    serve_restart_delay_s: float = Field(default=0.5, gt=0, le=60)
+    serve_restart_max_delay_s: float = Field(default=30.0, gt=0, le=3600)
     reply_ttl_s: int = Field(default=300, ge=10)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
     # model code (upload checks, model instances, fine-tunes) runs only in fenced child processes

@@ -31,8 +31,9 @@ from model_store.registry import Registry, ResolvedVersion
 from workers.datasets import Dataset, parse
 from workers.ft_build import build
 from workers.ft_metrics import TrainerMetrics
+from workers.ft_promote import Candidate, decide
 from workers.ft_spec import JobSpec
-from workers.training import Run, better, split
+from workers.training import Run, split
 
 log = logging.getLogger("kiln.trainer")
 DEFAULT_VALIDATION_SPLIT = 0.2
@@ -131,7 +132,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
         ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(res.epoch, res.step, sha, res.train, res.valid))
     final = run.evaluate()
     results_file = _results_file(ctx, row, run, parent_predictions)
-    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file, built.export)
+    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file, built.export, valid)
 
 
 def _finish(
@@ -144,6 +145,7 @@ def _finish(
     final: dict[str, Any],
     results_file: str,
     export: Callable[[Any], tuple[bytes, str]],
+    valid: Dataset,
 ) -> None:
     lineage = {
         "job_id": row.id,
@@ -182,9 +184,10 @@ def _finish(
         "result_files": [results_file],
     }
     if spec.promote:
-        result["promoted"] = better(spec.task, final, parent)
-        if result["promoted"]:
-            ctx.registry.set_alias(row.tenant_id, row.target_model, spec.promote, version)
+        cand = Candidate(row.tenant_id, row.target_model, version, base.format, run.sig, final)
+        result["promotion"] = decide(ctx, cand, spec, (base, parent), valid, run.device)
+        result["promoted"] = result["promotion"]["promoted"]
+        ctx.store.add_event(row.id, result["promotion"]["reason"])
     ctx.store.finish(
         row.id,
         ctx.owner,

@@ -4,6 +4,8 @@ here: it names tenants and models, so the gateway serves it on the operators' po
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +26,34 @@ async def live() -> dict[str, bool]:
 async def ready(state: StateDep) -> JSONBody:
     engine = await state.engine.health()
     db_ok = await run_in_threadpool(_db_ok, state)
-    ok = bool(engine["redis"]) and db_ok
-    body = {"ready": ok, "redis": engine["redis"], "database": db_ok, "workers": engine["workers"]}
-    return JSONBody(body, status_code=200 if ok else 503)
+    reasons = not_ready_reasons(engine, db_ok, state.settings.ready_min_workers)
+    body: dict[str, object] = {
+        "ready": not reasons,
+        "redis": engine["redis"],
+        "database": db_ok,
+        "workers": engine["workers"],
+        "workers_not_ready": engine.get("workers_not_ready", 0),
+    }
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    return JSONBody(body, status_code=503 if reasons else 200)
+
+
+def not_ready_reasons(engine: dict[str, Any], db_ok: bool, min_workers: int) -> list[str]:
+    """Why this gateway cannot serve inference now (empty: ready). Workers count only while
+    their heartbeat is live and says ready (a dead worker's expires within KILN_HEARTBEAT_TTL_S)."""
+    reasons = []
+    if not engine["redis"]:
+        reasons.append("the queue (Redis) is unavailable")
+    if not db_ok:
+        reasons.append("the database is unavailable")
+    if engine["redis"] and engine["workers"] < min_workers:
+        busy = engine.get("workers_not_ready", 0)
+        reasons.append(
+            f"{engine['workers']} live, ready workers (need {min_workers})"
+            + (f"; {busy} alive but not ready" if busy else "")
+        )
+    return reasons
 
 
 def _db_ok(state: StateDep) -> bool:

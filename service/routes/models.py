@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, TypeVar
 
@@ -105,6 +106,10 @@ async def create_version(
     format: Annotated[str, Form(description="onnx | torchscript")],
     signature: Annotated[str | None, Form(description="JSON signature")] = None,
     config: Annotated[str | None, Form(description="JSON serving config")] = None,
+    create: Annotated[
+        bool, Form(description="create the model with this version if it does not exist (atomic)")
+    ] = False,
+    description: Annotated[str, Form(max_length=4096, description="the created model's")] = "",
 ) -> VersionPublic:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + (1 << 20):
@@ -114,11 +119,11 @@ async def create_version(
     sig = _parse_json_field(Signature, signature, "signature")
     cfg = _parse_json_field(VersionConfig, config, "config") or VersionConfig()
     registry = state.registry
-    await run_in_threadpool(registry.get_model, principal.tenant_id, name)
+    if not create:
+        await run_in_threadpool(registry.get_model, principal.tenant_id, name)
     tmp, sha, size = await state.blobs.receive(_chunks(file), settings.max_upload_bytes)
-    row = await run_in_threadpool(
-        registry.add_version, principal.tenant_id, name, format, tmp, sha, size, sig, cfg
-    )
+    add = functools.partial(registry.add_version, create=description if create else None)
+    row = await run_in_threadpool(add, principal.tenant_id, name, format, tmp, sha, size, sig, cfg)
     state.inference.resolver.forget_model(principal.tenant_id, name)
     return _version_public(name, row)
 

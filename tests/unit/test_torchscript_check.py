@@ -27,7 +27,7 @@ from tests.models import FailsOnNegative, Scale, torchscript_bytes
 from tests.serving_models import Wide
 from workers.errors import LoadError
 from workers.ft_model import load_scripted, save_scripted
-from workers.runners import load_runner
+from workers.runners import load_local_runner as load_runner
 
 HOSTILE = hostile_torchscript("/etc/hostname")
 
