@@ -153,7 +153,6 @@ def _finish(
             "model": base.model,
             "version": base.version,
             "sha256": base.sha256,
-            "tenant_id": base.tenant_id,
         },
         # the sharing grants this version depends on (model_store/grants.py): withdrawn, it stops serving
         "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
