@@ -171,13 +171,14 @@ class Kiln:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs = [self._spawn("gateway", "--port", str(self.port), "--workers", str(gateways))]
-        wait_http(f"{self.url}/v2/health/ready", self.procs[0])
+        wait_http(f"{self.url}/v2/health/live", self.procs[0])  # ready needs a worker, started next
         self.metrics_ports = []
         for _ in range(workers):
             port = free_port()
             self.metrics_ports.append(port)
             self.procs.append(self._spawn("worker", "--metrics-port", str(port), "--threads", str(threads)))
             wait_http(f"http://127.0.0.1:{port}/metrics", self.procs[-1])
+        wait_http(f"{self.url}/v2/health/ready", self.procs[0])
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
