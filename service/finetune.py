@@ -228,19 +228,13 @@ class FinetuneService:
         return ds
 
     def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
-        """Build the base model as the job would, in a fenced child (model code never runs in the
-        gateway): the head can be resized and the freeze list leaves something to train. The
-        gateway only waits, within finetune_check_timeout_s, for the verdict and the counts."""
-        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters)
-        args: dict[str, Any] = {
-            "v": 1,
-            "spec": spec.model_dump(mode="json"),
-            "base": version_ref(self.state.blobs, prep.base),
-        }
+        """Build the base model as the job would, in a fenced child (never here): can the head be
+        resized, does the freeze list leave something to train? Waits for the verdict only."""
+        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters).model_dump(mode="json")
+        args: dict[str, Any] = {"v": 1, "spec": spec, "base": version_ref(self.state.blobs, prep.base)}
         if _is_text(prep.base):  # a new head is as wide as the labels need
-            args["train"] = file_ref(
-                self.state.blobs, self.store.get_file(prep.tenant_id, body.training_file)
-            )
+            train = self.store.get_file(prep.tenant_id, body.training_file)
+            args["train"] = file_ref(self.state.blobs, train)
         try:
             return check_model(args, readable_paths(args), self.limits)
         except CheckFailed as exc:

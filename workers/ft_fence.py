@@ -152,7 +152,7 @@ class TrainingProcess:
     def take(self, blobs: BlobStore, name: str) -> tuple[Path, str, int]:
         """Copy a file the child wrote to a blob-store temp file: (path, sha256, size)."""
         try:
-            src = self._open(name)
+            src = open_child_file(self.tmp, name, self.limits.file_mb << 20)
         except OSError as exc:
             raise TrainingFailed(
                 "protocol_error", f"the training process named no usable file {name!r}"
@@ -172,16 +172,18 @@ class TrainingProcess:
             (self.tmp / name).unlink()
         return tmp, digest.hexdigest(), size
 
-    def _open(self, name: str) -> int:
-        """The child's file, never through a link: a plain name, a regular file, one link."""
-        if not plain_name(name):
-            raise OSError("not a plain file name")
-        fd = os.open(self.tmp / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > self.limits.file_mb << 20:
-            os.close(fd)
-            raise OSError("not a regular file of its own")
-        return fd
+
+def open_child_file(tmp: Path, name: str, max_bytes: int) -> int:
+    """A file the child wrote, never through a link: a plain name in its temp dir, a regular file
+    with one link, at most max_bytes."""
+    if not plain_name(name):
+        raise OSError("not a plain file name")
+    fd = os.open(tmp / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > max_bytes:
+        os.close(fd)
+        raise OSError("not a regular file of its own")
+    return fd
 
 
 def version_ref(blobs: BlobStore, version: ResolvedVersion) -> dict[str, Any]:
