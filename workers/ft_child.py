@@ -163,7 +163,6 @@ def _train(channel: Channel, args: dict[str, Any]) -> None:
             "epoch",
             epoch=res.epoch,
             step=res.step,
-            train=res.train,
             valid=res.valid,
             checkpoint=name,
         )

@@ -31,6 +31,7 @@ from workers.ft_fence import (
     FenceLimits,
     TrainingFailed,
     TrainingProcess,
+    evaluate_version,
     file_ref,
     readable_paths,
     version_ref,
@@ -71,6 +72,7 @@ class _Heartbeat:
         self.total = 0
         self.progress: dict[str, Any] | None = None
         self.parent_metrics: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []  # this epoch's steps, recorded with its checkpoint
         self._next = 0.0
 
     def __call__(self) -> None:
@@ -99,6 +101,13 @@ def child_args(ctx: JobContext, row: FineTuneJobRow, base: ResolvedVersion) -> d
         if row.validation_file
         else None,
     }
+
+
+def evaluate_in_fence(ctx: JobContext, row: FineTuneJobRow, version: ResolvedVersion) -> dict[str, Any]:
+    """`version`'s validation metrics on this job's validation rows (the same rows as the job's
+    for the same seed), computed in a fenced child (promotion); CheckFailed if it cannot be."""
+    args = child_args(ctx, row, version)
+    return evaluate_version(args, readable_paths(args), ctx.limits)
 
 
 def execute(ctx: JobContext, job_id: str) -> None:
@@ -131,6 +140,7 @@ def _on_message(
         if ctx.metrics is not None:
             ctx.metrics.step(float(msg.row.get("train_loss", 0.0)), msg.seconds)
         beat.progress = {**msg.row, "total_steps": beat.total}
+        beat.rows.append(dict(msg.row))
     elif isinstance(msg, Started):
         beat.total = msg.total_steps
         beat.progress = {**(row.progress or {}), "total_steps": msg.total_steps}
@@ -149,7 +159,8 @@ def _on_message(
         if ctx.metrics is not None:
             ctx.metrics.epoch(float(msg.valid.get("seconds", 0.0)))
         sha, _ = proc.store(ctx.blobs, msg.checkpoint)
-        ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(msg.epoch, msg.step, sha, msg.train, msg.valid))
+        rows, beat.rows = [r for r in beat.rows if r.get("epoch") == msg.epoch], []
+        ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(msg.epoch, msg.step, sha, rows, msg.valid))
 
 
 def _table(buffers: list[bytes]) -> dict[str, list[Any]]:

@@ -9,8 +9,8 @@ child -> parent, during a job (train_main):
   started  the model is built and the parent evaluated: device, row counts, total steps,
            parent_metrics, resumed_epoch (the checkpoint it resumed from, or null)
   step     one optimizer step: row {step, epoch, train_loss, lr}, seconds
-  epoch    one finished epoch: epoch, step, train (its step rows), valid (validation metrics),
-           checkpoint (file name in the child's temp dir)
+  epoch    one finished epoch: epoch, step, valid (validation metrics), checkpoint (file name in
+           the child's temp dir); its step rows are the `step` messages before it
   done     the final metrics, epochs_completed, stopped_early, format, signature, artifact (file
            name in the child's temp dir); one buffer: JSON {lines, labels, predicted,
            parent_predicted} for the results file
@@ -64,7 +64,6 @@ class Epoch(_Msg):
     type: Literal["epoch"]
     epoch: int = Field(ge=1)
     step: int = Field(ge=0)
-    train: list[dict[str, float | int]]
     valid: dict[str, float | bool]
     checkpoint: str = Field(max_length=64)
 

@@ -21,7 +21,8 @@ from service.settings import Settings
 from tests.ft_data import jsonl, rows
 from tests.ft_hostile import LoopsOnLoad, ReadsInForward, ReadsOnLoad, WritesWhileTraining, plant
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
-from workers.ft_fence import FenceLimits
+from workers.ft_fence import CheckFailed, FenceLimits
+from workers.ft_job import evaluate_in_fence
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 
@@ -88,7 +89,21 @@ async def test_hostile_base_model_cannot_reach_outside_its_artifact_in_the_train
     # the trainer is unharmed and takes the next job
     train, valid = await setup_classifier(client)
     r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters={"epochs": 1}))
-    assert (await wait_for(client, r.json()["id"]))["status"] == "succeeded"
+    job = await wait_for(client, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    # promotion's evaluation of a version runs fenced too: the result scores what the job recorded
+    ctx, row = trainer.trainer.ctx, trainer.trainer.store.job_by_id(job["id"])
+    assert row is not None
+    result = registry.resolve(tenant, "clf-tuned", 1)
+    metrics = await asyncio.to_thread(evaluate_in_fence, ctx, row, result)
+    assert metrics["accuracy"] == pytest.approx(job["result"]["metrics"]["accuracy"], abs=1e-6)
+    evil = registry.resolve(tenant, "evil", 1)
+    if kind == "write_while_training":  # it writes only while training: evaluating it is harmless
+        await asyncio.to_thread(evaluate_in_fence, ctx, row, evil)
+    else:
+        with pytest.raises(CheckFailed, match="Permission denied"):
+            await asyncio.to_thread(evaluate_in_fence, ctx, row, evil)
+    assert not planted.exists()
 
 
 async def test_a_training_process_that_dies_fails_its_job_and_the_trainer_goes_on(

@@ -104,7 +104,7 @@ def test_messages_are_versioned_and_typed() -> None:
     for bad in (
         {"v": 2, "type": "step", "row": {}, "seconds": 0},
         {"v": 1, "type": "shell", "cmd": "rm"},
-        {"v": 1, "type": "epoch", "epoch": 1, "step": 1, "train": [], "valid": {}, "checkpoint": "x" * 100},
+        {"v": 1, "type": "epoch", "epoch": 1, "step": 1, "valid": {}, "checkpoint": "x" * 100},
     ):
         with pytest.raises(ValueError):
             JOB_MESSAGE.validate_python(bad)
