@@ -47,6 +47,7 @@ class FenceLimits:
     check_memory_mb: int = 8192
     gpu: bool | None = None
     threads: int = 0  # torch intra-op threads in the training process (0: torch's default)
+    require: bool = True  # refuse to run model code where Landlock is missing (else: limits only)
 
     @classmethod
     def from_settings(cls, settings: Any) -> FenceLimits:
@@ -97,6 +98,7 @@ class TrainingProcess:
             cpu_s=limits.cpu_s,
             file_bytes=limits.file_mb << 20,
             gpu=gpu,
+            require=limits.require,
         )
         self.limits = limits
         self.device = "cuda" if gpu else "cpu"
@@ -215,6 +217,7 @@ def _one_call(target: str, args: dict[str, Any], read: list[Path], limits: Fence
         read=tuple(str(p) for p in read),
         memory_bytes=limits.check_memory_mb << 20,
         cpu_s=int(limits.check_timeout_s) + 5,
+        require=limits.require,
     )
     timeout = limits.check_timeout_s
     deadline = time.monotonic() + timeout

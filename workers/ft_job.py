@@ -1,5 +1,10 @@
 """Running one claimed fine-tune job: data, model, resume, epochs with checkpoints, the result.
 
+The model work (building, training, evaluating, exporting) runs in a fenced child
+(workers/ft_child.py via workers/ft_fence.py) that reads only this job's files; this side keeps
+the database, the lease, events, metrics and the blob store, and acts on the child's messages
+(workers/ft_messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
+
 Every epoch ends with one database transaction holding its step metrics, validation metrics and
 checkpoint row (the checkpoint bytes are already in the blob store), so a trainer killed mid-epoch
 leaves no trace of that epoch and the next trainer redoes it from the previous checkpoint: no
