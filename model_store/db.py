@@ -11,21 +11,43 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp column that always reads back timezone-aware, in UTC. PostgreSQL keeps the
+    offset (timestamptz); SQLite stores text without one, so a naive value read back is UTC (every
+    value is written as UTC: utcnow, or an aware value converted here)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -37,7 +59,7 @@ class TenantRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # 0002
 
 
@@ -50,13 +72,15 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     scopes: Mapped[str] = mapped_column(String(128), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # 0002: optional model allowlist (names), own limits, the key this one was rotated from
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    # 0004_access: the highest priority level the key may ask for (1: any level)
+    priority_cap: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
 
 
 class ModelRow(Base):
@@ -67,10 +91,14 @@ class ModelRow(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False, index=True)
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # 0002: "private" (owner only, plus model_shares) or "public" (every tenant, read-only)
     visibility: Mapped[str] = mapped_column(
         String(16), nullable=False, default="private", server_default="private"
+    )
+    # 0004_access: the tenants it is shared with (or every tenant, if public) may fine-tune it
+    allow_finetune: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
     )
 
 
@@ -87,7 +115,7 @@ class ModelVersionRow(Base):
     signature: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AliasRow(Base):
@@ -96,7 +124,7 @@ class AliasRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     alias: Mapped[str] = mapped_column(String(32), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ModelShareRow(Base):
@@ -106,7 +134,7 @@ class ModelShareRow(Base):
 
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def make_engine(url: str) -> Engine:
@@ -146,7 +174,7 @@ class FileRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class FineTuneJobRow(Base):
@@ -169,11 +197,11 @@ class FineTuneJobRow(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobEventRow(Base):
@@ -186,7 +214,7 @@ class JobEventRow(Base):
     type: Mapped[str] = mapped_column(String(16), nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class CheckpointRow(Base):
@@ -202,7 +230,7 @@ class CheckpointRow(Base):
     step_number: Mapped[int] = mapped_column(Integer, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class JobMetricRow(Base):
@@ -229,4 +257,4 @@ class IdempotencyKeyRow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     body_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,10 +1,11 @@
 """Format validators for uploaded artifacts. Never pickle.
 
 - ONNX: parsed as protobuf (no code runs), checked, signature read from the graph. External
-  data is refused: a single uploaded file cannot carry it, and a reference could point anywhere.
+  data anywhere and custom-op domains are refused (model_store/onnx_check.py).
 - TorchScript: must be a TorchScript zip archive (code/ + constants.pkl), never a bare pickle or
-  a torch.save() checkpoint; it is loaded by TorchScript's restricted loader and run once on a
-  sample input to check the declared signature.
+  a torch.save() checkpoint; its code is checked against the op policy before it is loaded and
+  again after (model_store/torchscript_check.py), then run once on a sample input to check the
+  declared signature.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import InvalidArtifact
+from model_store.limits import ArtifactLimits
+from model_store.onnx_check import check_onnx_model
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
+from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder")
 
@@ -39,9 +43,13 @@ _ONNX_TYPES = {
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
-def validate(fmt: str, path: Path, signature: Signature | None) -> Signature:
-    """Validate an artifact of the given format and return its signature."""
-    head = path.open("rb").read(4)
+def validate(
+    fmt: str, path: Path, signature: Signature | None, limits: ArtifactLimits | None = None
+) -> Signature:
+    """Validate an artifact of the given format and return its signature. Streams from `path`;
+    bundles are read under `limits` (the settings' `artifact_limits`; defaults without them)."""
+    with path.open("rb") as f:
+        head = f.read(4)
     if head[:2] in _PICKLE_MAGIC:
         raise InvalidArtifact("pickle files are refused; upload ONNX or TorchScript")
     if fmt == "onnx":
@@ -51,7 +59,7 @@ def validate(fmt: str, path: Path, signature: Signature | None) -> Signature:
     if fmt == "hf-encoder":
         from model_store.hf_encoder import validate_hf_encoder
 
-        return validate_hf_encoder(path.read_bytes(), signature)
+        return validate_hf_encoder(path, signature, limits or ArtifactLimits())
     raise InvalidArtifact(f"unknown format; expected one of {', '.join(FORMATS)}")
 
 
@@ -66,15 +74,12 @@ def _onnx_spec(value_info: Any) -> TensorSpec:
 
 def _validate_onnx(path: Path, given: Signature | None) -> Signature:
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise InvalidArtifact("not a valid ONNX model") from exc
-    for tensor in _all_tensors(model):
-        if uses_external_data(tensor):
-            raise InvalidArtifact("ONNX models with external data are refused")
+    check_onnx_model(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -88,12 +93,6 @@ def _validate_onnx(path: Path, given: Signature | None) -> Signature:
         return graph_sig
     _check_compatible(given, graph_sig)
     return given
-
-
-def _all_tensors(model: Any) -> list[Any]:
-    from onnx.external_data_helper import _get_all_tensors
-
-    return list(_get_all_tensors(model))
 
 
 def _check_compatible(given: Signature, graph: Signature) -> None:
@@ -121,6 +120,7 @@ def _validate_torchscript(path: Path, given: Signature | None) -> Signature:
         raise InvalidArtifact("not a TorchScript archive (a torch.save checkpoint or other zip)")
     if any(t.datatype == "BYTES" for t in (*given.inputs, *given.outputs)):
         raise InvalidArtifact("TorchScript versions take numeric tensors only")
+    check_torchscript_archive(path.read_bytes())  # before loading: loading runs __setstate__
     _smoke_run_torchscript(path, given)
     return given
 
@@ -134,6 +134,7 @@ def _smoke_run_torchscript(path: Path, sig: Signature) -> None:
         module = torch.jit.load(io.BytesIO(path.read_bytes()), map_location="cpu")
     except Exception as exc:
         raise InvalidArtifact("TorchScript archive could not be loaded") from exc
+    check_torchscript_module(module)
     module.eval()
     sample = {
         t.name: np.zeros(tuple(1 if d == -1 else d for d in t.shape), dtype=NUMPY_DTYPES[t.datatype])

@@ -12,21 +12,26 @@ classification -> `logits` and `probabilities` (softmax), FP32 [-1, K]; regressi
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-from model_store.bundles import read_bundle
+from model_store.bundles import Bundle, Keep, Source, read_bundle
 from model_store.errors import InvalidArtifact
+from model_store.hf_config import MAX_CONFIG_BYTES, MAX_HEADER_BYTES, check_weights, read_header, sizes
+from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
 
-SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet")
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
-MAX_UNPACKED = 8 << 30
 DEFAULT_MAX_SEQ = 256
 HEAD_CONFIG = "kiln_head.json"
 HEAD_WEIGHTS = "kiln_head.safetensors"
 HEAD_TASKS = ("classification", "regression")
+MAX_TOKENIZER_BYTES = 64 << 20
+_SMALL_JSON = ("config.json", "1_Pooling/config.json", "sentence_bert_config.json", HEAD_CONFIG)
+# validation holds only what it reads; of the weights only their header
+_VALIDATED = (*_SMALL_JSON, "tokenizer.json")
+_HEADERS_ONLY = {"model.safetensors": 8 + MAX_HEADER_BYTES, HEAD_WEIGHTS: 8 + MAX_HEADER_BYTES}
+_CAPS = {**{name: MAX_CONFIG_BYTES for name in _SMALL_JSON}, "tokenizer.json": MAX_TOKENIZER_BYTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +53,6 @@ def _json(files: dict[str, bytes], name: str) -> Any:
         raise InvalidArtifact(f"{name} is not valid JSON") from exc
 
 
-def _check_config(config: Any) -> None:
-    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_TYPES:
-        raise InvalidArtifact(f"config.json: model_type must be one of {', '.join(SUPPORTED_TYPES)}")
-    if "auto_map" in config:
-        raise InvalidArtifact("config.json asks for remote code (auto_map); refused")
-    hidden = config.get("hidden_size") or config.get("dim")
-    if not isinstance(hidden, int) or not 0 < hidden <= 65536:
-        raise InvalidArtifact("config.json needs a positive integer hidden_size")
-
-
 def _check_pooling(files: dict[str, bytes]) -> None:
     if "1_Pooling/config.json" not in files:
         return
@@ -74,29 +69,8 @@ def _check_pooling(files: dict[str, bytes]) -> None:
 
 
 def check_safetensors_header(data: bytes) -> dict[str, Any]:
-    """Parse the safetensors header (no tensor is materialised)."""
-    if len(data) < 8:
-        raise InvalidArtifact("model.safetensors is truncated")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, 100 << 20):
-        raise InvalidArtifact("model.safetensors has an invalid header")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as exc:
-        raise InvalidArtifact("model.safetensors has an invalid header") from exc
-    if not isinstance(header, dict) or not header:
-        raise InvalidArtifact("model.safetensors holds no tensors")
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and 0 <= offsets[0] <= offsets[1] <= len(data) - 8 - n
-        ):
-            raise InvalidArtifact(f"model.safetensors: tensor {name[:64]!r} lies outside the file")
-    return header
+    """Parse a whole safetensors file's header (no tensor is materialised)."""
+    return read_header(data[: 8 + MAX_HEADER_BYTES], len(data))
 
 
 def _max_seq(files: dict[str, bytes], config: dict[str, Any]) -> int:
@@ -109,23 +83,31 @@ def _max_seq(files: dict[str, bytes], config: dict[str, Any]) -> int:
     return min(DEFAULT_MAX_SEQ, limit)
 
 
-def open_bundle(data: bytes) -> EncoderBundle:
-    files = read_bundle(data, MAX_UNPACKED)
-    missing = [n for n in REQUIRED if n not in files]
+def open_bundle(source: Source, limits: ArtifactLimits, weights: bool = True) -> EncoderBundle:
+    """The bundle, checked: config.json bounded before anything is built, the weights' header
+    agreeing with it. Without `weights` (validation) model.safetensors is read through and only
+    its header kept, and members nothing reads are not kept at all."""
+    keep = Keep(caps=_CAPS)
+    if not weights:
+        keep = Keep(only=_VALIDATED, prefixes=_HEADERS_ONLY, caps=_CAPS)
+    bundle = read_bundle(source, limits, keep)
+    files = bundle.files
+    missing = [n for n in REQUIRED if n not in bundle.sizes]
     if missing:
         raise InvalidArtifact(f"hf-encoder bundle lacks {', '.join(missing)}")
     config = _json(files, "config.json")
-    _check_config(config)
+    shape = sizes(config, limits)
     _check_pooling(files)
-    check_safetensors_header(files["model.safetensors"])
-    hidden = int(config.get("hidden_size") or config.get("dim"))
-    return EncoderBundle(files, config, _max_seq(files, config), _check_head(files, hidden))
+    header = read_header(files["model.safetensors"], bundle.sizes["model.safetensors"])
+    check_weights(header, shape, limits)
+    return EncoderBundle(files, config, _max_seq(files, config), _check_head(bundle, shape.hidden))
 
 
-def _check_head(files: dict[str, bytes], hidden: int) -> dict[str, Any] | None:
-    if HEAD_CONFIG not in files and HEAD_WEIGHTS not in files:
+def _check_head(bundle: Bundle, hidden: int) -> dict[str, Any] | None:
+    files = bundle.files
+    if HEAD_CONFIG not in bundle.sizes and HEAD_WEIGHTS not in bundle.sizes:
         return None
-    if HEAD_CONFIG not in files or HEAD_WEIGHTS not in files:
+    if HEAD_CONFIG not in bundle.sizes or HEAD_WEIGHTS not in bundle.sizes:
         raise InvalidArtifact(f"a head needs both {HEAD_CONFIG} and {HEAD_WEIGHTS}")
     head = _json(files, HEAD_CONFIG)
     k = head.get("num_outputs") if isinstance(head, dict) else None
@@ -133,7 +115,7 @@ def _check_head(files: dict[str, bytes], hidden: int) -> dict[str, Any] | None:
         raise InvalidArtifact(f"{HEAD_CONFIG}: task must be one of {', '.join(HEAD_TASKS)}")
     if not isinstance(k, int) or not 0 < k <= 100_000:
         raise InvalidArtifact(f"{HEAD_CONFIG}: num_outputs must be a positive integer")
-    header = check_safetensors_header(files[HEAD_WEIGHTS])
+    header = read_header(files[HEAD_WEIGHTS], bundle.sizes[HEAD_WEIGHTS])
     shapes = {n: m.get("shape") for n, m in header.items() if n != "__metadata__"}
     if shapes != {"weight": [k, hidden], "bias": [k]}:
         raise InvalidArtifact(f"{HEAD_WEIGHTS} must hold weight [{k}, {hidden}] and bias [{k}] only")
@@ -166,8 +148,8 @@ def head_signature(task: str, k: int) -> Signature:
     )
 
 
-def validate_hf_encoder(data: bytes, given: Signature | None) -> Signature:
-    bundle = open_bundle(data)
+def validate_hf_encoder(source: Source, given: Signature | None, limits: ArtifactLimits) -> Signature:
+    bundle = open_bundle(source, limits, weights=False)
     try:
         from tokenizers import Tokenizer
 

@@ -5,6 +5,7 @@ Every query is scoped to a tenant; another tenant's object is NotFound, as if ab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from model_store import grants
 from model_store.blobs import BlobStore
+from model_store.checks import FencedCheck
 from model_store.db import AliasRow, ModelRow, ModelShareRow, ModelVersionRow, TenantRow, utcnow
 from model_store.errors import Conflict, InvalidName, NotFound
-from model_store.formats import validate
 from model_store.names import check_alias, check_model_name, is_tenant_name
 from model_store.signature import Signature, VersionConfig
 
@@ -39,6 +41,26 @@ class ResolvedVersion:
     config: VersionConfig
 
 
+def _ensure_model(s: Session, tenant_id: int, name: str, description: str) -> None:
+    """Add the model (uncommitted) unless it exists; a concurrent creation wins."""
+    q = select(ModelRow.id).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+    if s.scalar(q) is not None:
+        return
+    try:
+        with s.begin_nested():
+            s.add(ModelRow(tenant_id=tenant_id, name=name, description=description))
+    except IntegrityError:
+        pass
+
+
+def _alias_version(s: Session, model_id: int, alias: str) -> int | None:
+    row = s.get(AliasRow, (model_id, alias))
+    if row is None:
+        return None
+    target = s.get(ModelVersionRow, row.version_id)
+    return None if target is None else target.version
+
+
 def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
     return ResolvedVersion(
         version_id=row.id,
@@ -52,10 +74,17 @@ def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
     )
 
 
+Check = Callable[[str, Path, Signature | None], Signature]
+
+
 class Registry:
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+    """`check` validates an uploaded file and returns its signature; by default in a fenced
+    child process (model_store.checks), so no model code runs in the caller."""
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, check: Check | None = None) -> None:
         self.sessions = sessions
         self.blobs = blobs
+        self.check: Check = check or FencedCheck()
 
     # tenants -------------------------------------------------------------------------------
     def ensure_tenant(self, name: str) -> int:
@@ -98,6 +127,11 @@ class Registry:
         with self.sessions() as s:
             return self._model(s, tenant_id, name)
 
+    def has_model(self, tenant_id: int, name: str) -> bool:
+        with self.sessions() as s:
+            q = select(ModelRow.id).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name)
+            return s.scalar(q) is not None
+
     # sharing -------------------------------------------------------------------------------
     def _visible_model(self, s: Session, tenant_id: int, name: str) -> ModelRow:
         """The caller's own model, or `owner~model` if the owner made it public or shared it
@@ -124,8 +158,11 @@ class Registry:
         with self.sessions() as s:
             return self._visible_model(s, tenant_id, name)
 
-    def set_sharing(self, tenant_id: int, name: str, visibility: str, tenants: list[str]) -> None:
-        """Replace the model's visibility and the tenants it is shared with (read-only)."""
+    def set_sharing(
+        self, tenant_id: int, name: str, visibility: str, tenants: list[str], allow_finetune: bool = False
+    ) -> None:
+        """Replace the model's visibility, the tenants it is shared with, and whether they may
+        fine-tune it (model_store/grants.py)."""
         if visibility not in VISIBILITIES:
             raise InvalidName(f"visibility must be one of {', '.join(VISIBILITIES)}")
         if not all(is_tenant_name(t) for t in tenants):
@@ -138,13 +175,14 @@ class Registry:
             if missing:
                 raise NotFound(f"tenant {missing[0]!r} not found")
             model.visibility = visibility
+            model.allow_finetune = allow_finetune
             s.execute(delete(ModelShareRow).where(ModelShareRow.model_id == model.id))
             s.add_all(
                 ModelShareRow(model_id=model.id, tenant_id=t) for t in set(ids.values()) if t != tenant_id
             )
             s.commit()
 
-    def sharing(self, tenant_id: int, name: str) -> tuple[str, list[str]]:
+    def sharing(self, tenant_id: int, name: str) -> tuple[str, list[str], bool]:
         with self.sessions() as s:
             model = self._model(s, tenant_id, name)
             names = s.scalars(
@@ -153,7 +191,19 @@ class Registry:
                 .where(ModelShareRow.model_id == model.id)
                 .order_by(TenantRow.name)
             )
-            return model.visibility, list(names)
+            return model.visibility, list(names), model.allow_finetune
+
+    def may_finetune(self, tenant_id: int, base: ResolvedVersion) -> bool:
+        """Whether `tenant_id` may fine-tune `base` (its own model, or a finetune grant)."""
+        with self.sessions() as s:
+            model = s.scalar(
+                select(ModelRow).where(ModelRow.tenant_id == base.tenant_id, ModelRow.name == base.model)
+            )
+            return model is not None and grants.grants_finetune(s, model, tenant_id)
+
+    def base_grants(self, base_version_id: int, tenant_id: int) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            return grants.base_grants(s, base_version_id, tenant_id)
 
     def list_models(self, tenant_id: int) -> list[ModelRow]:
         with self.sessions() as s:
@@ -192,15 +242,24 @@ class Registry:
         signature: Signature | None,
         config: VersionConfig,
         lineage: dict[str, Any] | None = None,
+        *,
+        create: str | None = None,
     ) -> ModelVersionRow:
-        """Validate an uploaded file, store it by digest and register the next version."""
+        """Validate an uploaded file, store it by digest and register the next version. With
+        `create` (a description), a missing model is created in the same transaction as its
+        first version, so a refused upload leaves no empty model behind."""
         try:
-            self.get_model(tenant_id, name)  # 404 before any parsing of the upload
-            sig = validate(fmt, upload, signature)
+            if create is None:
+                self.get_model(tenant_id, name)  # 404 before any parsing of the upload
+            else:
+                check_model_name(name)
+            sig = self.check(fmt, upload, signature)
             self.blobs.commit(upload, sha256)
         finally:
             upload.unlink(missing_ok=True)
         with self.sessions() as s:
+            if create is not None:
+                _ensure_model(s, tenant_id, name, create)
             model = self._model(s, tenant_id, name, lock=True)
             latest = (
                 s.scalar(
@@ -222,10 +281,16 @@ class Registry:
             s.commit()
             return row
 
-    def set_alias(self, tenant_id: int, name: str, alias: str, version: int) -> None:
+    def set_alias(
+        self, tenant_id: int, name: str, alias: str, version: int, *, expect: int | bool | None = True
+    ) -> bool:
+        """Point `alias` at `version`. With `expect` a version number (or None: the alias is
+        unset), only if the alias still points there (compare and set): False when it moved."""
         check_alias(alias)
         with self.sessions() as s:
             model = self._model(s, tenant_id, name, lock=True)
+            if expect is not True and _alias_version(s, model.id, alias) != expect:
+                return False
             target = s.scalar(
                 select(ModelVersionRow).where(
                     ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
@@ -240,6 +305,7 @@ class Registry:
                 row.version_id = target.id
                 row.updated_at = utcnow()
             s.commit()
+            return True
 
     def resolve(self, tenant_id: int, name: str, ref: int | str | None) -> ResolvedVersion:
         """A version by number or alias; with none, `production` if set, else the newest."""
@@ -260,6 +326,11 @@ class Registry:
             if row is None:
                 what = f"version {ref}" if ref is not None else "a version"
                 raise NotFound(f"{what} of model {name!r} not found")
+            if row.lineage and grants.revoked_grant(s, row.lineage) is not None:
+                raise NotFound(
+                    f"version {row.version} of model {name!r} is not available: the owner of the "
+                    "model it was fine-tuned from no longer shares it for fine-tuning"
+                )
             return _resolved(model, row)
 
     def by_version_id(self, version_id: int) -> ResolvedVersion:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.limits import Limits
+from service.schemas import Timestamp
 
 Scope = Literal["infer", "manage", "finetune", "admin"]
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no NUL or control characters (PostgreSQL refuses NUL)
@@ -30,7 +31,7 @@ class TenantCreate(BaseModel):
 class TenantPublic(BaseModel):
     id: int
     name: str
-    created_at: datetime
+    created_at: Timestamp
     limits: Limits | None = None
 
 
@@ -47,8 +48,19 @@ class KeyCreate(BaseModel):
     models: list[Annotated[str, Field(min_length=1, max_length=63, pattern=_PRINTABLE)]] | None = Field(
         default=None, max_length=1000, description="allowlist of model names; null: every model"
     )
-    expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86_400)
-    limits: Limits | None = None
+    expires_in_s: int | None = Field(
+        default=None, ge=1, le=10 * 365 * 86_400, description="default: the creating key's expiry"
+    )
+    limits: Limits | None = Field(
+        default=None, description="fields left out: the creating key's; an explicit 0 asks for none"
+    )
+    priority_cap: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="the highest priority level (1 = highest) the key may ask for; "
+        "default and best allowed: the creating key's cap",
+    )
     tenant: str | None = Field(
         default=None, max_length=63, description="admin only: create the key for this tenant"
     )
@@ -61,9 +73,10 @@ class KeyPublic(BaseModel):
     scopes: list[str]
     models: list[str] | None = None
     limits: Limits | None = None
-    created_at: datetime
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
+    priority_cap: int = 1
+    created_at: Timestamp
+    expires_at: Timestamp | None = None
+    revoked_at: Timestamp | None = None
     rotated_from: int | None = None
     active: bool
 
@@ -92,12 +105,18 @@ class SharingSet(BaseModel):
     tenants: list[Annotated[str, Field(max_length=63, pattern=_PRINTABLE)]] = Field(
         default_factory=list, max_length=1000
     )
+    allow_finetune: bool = Field(
+        default=False,
+        description="the tenants it is shared with (every tenant if public) may also fine-tune it; "
+        "revoking this (or the share) stops their fine-tuned versions from serving",
+    )
 
 
 class SharingPublic(BaseModel):
     model: str
     visibility: Literal["private", "public"]
     tenants: list[str]
+    allow_finetune: bool = False
     shared_name: str = Field(description="how other tenants name this model: owner~model")
 
 

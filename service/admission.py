@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service import ops_metrics
 from service.errors import RateLimited, Unavailable
 from service.keys import Principal
 from service.limits import Limits
@@ -134,6 +135,15 @@ class Admission:
         await self._redis.aclose()
 
     async def admit(self, principal: Principal, deadline_s: float) -> Ticket | None:
+        """A ticket to release when the request ends (None: nothing to release), or RateLimited;
+        every refusal counts in kiln_rate_limited_requests_total{tenant}."""
+        try:
+            return await self._admit(principal, deadline_s)
+        except RateLimited:
+            ops_metrics.rate_limited(principal.tenant_id)
+            raise
+
+    async def _admit(self, principal: Principal, deadline_s: float) -> Ticket | None:
         scopes = [
             (kind, ident, limits)
             for kind, ident, limits in (

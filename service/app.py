@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,14 +12,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import __version__, errors, keys, openapi
+from service import __version__, errors, keys, openapi, ops_metrics
 from service.admission import Admission
 from service.auth import Authenticator
 from service.fastpath import InferFastPath
+from service.guard import RequestGuard
 from service.inference import InferenceService
+from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
 from service.routes import async_results, files, finetune, health, inference, models, repository
@@ -65,12 +69,13 @@ def build_state(settings: Settings) -> AppState:
     engine_db = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine_db)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(sessions, blobs)
+    registry = Registry(sessions, blobs, settings.upload_check)
     redis_keys = Keys(settings.redis_prefix)
     engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
+    ops_metrics.TENANT_LABELS.limit = settings.metrics_max_tenants
     return AppState(
         settings=settings,
         engine_db=engine_db,
@@ -97,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings)
         await run_in_threadpool(bootstrap_admin, settings, state.registry, state.sessions)
+        if settings.fence != "off":  # upload checks run in fenced children: start their fork server now
+            threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         await state.engine.start()
         app.state.kiln = state
         try:
@@ -116,6 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(JsonBodyContentType)  # curl -d: a JSON body labelled as a form (after the guard)
+    # authentication and body limits before a route reads a body; inside the fast path, which
+    # does both itself for the inference route
+    app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(InferFastPath)
     # added after the fast path, so the request id wraps it too
     app.add_middleware(RequestIdMiddleware)

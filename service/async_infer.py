@@ -22,10 +22,11 @@ from redis.exceptions import RedisError
 
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
-from service.errors import DeadlineExceeded, Forbidden, NotFound, Unavailable, from_engine
+from service import access
+from service.errors import DeadlineExceeded, NotFound, Unavailable, from_engine
 from service.inference import InferenceService, build_message, check_reply
 from service.keys import Principal
-from service.oip import EncodedResponse, ParsedRequest, encode_response, parse_infer_request
+from service.oip import EncodedResponse, ParsedRequest, encode_response
 from service.policy import request_policy
 from workers.contract import ContractError, InferReplyMsg
 from workers.errors import EngineError
@@ -54,19 +55,19 @@ class AsyncInference:
         self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None
     ) -> Accepted:
         svc = self.service
-        if not principal.may_use(model):  # the same checks as the synchronous path
-            raise Forbidden(f"this key may not use model {model[:64]!r}")
+        access.check_model(principal, model)  # the same checks as the synchronous path
         version = await svc.resolver.resolve(principal.tenant_id, model, ref)
         if svc.admission is not None:  # rate limits and quotas count it; nothing is held open
             await svc.admission.release(await svc.admission.admit(principal, svc.settings.request_timeout_s))
-        parsed = parse_infer_request(body, version.signature, svc.settings.max_tensor_elements, header_len)
+        parsed = await svc.parse(body, version.signature, header_len)
         policy = request_policy(version, parsed.parameters, principal, svc.keys, svc.settings)
         request_id = uuid.uuid4().hex
         result = svc.keys.async_result(request_id)
         msg = build_message(principal, parsed, policy, result, request_id)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(result, {b"record": _record(principal, version, parsed, msg.deadline_ms)})
+                record = _record(principal, model, version, parsed, msg.deadline_ms)
+                pipe.xadd(result, {b"record": record})
                 pipe.expire(result, self.ttl_s)
                 await pipe.execute()
             await svc.engine.submit(policy.stream, msg, bound=policy.bound)
@@ -93,6 +94,7 @@ class AsyncInference:
         record = orjson.loads(entries[0][1][b"record"])
         if record["tenant"] != principal.tenant_id:
             raise NotFound("no such request (or its result has expired)")
+        access.check_model(principal, record.get("asked", record["model"]))
         if len(entries) < 2:
             if time.time() * 1000 > record["deadline"] + _GRACE_MS:  # no worker ever answered
                 raise DeadlineExceeded("request deadline exceeded")
@@ -106,10 +108,13 @@ class AsyncInference:
         return encode_response(version, parsed, reply)
 
 
-def _record(principal: Principal, version: ResolvedVersion, parsed: ParsedRequest, deadline_ms: int) -> bytes:
+def _record(
+    principal: Principal, asked: str, version: ResolvedVersion, parsed: ParsedRequest, deadline_ms: int
+) -> bytes:
     return orjson.dumps(
         {
             "tenant": principal.tenant_id,
+            "asked": asked,  # the model as the caller named it: the allowlist applies to the result too
             "deadline": deadline_ms,
             "model": version.model,
             "version": version.version,

@@ -161,19 +161,24 @@ def _add_tenant_commands(sub: Any) -> None:
 
 # models (over HTTP, like any client) ----------------------------------------------------------
 def cmd_models_push(args: argparse.Namespace) -> int:
-    from service.client import KilnClient
+    from service.bundle_pack import NotPackable
+    from service.client import KilnClient, KilnError
 
     client = KilnClient(args.url, args.key)
     signature = _json_arg(args.signature)
     config = _json_arg(args.config)
-    result = client.push_model(
-        args.name,
-        Path(args.file),
-        args.format,
-        signature=signature,
-        config=config,
-        description=args.description or "",
-    )
+    try:
+        result = client.push_model(
+            args.name,
+            Path(args.file),
+            args.format,
+            signature=signature,
+            config=config,
+            description=args.description or "",
+        )
+    except (NotPackable, KilnError) as e:
+        print(f"kiln models push: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -204,7 +209,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         REGISTRY.register(GpuCollector())
         start_http_server(args.metrics_port, addr=args.metrics_host)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(make_sessionmaker(make_engine(settings.resolved_database_url)), blobs)
+    registry = Registry(
+        make_sessionmaker(make_engine(settings.resolved_database_url)), blobs, settings.upload_check
+    )
     client = redis.Redis.from_url(
         settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
     )
@@ -222,8 +229,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             reply_ttl_s=settings.reply_ttl_s,
             async_result_ttl_s=settings.async_result_ttl_s,
             memory_budget_bytes=settings.worker_memory_budget_mb << 20,
+            fence=settings.fence,
+            model_memory_bytes=settings.model_memory_mb << 20,
+            hung_backoff_s=settings.hung_backoff_s,
             threads=args.threads,
             metrics_port=args.metrics_port,
+            artifact_limits=settings.artifact_limits,
         ),
     )
     preload_runtimes()  # import torch/onnxruntime now, not on the first request
@@ -233,11 +244,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_metrics(settings: Settings, host: str, port: int) -> None:
+    """/metrics on the operators' port, in this (parent) process; never on the public port."""
+    from model_store.db import make_engine, make_sessionmaker
+    from service import metrics
+    from service.ops_metrics import FineTuneJobsCollector
+
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    metrics.serve(host, port, FineTuneJobsCollector(sessions))
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kiln-prom-")
+    settings = Settings()
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if metrics_port:
+        _gateway_metrics(settings, args.metrics_host or settings.metrics_host, metrics_port)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -247,7 +272,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
-        log_config=None if Settings().log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     return 0
 
@@ -274,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--workers", type=int, default=1, help="gateway processes")
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics here (default $KILN_METRICS_PORT; 0: off)",
+    )
+    g.add_argument("--metrics-host", default=None, help="default $KILN_METRICS_HOST or 127.0.0.1")
     g.set_defaults(func=cmd_gateway)
 
     w = sub.add_parser("worker", help="an inference worker")
@@ -299,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="models").add_subparsers(dest="models_cmd", required=True)
     mp = m.add_parser("push", help="create the model if needed and upload a new version")
     mp.add_argument("name")
-    mp.add_argument("file")
+    mp.add_argument("file", help="the artifact, or a directory (packed as a tar bundle: hf-encoder)")
     mp.add_argument("--format", required=True, choices=["onnx", "torchscript", "hf-encoder"])
     mp.add_argument("--signature", help="JSON, or @file")
     mp.add_argument("--config", help="JSON, or @file")

@@ -42,7 +42,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     trainer = Trainer(
         client,
         Keys(settings.redis_prefix),
-        Registry(sessions, blobs),
+        Registry(sessions, blobs, settings.upload_check),
         blobs,
         JobStore(sessions),
         TrainerConfig(
@@ -90,11 +90,20 @@ def _job_body(args: argparse.Namespace, client: Any) -> dict[str, Any]:
     optional = {
         "validation_file": _file_id(client, args.validation_file),
         "suffix": args.suffix,
+        "target_model": args.target_model,
         "seed": args.seed,
         "validation_split": args.validation_split,
         "promote": args.promote,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
+    named = args.model.split(":", 1)[0]
+    if args.promote and args.target_model is None:
+        result = f"{named}-{args.suffix or 'ft'}"
+        print(
+            f"note: --promote moves the alias {args.promote!r} of the result model {result!r}, not of "
+            f"{named!r}; give --target-model {named} to make the result a version of {named!r}",
+            file=sys.stderr,
+        )
     return body
 
 
@@ -179,9 +188,15 @@ def _create_parser(ft: Any) -> None:
     c.add_argument("--validation-file")
     c.add_argument("--validation-split", type=float)
     c.add_argument("--task", default="classification", choices=["classification", "regression"])
-    c.add_argument("--suffix")
+    names = c.add_mutually_exclusive_group()
+    names.add_argument("--suffix", help="the result is a new model {model}-{suffix} (default: -ft)")
+    names.add_argument("--target-model", help="the result is the next version of this model")
     c.add_argument("--seed", type=int)
-    c.add_argument("--promote", help="alias to move if the result beats the parent")
+    c.add_argument(
+        "--promote",
+        help="alias of the result's model to move to the result if it beats what the alias serves now "
+        "(on the job's validation data)",
+    )
     c.add_argument("--epochs", type=int)
     c.add_argument("--batch-size", type=int)
     c.add_argument("--learning-rate", type=float)

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from service.bundle_pack import pack_directory
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -63,17 +65,23 @@ class KilnClient:
         config: Any = None,
         description: str = "",
     ) -> dict[str, Any]:
-        """Create the model if it does not exist, then upload `path` as its next version."""
-        r = self._http.post("/v1/models", json={"name": name, "description": description})
-        if r.status_code != 409:
-            self._check(r, 201)
-        form = {"format": fmt}
+        """Upload `path` (a file, or a directory packed as a tar bundle) as the model's next
+        version; the model is created with it, in the same request, if it does not exist, so a
+        refused upload leaves nothing behind."""
+        form = {"format": fmt, "create": "true", "description": description}
         if signature is not None:
             form["signature"] = json.dumps(signature)
         if config is not None:
             form["config"] = json.dumps(config)
-        with path.open("rb") as f:
-            r = self._http.post(f"/v1/models/{name}/versions", data=form, files={"file": (path.name, f)})
+        packed = pack_directory(path) if path.is_dir() else None
+        try:
+            upload = packed or path
+            with upload.open("rb") as f:
+                filename = f"{path.name}.tar" if packed else path.name
+                r = self._http.post(f"/v1/models/{name}/versions", data=form, files={"file": (filename, f)})
+        finally:
+            if packed is not None:
+                packed.unlink(missing_ok=True)
         return dict(self._check(r, 201))
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model_store.registry import Registry
+from service import access
 from service.auth import require_scope
-from service.errors import Forbidden, PayloadTooLarge
+from service.errors import PayloadTooLarge
 from service.finetune import FinetuneService
 from service.inference import InferenceService
 from service.keys import Principal
@@ -33,16 +34,20 @@ async def _principal(request: Request, state: StateDep) -> Principal:
     return await state.auth.authenticate(request.headers.get("authorization"))
 
 
+MODEL_PATH_PARAMS = ("model", "name")  # path parameters that name a model
+
+
 def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency requiring `scope`; on routes with a {model} it also applies the key's
-    model allowlist. The scope is recorded on the dependency (`kiln_scope`) for the route
-    table tests."""
+    """A dependency requiring `scope`; on routes that name a model in the path ({model} on /v2,
+    {name} on /v1/models) it also applies the key's model allowlist (service/access). The scope
+    is recorded on the dependency (`kiln_scope`) for the route table tests."""
 
     async def dep(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Principal:
         require_scope(principal, scope)
-        model = request.path_params.get("model")
-        if model is not None and not principal.may_use(model):
-            raise Forbidden(f"this key may not use model {model[:64]!r}")
+        for param in MODEL_PATH_PARAMS:
+            model = request.path_params.get(param)
+            if model is not None:
+                access.check_model(principal, model)
         return principal
 
     dep.kiln_scope = scope  # type: ignore[attr-defined]

@@ -3,6 +3,8 @@ on a Unix socket inside the data directory (no TCP port), nothing persisted."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -72,3 +74,38 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.socket.unlink(missing_ok=True)
+
+
+class AlreadyServing(Exception):
+    """Another `kiln serve` holds this data directory."""
+
+
+class ServeLock:
+    """An exclusive lock on `{data_dir}/serve.lock` (flock), held for the life of `kiln serve`: a
+    second instance on the same data directory stops before it touches anything. The kernel
+    drops the lock when its holder dies, so a crashed instance never leaves a stale lock."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "serve.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyServing(
+                f"another kiln serve (pid {holder}) is already running on the data directory "
+                f"{self.path.parent}; stop it first, or give this one another DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import signal
+import socket
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType
@@ -16,8 +20,9 @@ from types import FrameType
 from model_store.errors import Conflict
 from service.cli import _free_port, curl_line, spawn
 from service.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
-from service.embedded import PrivateRedis
+from service.embedded import AlreadyServing, PrivateRedis, ServeLock
 from service.settings import Settings
+from service.supervise import Supervisor
 
 
 def _admin_key(settings: Settings) -> str | None:
@@ -54,7 +59,7 @@ def register_demo(settings: Settings) -> None:
 
     engine = make_engine(settings.resolved_database_url)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(make_sessionmaker(engine), blobs)
+    registry = Registry(make_sessionmaker(engine), blobs, settings.upload_check)
     tenant = registry.ensure_tenant(settings.default_tenant)
     with contextlib.suppress(Conflict):
         registry.create_model(tenant, DEMO_MODEL, "demo: y = tanh(x @ W + b)")
@@ -78,15 +83,23 @@ def register_demo(settings: Settings) -> None:
     engine.dispose()
 
 
-def _announce_when_ready(url: str, key: str | None, demo: bool) -> None:
-    deadline = time.monotonic() + 60
+def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float = 60) -> None:
+    """Say "up" (with the key and a curl line) only once the stack answers ready; else say why not."""
+    deadline = time.monotonic() + timeout_s
+    why = "no answer"
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as resp:  # noqa: S310
                 if resp.status == 200:
                     break
-        except OSError:
-            time.sleep(0.1)
+        except urllib.error.HTTPError as e:
+            why = json.loads(e.read() or b"{}").get("reason", f"HTTP {e.code}")
+        except OSError as e:
+            why = str(e)
+        time.sleep(0.1)
+    else:
+        print(f"modelkiln at {url} is not ready after {timeout_s:.0f} s: {why}", file=sys.stderr, flush=True)
+        return
     lines = [f"modelkiln is up at {url}"]
     if key:
         lines.append(f"admin key: {key}")
@@ -106,47 +119,69 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound before anything starts: a port in use stops here."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise AlreadyServing(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir or os.environ.get("KILN_DATA_DIR", ".kiln")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = ServeLock(data_dir)
+    try:
+        lock.acquire()  # before anything else: a second instance touches nothing
+        sock = _listen(args.host, args.port)
+    except AlreadyServing as e:
+        lock.release()
+        print(f"kiln serve: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        with sock:
+            return _serve_locked(args, data_dir, sock)
+    finally:
+        lock.release()
+
+
+def _serve_locked(args: argparse.Namespace, data_dir: Path, sock: socket.socket) -> int:
     import uvicorn
 
     from migrations.upgrade import upgrade
     from service.app import create_app
 
-    data_dir = Path(args.data_dir or os.environ.get("KILN_DATA_DIR", ".kiln")).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["KILN_DATA_DIR"] = str(data_dir)
     private: PrivateRedis | None = None
     if not os.environ.get("KILN_REDIS_URL"):
         private = PrivateRedis(data_dir)
         private.start()
         os.environ["KILN_REDIS_URL"] = private.url
-    settings = Settings()
-    upgrade(settings.resolved_database_url)
-    key = _admin_key(settings)
-    if args.demo:
-        register_demo(settings)
-    env = dict(os.environ)
-    workers = [
-        spawn(["worker", "--metrics-port", str(_free_port())], env) for _ in range(max(1, args.workers))
-    ]
-    workers.append(spawn(["trainer"], env))  # fine-tune jobs
-    # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
-    # cleanup below (workers, the private redis-server) always runs
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    url = f"http://{args.host}:{args.port}"
-    threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
+    children: Supervisor | None = None
     try:
-        uvicorn.run(
-            create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False
-        )
+        settings = Settings()
+        children = Supervisor(settings.serve_restart_delay_s, settings.serve_restart_max_delay_s)
+        upgrade(settings.resolved_database_url)
+        key = _admin_key(settings)
+        if args.demo:
+            register_demo(settings)
+        env = dict(os.environ)
+        for i in range(max(1, args.workers)):
+            children.add(
+                f"worker {i + 1}", lambda: spawn(["worker", "--metrics-port", str(_free_port())], env)
+            )
+        children.add("trainer", lambda: spawn(["trainer"], env))  # fine-tune jobs
+        children.start()  # restarts a child that dies, with backoff
+        # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
+        # cleanup below (workers, the private redis-server) always runs
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        url = f"http://{args.host}:{args.port}"
+        threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
+        config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(15)
-            except Exception:
-                w.kill()
+        if children is not None:
+            children.stop()
         if private is not None:
             private.stop()
     return 0

@@ -152,11 +152,15 @@ def install(app: FastAPI) -> None:
         return _body(mapped.status, mapped.code, mapped.message, mapped.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONBody:
+    async def _validation(req: Request, exc: RequestValidationError) -> JSONBody:
         parts = []
         for err in exc.errors()[:5]:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+            if err.get("type") == "json_invalid":  # say where: FastAPI puts the offset in loc
+                parts[-1] = f"body is not valid JSON: {err.get('ctx', {}).get('error', '')} (char {loc})"
+            elif tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
+                parts[-1] = "the body must be a JSON object: send it with Content-Type: application/json"
         return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(DataError)

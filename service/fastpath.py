@@ -21,6 +21,7 @@ from service.auth import require_scope
 from service.routes.inference import _infer  # the same handler as the FastAPI route
 
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+_BODY_UNREAD = frozenset({401, 403, 413})  # answered before (all of) the body was read
 
 
 class InferFastPath:
@@ -49,5 +50,7 @@ class InferFastPath:
                 handler = app.exception_handlers.get(kind)
                 if handler is not None:
                     response: Response = await handler(request, exc)
+                    if response.status_code in _BODY_UNREAD:  # do not read on what nobody reads
+                        response.headers["Connection"] = "close"
                     return response
             raise

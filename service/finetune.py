@@ -26,6 +26,7 @@ from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, 
 from model_store.jobs import TERMINAL, JobStore, new_id, unix
 from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
+from service import access
 from service.errors import InvalidDataset, Unprocessable
 from service.finetune_schemas import (
     CheckpointPublic,
@@ -36,6 +37,7 @@ from service.finetune_schemas import (
     JobPublic,
     MetricsPublic,
 )
+from service.keys import Principal
 from service.state import AppState
 from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
 from workers.ft_fence import CheckFailed, FenceLimits, check_model, file_ref, readable_paths, version_ref
@@ -96,10 +98,11 @@ class FinetuneService:
 
     # jobs ----------------------------------------------------------------------------------------
     async def create(
-        self, tenant_id: int, body: JobCreate, idempotency_key: str | None, dry_run: bool
+        self, principal: Principal, body: JobCreate, idempotency_key: str | None, dry_run: bool
     ) -> JobPublic | DryRunPublic:
+        tenant_id = principal.tenant_id
         if dry_run:
-            return await run_in_threadpool(self._dry_run, tenant_id, body)
+            return await run_in_threadpool(self._dry_run, principal, body)
         idem: tuple[int, str] | None = None
         if idempotency_key:
             digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -111,7 +114,7 @@ class FinetuneService:
                 return job_public(await run_in_threadpool(self.store.get_job, tenant_id, existing))
             idem = (tenant_id, idempotency_key)
         try:
-            row = await run_in_threadpool(self._create_row, tenant_id, body, idem)
+            row = await run_in_threadpool(self._create_row, principal, body, idem)
         except BaseException:
             if idem is not None:
                 await run_in_threadpool(self.store.release_key, *idem)
@@ -126,8 +129,10 @@ class FinetuneService:
         except (RedisError, OSError) as exc:
             log.warning("job %s queued in the database, not dispatched (%s)", job_id, type(exc).__name__)
 
-    def _create_row(self, tenant_id: int, body: JobCreate, idem: tuple[int, str] | None) -> FineTuneJobRow:
-        prep = self._prepare(tenant_id, body)
+    def _create_row(
+        self, principal: Principal, body: JobCreate, idem: tuple[int, str] | None
+    ) -> FineTuneJobRow:
+        prep = self._prepare(principal, body)
         if _needs_model_check(prep.base, body):
             self._check_model(prep, body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
@@ -137,10 +142,11 @@ class FinetuneService:
             validation_split=prep.split,
             promote=body.promote,
             metadata=body.metadata,
+            publish_existing=principal.has("manage"),
         )
         row = FineTuneJobRow(
             id=new_id("ftjob"),
-            tenant_id=tenant_id,
+            tenant_id=principal.tenant_id,
             status="queued",
             model=body.model,
             base_version_id=prep.base.version_id,
@@ -158,14 +164,19 @@ class FinetuneService:
         self.store.create_job(row, events, idem)
         return row
 
-    def _prepare(self, tenant_id: int, body: JobCreate) -> Prepared:
+    def _prepare(self, principal: Principal, body: JobCreate) -> Prepared:
+        tenant_id = principal.tenant_id
         base = self._base(tenant_id, body.model)
         target = body.target_model or f"{base.model}-{body.suffix or 'ft'}"
         check_model_name(target)
+        access.check_finetune(principal, self.state.registry, body.model, base, target)
         train = self._dataset(tenant_id, body.training_file)
         in_shape, out_shape = _shapes(base, body)
         reports: dict[str, dict[str, Any]] = {}
-        report = check_against(train, in_shape, out_shape, body.task, text_model=_is_text(base))
+        cap = self.state.settings.max_classes
+        report = check_against(
+            train, in_shape, out_shape, body.task, text_model=_is_text(base), max_classes=cap
+        )
         if not report.valid:
             reports["training_file"] = report.as_dict()
         shapes = (in_shape, out_shape, _is_text(base))
@@ -188,7 +199,10 @@ class FinetuneService:
         if body.validation_file:
             valid = self._dataset(tenant_id, body.validation_file)
             known = label_set(train) if body.task == "classification" else None
-            report = check_against(valid, in_shape, out_shape, body.task, known, text_model=text)
+            cap = self.state.settings.max_classes
+            report = check_against(
+                valid, in_shape, out_shape, body.task, known, text_model=text, max_classes=cap
+            )
             if not report.valid:
                 reports["validation_file"] = report.as_dict()
             return len(valid), None
@@ -240,8 +254,8 @@ class FinetuneService:
         except CheckFailed as exc:
             raise Unprocessable(str(exc)) from exc
 
-    def _dry_run(self, tenant_id: int, body: JobCreate) -> DryRunPublic:
-        prep = self._prepare(tenant_id, body)
+    def _dry_run(self, principal: Principal, body: JobCreate) -> DryRunPublic:
+        prep = self._prepare(principal, body)
         counts = self._check_model(prep, body)
         hp = body.hyperparameters
         steps = math.ceil(prep.train_rows / hp.batch_size)

@@ -7,11 +7,15 @@ import logging
 import time
 import uuid
 
+import anyio.to_thread
+from anyio import CapacityLimiter
+
 from model_store.registry import ResolvedVersion
+from model_store.signature import Signature
+from service import access
 from service.admission import Admission
 from service.errors import (
     DeadlineExceeded,
-    Forbidden,
     InvalidInput,
     KilnError,
     ModelFailed,
@@ -26,6 +30,7 @@ from service.oip import (
     encode_response,
     parse_infer_request,
 )
+from service.oip_bytes import BytesLimits
 from service.policy import RequestPolicy, request_policy
 from service.request_id import current_or_new
 from service.settings import Settings
@@ -61,12 +66,24 @@ class InferenceService:
         self.keys = keys
         self.metrics = metrics
         self.admission = admission
+        self.bytes_limits = BytesLimits(settings.max_bytes_elements, settings.max_bytes_tensor_bytes)
+        self._decoders: CapacityLimiter | None = None  # threads for large bodies, made on first use
+
+    async def parse(self, body: bytes, sig: Signature, header_len: int | None) -> ParsedRequest:
+        """Decode and check a request body; one over `decode_thread_bytes` in a worker thread of
+        its own small pool, so that decoding it does not hold up the event loop (and does not take
+        the threads that database calls use)."""
+        args = (body, sig, self.settings.max_tensor_elements, header_len, self.bytes_limits)
+        if len(body) <= self.settings.decode_thread_bytes:
+            return parse_infer_request(*args)
+        if self._decoders is None:
+            self._decoders = CapacityLimiter(2)
+        return await anyio.to_thread.run_sync(parse_infer_request, *args, limiter=self._decoders)
 
     async def infer(
         self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None = None
     ) -> EncodedResponse:
-        if not principal.may_use(model):  # here too: the fast path skips the route dependencies
-            raise Forbidden(f"this key may not use model {model[:64]!r}")
+        access.check_model(principal, model)  # here too: the fast path skips the route dependencies
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
             return await self._infer(principal, version, body, header_len)
@@ -86,9 +103,7 @@ class InferenceService:
         request_id = current_or_new()
         started = time.perf_counter()
         try:
-            parsed = parse_infer_request(
-                body, version.signature, self.settings.max_tensor_elements, header_len
-            )
+            parsed = await self.parse(body, version.signature, header_len)
             reply = await self._roundtrip(principal, version, parsed, request_id)
         except KilnError as exc:
             self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)

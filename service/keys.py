@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +33,7 @@ class Principal:
     key_limits: Limits | None = None
     tenant_limits: Limits | None = None
     priority_cap: int = 1  # the highest priority level this key may ask for (1: any)
+    expires_at: datetime | None = None
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -67,6 +69,7 @@ def create_key(
     allowed_models: list[str] | None = None,
     limits: Limits | None = None,
     rotated_from: int | None = None,
+    priority_cap: int = 1,
 ) -> tuple[ApiKeyRow, str]:
     full, prefix = new_secret()
     if secret is not None:
@@ -81,6 +84,7 @@ def create_key(
         allowed_models=sorted(set(allowed_models)) if allowed_models is not None else None,
         limits=limits.model_dump(exclude_defaults=True) if limits is not None and limits.any else None,
         rotated_from=rotated_from,
+        priority_cap=priority_cap,
     )
     with sessions() as s:
         s.add(row)
@@ -121,6 +125,8 @@ def lookup(sessions: sessionmaker[Session], secret: str) -> Principal | None:
         allowed_models=frozenset(row.allowed_models) if row.allowed_models is not None else None,
         key_limits=Limits.from_row(row.limits),
         tenant_limits=Limits.from_row(tenant_limits),
+        priority_cap=row.priority_cap or 1,
+        expires_at=row.expires_at,
     )
 
 
@@ -144,9 +150,15 @@ def get_key(sessions: sessionmaker[Session], tenant_id: int, key_id: int) -> Api
         return _owned(s, tenant_id, key_id)
 
 
-def revoke(sessions: sessionmaker[Session], tenant_id: int, key_id: int) -> ApiKeyRow:
+def revoke(
+    sessions: sessionmaker[Session],
+    tenant_id: int,
+    key_id: int,
+    guard: Callable[[ApiKeyRow], None] = lambda _row: None,
+) -> ApiKeyRow:
     with sessions() as s:
         row = _owned(s, tenant_id, key_id)
+        guard(row)
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             s.commit()
@@ -154,14 +166,21 @@ def revoke(sessions: sessionmaker[Session], tenant_id: int, key_id: int) -> ApiK
 
 
 def rotate(
-    sessions: sessionmaker[Session], tenant_id: int, key_id: int, overlap_s: float
+    sessions: sessionmaker[Session],
+    tenant_id: int,
+    key_id: int,
+    overlap_s: float,
+    guard: Callable[[ApiKeyRow], None] = lambda _row: None,
 ) -> tuple[ApiKeyRow, str]:
-    """A successor with the same scopes, allowlist and limits; the old key keeps working for
-    `overlap_s` seconds (or until its own expiry, if sooner), then stops."""
+    """A successor with exactly the old key's power (scopes, allowlist, limits, priority cap,
+    expiry); the old key keeps working for `overlap_s` seconds (or until its own expiry, if
+    sooner), then stops. `guard` may refuse (raise) after seeing the old key."""
     with sessions() as s:
         old = _owned(s, tenant_id, key_id)
         if not is_active(old):
             raise NotFound("key not found")
+        guard(old)
+        own_expiry = old.expires_at
         until = utcnow() + timedelta(seconds=overlap_s)
         if old.expires_at is None or _aware(old.expires_at) > until:
             old.expires_at = until
@@ -171,8 +190,9 @@ def rotate(
         tenant_id,
         old.scopes.split(","),
         name=old.name,
-        expires_at=None,
+        expires_at=own_expiry,
         allowed_models=old.allowed_models,
         limits=Limits.from_row(old.limits),
         rotated_from=old.id,
+        priority_cap=old.priority_cap or 1,
     )

@@ -1,10 +1,14 @@
 """Gateway metrics. Hooks never raise. With several gateway processes, set
-PROMETHEUS_MULTIPROC_DIR (`kiln gateway --workers N` does) and /metrics aggregates them."""
+PROMETHEUS_MULTIPROC_DIR (`kiln gateway --workers N` does) and /metrics aggregates them.
+
+/metrics carries tenant ids and model names, so it is served on the operators' port only
+(`kiln gateway --metrics-port`, KILN_METRICS_PORT), never on the public API port."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,7 +19,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from workers.usage import TenantLabels
@@ -85,6 +91,27 @@ class GatewayMetrics:
                 self.tenant_requests.labels(self.tenant_labels(tenant), model, reason).inc()
         except Exception:
             log.exception("metrics hook failed")
+
+
+class _Default:
+    """This process's default registry, as one collector of another registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def serve(host: str, port: int, *extra: Collector) -> None:
+    """Serve /metrics (what `render` gives) on its own listener, in a thread of this process:
+    the operators' port (KILN_METRICS_PORT), never the public one. In the parent of several
+    gateway processes it aggregates them (PROMETHEUS_MULTIPROC_DIR)."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_Default())
+    for collector in extra:
+        registry.register(collector)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def render(*extra: Collector) -> tuple[bytes, str]:

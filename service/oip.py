@@ -20,16 +20,18 @@ import orjson
 from model_store.registry import ResolvedVersion
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 from service.errors import InvalidInput, PayloadTooLarge
+from service.oip_bytes import BytesLimits, check_count, check_wire, from_json
 from workers.contract import InferReplyMsg, TensorMeta
 from workers.tensors import TensorDecodeError, element_count, from_bytes, to_bytes
 
-_KINDS: dict[str, str] = {"BOOL": "b", "BYTES": "USO"}
+_KINDS: dict[str, str] = {"BOOL": "b"}  # BYTES: service/oip_bytes.py
 _KINDS.update({dt: "iu" for dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")})
 _KINDS.update({dt: "iuf" for dt in ("FP16", "FP32", "FP64")})
 MAX_DIMS = 16
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 _UNSUPPORTED_TENSOR_PARAMS = ("shared_memory_region", "classification")
+_DEFAULT_BYTES = BytesLimits()
 
 
 @dataclass(slots=True)
@@ -138,11 +140,6 @@ def _to_array(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np
         raise _fail(f"input {name!r}: data is not {datatype}")
     if arr.size != element_count(shape):
         raise _fail(f"input {name!r}: {arr.size} elements given for shape {list(shape)}")
-    if datatype == "BYTES":
-        flat = [x.encode() if isinstance(x, str) else bytes(x) for x in arr.reshape(-1)]
-        out = np.empty(len(flat), dtype=object)
-        out[:] = flat
-        return out.reshape(shape)
     dtype = NUMPY_DTYPES[datatype]
     if arr.size and dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -189,7 +186,9 @@ def _input_spec(raw: Any, sig: Signature) -> TensorSpec:
     return spec
 
 
-def _parse_input(raw: Any, sig: Signature, max_elements: int, tail: _BinaryTail) -> tuple[TensorMeta, bytes]:
+def _parse_input(
+    raw: Any, sig: Signature, max_elements: int, tail: _BinaryTail, limits: BytesLimits
+) -> tuple[TensorMeta, bytes]:
     spec = _input_spec(raw, sig)
     name, datatype = spec.name, spec.datatype
     shape = _shape(name, raw.get("shape"), max_elements)
@@ -197,16 +196,36 @@ def _parse_input(raw: Any, sig: Signature, max_elements: int, tail: _BinaryTail)
         raise _fail(f"input {name!r}: shape {list(shape)} does not match {list(spec.shape)}")
     params = _tensor_params(f"input {name!r}", raw)
     meta = TensorMeta(name, datatype, shape)
+    if datatype == "BYTES":  # bounded by count before any data is looked at
+        check_count(name, element_count(shape), limits)
     if "binary_data_size" in params:
         if "data" in raw:
             raise _fail(f"input {name!r}: give either 'data' or binary_data_size, not both")
-        return meta, _check_binary(name, datatype, shape, tail.take(name, params["binary_data_size"]))
+        buf = tail.take(name, params["binary_data_size"])
+        if datatype == "BYTES":
+            check_wire(name, buf, element_count(shape), limits)
+            return meta, buf
+        return meta, _check_binary(name, datatype, shape, buf)
+    if datatype == "BYTES":
+        return meta, from_json(name, raw.get("data"), element_count(shape), limits)
     return meta, to_bytes(_to_array(name, datatype, raw.get("data"), shape), datatype)
 
 
 # the request --------------------------------------------------------------------------------------
+def _json_error(exc: orjson.JSONDecodeError, part: str, size: int) -> InvalidInput:
+    """Say what is wrong and where: an empty body, or the parser's message with its position."""
+    if size == 0:
+        return _fail(f"request {part} is empty: send the inference request as JSON")
+    where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    return _fail(f"request {part} is not valid JSON: {exc.msg} at {where}")
+
+
 def parse_infer_request(
-    body: bytes, sig: Signature, max_elements: int, header_len: int | None = None
+    body: bytes,
+    sig: Signature,
+    max_elements: int,
+    header_len: int | None = None,
+    bytes_limits: BytesLimits | None = None,
 ) -> ParsedRequest:
     view = memoryview(body)
     json_part = view if header_len is None else view[:header_len]
@@ -214,7 +233,7 @@ def parse_infer_request(
     try:
         doc = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
-        raise _fail("request header is not valid JSON (or is nested too deeply)") from exc
+        raise _json_error(exc, "body" if header_len is None else "JSON header", len(json_part)) from exc
     if not isinstance(doc, dict):
         raise _fail("request body must be a JSON object")
     raw_inputs = doc.get("inputs")
@@ -222,8 +241,9 @@ def parse_infer_request(
         raise _fail("'inputs' must be a non-empty list")
     params = _request_params(doc.get("parameters"))
     by_name: dict[str, tuple[TensorMeta, bytes]] = {}
+    limits = bytes_limits or _DEFAULT_BYTES
     for raw in raw_inputs:
-        meta, buf = _parse_input(raw, sig, max_elements, tail)
+        meta, buf = _parse_input(raw, sig, max_elements, tail, limits)
         if meta.name in by_name:
             raise _fail(f"input {meta.name!r} given twice")
         by_name[meta.name] = (meta, buf)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.db import FineTuneJobRow
 from model_store.jobs import ACTIVE, TERMINAL
+from workers.usage import TenantLabels
 
 log = logging.getLogger("kiln.metrics")
 
@@ -31,8 +32,15 @@ _FINETUNE_HELP = "Fine-tune jobs by status (all tenants), counted from the datab
 class OpsMetrics:
     def __init__(self) -> None:
         self.rate_limited = Counter(
-            "kiln_rate_limited_requests", "Requests rejected by a tenant's rate limit or quota", ("tenant",)
+            "kiln_rate_limited_requests",
+            "Requests refused (429) by a key's or tenant's rate limit, concurrency limit or quota",
+            ("tenant",),
         )
+
+
+# bounded: past KILN_METRICS_MAX_TENANTS tenants the label is "other" (as for
+# kiln_tenant_inference_requests_total, so the two can be divided); the app factory sets the limit
+TENANT_LABELS = TenantLabels(100)
 
 
 @cache
@@ -44,7 +52,7 @@ def ops() -> OpsMetrics:
 
 def rate_limited(tenant: str | int) -> None:
     try:
-        ops().rate_limited.labels(str(tenant)).inc()
+        ops().rate_limited.labels(TENANT_LABELS(tenant)).inc()
     except Exception:
         log.exception("metrics hook failed")
 

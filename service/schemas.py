@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from model_store.signature import Signature, VersionConfig
+
+
+def _utc(value: datetime) -> datetime:
+    """A naive value is UTC (the database stores UTC); an aware one is converted to UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _rfc3339(value: datetime) -> str:
+    return _utc(value).isoformat().replace("+00:00", "Z")
+
+
+# Every timestamp the API returns: RFC 3339 in UTC with its offset, e.g. 2026-11-26T13:14:25.194482Z
+Timestamp = Annotated[
+    datetime, AfterValidator(_utc), PlainSerializer(_rfc3339, return_type=str, when_used="json")
+]
 
 
 class ModelCreate(BaseModel):
@@ -20,7 +35,7 @@ class ModelCreate(BaseModel):
 class ModelPublic(BaseModel):
     name: str
     description: str
-    created_at: datetime
+    created_at: Timestamp
     versions: list[int] = Field(default_factory=list)
     aliases: dict[str, int] = Field(default_factory=dict)
 
@@ -39,7 +54,7 @@ class VersionPublic(BaseModel):
     signature: Signature
     config: VersionConfig
     lineage: dict[str, Any] | None = None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AliasSet(BaseModel):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_store.checks import FencedCheck
+from model_store.limits import ArtifactLimits, budget_from
 
 
 class Settings(BaseSettings):
@@ -30,7 +34,22 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=64 << 20, gt=0)
     max_upload_bytes: int = Field(default=2 << 30, gt=0)
+    # bundles (hf-encoder): unpacked at most min(max_upload_bytes * bundle_expansion_factor,
+    # max_unpacked_bytes), and at most max_bundle_ratio times the archive's own size
+    bundle_expansion_factor: int = Field(default=4, ge=1, le=1000)
+    max_unpacked_bytes: int = Field(default=8 << 30, gt=0)
+    max_bundle_members: int = Field(default=256, ge=1, le=100_000)
+    max_bundle_ratio: int = Field(default=100, ge=1, le=100_000)
+    max_model_parameters: int = Field(default=1_000_000_000, gt=0)  # hf-encoder, estimated
     max_tensor_elements: int = Field(default=1 << 26, gt=0)
+    # what one request may cost before a route reads it (service/guard.py): management JSON bodies;
+    # inference bodies use max_body_bytes, uploads max_upload_bytes (datasets max_dataset_bytes)
+    max_json_body_bytes: int = Field(default=1 << 20, gt=0)
+    # BYTES tensors (JSON strings or the binary extension's length-prefixed elements), per input
+    max_bytes_elements: int = Field(default=1 << 20, gt=0)
+    max_bytes_tensor_bytes: int = Field(default=64 << 20, gt=0)
+    # inference bodies over this size are decoded in a worker thread, off the event loop
+    decode_thread_bytes: int = Field(default=256 << 10, ge=0)
     key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     version_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
     docs_enabled: bool = True
@@ -39,6 +58,10 @@ class Settings(BaseSettings):
     # tenants
     key_rotation_overlap_s: int = Field(default=86_400, ge=0, le=90 * 86_400)
     metrics_max_tenants: int = Field(default=100, ge=1, le=10_000)
+    # the gateway's /metrics (tenant ids and model names in labels) is served only here, for
+    # operators and Prometheus, never on the public port; 0: not served
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # workers
     worker_read_count: int = Field(default=64, ge=1, le=4096)
@@ -46,8 +69,22 @@ class Settings(BaseSettings):
     claim_interval_ms: int = Field(default=1_000, ge=50)
     max_deliveries: int = Field(default=3, ge=1, le=100)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
+    # a gateway is ready (GET /v2/health/ready) only with at least this many live, ready workers
+    ready_min_workers: int = Field(default=1, ge=0, le=10_000)
+    # kiln serve: a dead worker or trainer is restarted after this delay, doubled per quick failure
+    serve_restart_delay_s: float = Field(default=0.5, gt=0, le=60)
+    serve_restart_max_delay_s: float = Field(default=30.0, gt=0, le=3600)
     reply_ttl_s: int = Field(default=300, ge=10)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
+    # model code (upload checks, model instances, fine-tunes) runs only in fenced child processes
+    # (model_store.fence): `required` refuses to run it where Landlock is missing, `auto` runs it
+    # in a limited child without the filesystem fence (warned), `off` runs it in the calling
+    # process (debugging only)
+    fence: Literal["required", "auto", "off"] = "required" if sys.platform == "linux" else "auto"
+    model_memory_mb: int = Field(default=8192, ge=256)  # address-space limit of a CPU model process
+    hung_backoff_s: float = Field(default=30.0, ge=0, le=86_400)  # a version that hung reloads after
+    check_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # an upload's check, wall clock
+    check_memory_mb: int = Field(default=4096, ge=256)  # an upload's check, address space
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -56,6 +93,8 @@ class Settings(BaseSettings):
 
     # fine-tuning
     max_dataset_bytes: int = Field(default=256 << 20, gt=0)
+    # classification labels must be below the model's classes, or below this when the head is new
+    max_classes: int = Field(default=100_000, ge=2, le=100_000)
     trainer_lease_s: float = Field(default=30.0, ge=1, le=3600)
     trainer_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
     trainer_reconcile_interval_s: float = Field(default=10.0, gt=0, le=3600)
@@ -78,6 +117,22 @@ class Settings(BaseSettings):
             if not self.database_url or not self.redis_url:
                 raise ValueError("prod needs KILN_DATABASE_URL and KILN_REDIS_URL")
         return self
+
+    @property
+    def upload_check(self) -> FencedCheck:
+        return FencedCheck(self.check_timeout_s, self.check_memory_mb << 20, self.fence, self.artifact_limits)
+
+    @property
+    def artifact_limits(self) -> ArtifactLimits:
+        """The bounds uploads are validated and stored bundles loaded under (gateway and worker)."""
+        return ArtifactLimits(
+            max_unpacked_bytes=budget_from(
+                self.max_upload_bytes, self.bundle_expansion_factor, self.max_unpacked_bytes
+            ),
+            max_members=self.max_bundle_members,
+            max_ratio=self.max_bundle_ratio,
+            max_parameters=self.max_model_parameters,
+        )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -36,3 +36,55 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         if header.get("op") == "allocate":
             buffers = [bytes(header["n"])]
         ch.send({"echo": header}, buffers)
+
+
+def run_torchscript_file(ch: Channel, args: dict[str, Any]) -> None:
+    """Load and call a TorchScript file once (as the check and the worker do), report the result."""
+    import torch
+
+    module = torch.jit.load(args["path"])
+    try:
+        out = module(torch.zeros(1, 4))
+        ch.send({"result": out.tolist()})
+    except Exception as exc:
+        ch.send({"error": str(exc)[-300:]})
+
+
+def _without_static_checks() -> None:
+    """In this process only: the load-time static checks become no-ops, so what the fence alone
+    does can be seen (the tests plant models the checks would refuse)."""
+    from workers import runners
+
+    for name in ("check_onnx_bytes", "check_torchscript_archive", "check_torchscript_module"):
+        setattr(runners, name, lambda *_: None)
+
+
+def serve_unchecked(ch: Channel, args: dict[str, Any]) -> None:
+    """The worker's model process (workers.model_host.serve), minus the static checks."""
+    from workers import model_host
+
+    _without_static_checks()
+    model_host.serve(ch, args)
+
+
+def _trainer_without_static_checks() -> None:
+    """The fine-tune child's load-time static checks become no-ops (this process only)."""
+    from workers import ft_model
+
+    for name in ("check_torchscript_archive", "check_torchscript_module"):
+        setattr(ft_model, name, lambda *_: None)
+
+
+def train_unchecked(ch: Channel, args: dict[str, Any]) -> None:
+    """The trainer's fenced child (workers.ft_child.train_main), minus the static checks."""
+    from workers import ft_child
+
+    _trainer_without_static_checks()
+    ft_child.train_main(ch, args)
+
+
+def evaluate_unchecked(ch: Channel, args: dict[str, Any]) -> None:
+    from workers import ft_child
+
+    _trainer_without_static_checks()
+    ft_child.evaluate_main(ch, args)

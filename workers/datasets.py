@@ -15,12 +15,19 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 MAX_ISSUES = 50
+MAX_TEXT_CHARS = 100_000  # one text row
+MAX_CSV_CELL_CHARS = 1_000  # one CSV cell (a number)
+MAX_CLASSES = 100_000  # classification labels, where the model does not say how many it has
+# what parsing one line may raise, besides our own checks: a number of more than 4,300 digits
+# (ValueError), one too large for a float (OverflowError), nesting past the recursion limit
+_LINE_ERRORS = (ValueError, ArithmeticError, RecursionError, TypeError, csv.Error)
 Task = Literal["classification", "regression"]
 
 
@@ -103,7 +110,7 @@ def _numeric(value: Any, what: str) -> np.ndarray:
         raise _RowError(what, "must be a number or a list of numbers")
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise _RowError(what, "must be a number or a rectangular list of numbers") from exc
     if arr.dtype == object:
         raise _RowError(what, "must be a rectangular list of numbers")
@@ -117,6 +124,10 @@ def _json_row(text: str) -> tuple[Any, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _RowError("", f"bad JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise _RowError("", "bad JSON (nested too deeply)") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise _RowError("", "bad JSON (a number has too many digits)") from exc
     if not isinstance(obj, dict):
         raise _RowError("", "each line must be a JSON object")
     unknown = sorted(set(obj) - {"input", "text", "label"})
@@ -143,6 +154,8 @@ def _text_field(obj: dict[str, Any]) -> _Text:
         raise _RowError("text", "must be a string")
     if not value.strip():
         raise _RowError("text", "is empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise _RowError("text", f"is longer than {MAX_TEXT_CHARS} characters")
     return _Text(value)
 
 
@@ -156,37 +169,67 @@ def _jsonl_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError
             out.append((n, x, y))
         except _RowError as err:
             out.append((n, err))
+        except _LINE_ERRORS as exc:
+            out.append((n, _RowError("", f"cannot parse the line ({type(exc).__name__})")))
     return out
 
 
 def _csv_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
     reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
-    header = next(reader, None)
-    if not header:
+    records = _csv_records(reader)
+    first = next(records, None)
+    if first is None:
         return []
-    header = [h.strip() for h in header]
+    line, head = first
+    if isinstance(head, _RowError):
+        return [(line, head)]
+    header = [h.strip() for h in head]
     if "label" not in header:
         return [(1, _RowError("label", "missing label column in the header"))]
     li = header.index("label")
     out: list[tuple[int, Any, Any] | tuple[int, _RowError]] = []
-    for row in reader:
-        n = reader.line_num
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            out.append((n, _RowError("", f"expected {len(header)} columns, got {len(row)}")))
-            continue
-        try:
-            feats = [float(c) for i, c in enumerate(row) if i != li]
-            label: Any = float(row[li]) if row[li].strip() else None
-        except ValueError:
-            out.append((n, _RowError("input", "every feature column must be a number")))
-            continue
-        if label is None:
-            out.append((n, _RowError("label", "missing label")))
-            continue
-        out.append((n, feats, label))
+    for n, row in records:
+        if isinstance(row, _RowError):
+            out.append((n, row))
+        elif any(c.strip() for c in row):
+            out.append(_csv_row(n, row, header, li))
     return out
+
+
+def _csv_records(reader: Any) -> Iterator[tuple[int, list[str] | _RowError]]:
+    """(line, cells) per record; a record the csv module cannot read (a field over its size
+    limit, a NUL byte) is an error of its line, and reading goes on after it."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, _RowError("", f"cannot parse the CSV record ({exc})")
+            continue
+        long = next((i for i, c in enumerate(row) if len(c) > MAX_CSV_CELL_CHARS), None)
+        if long is not None:
+            yield (
+                reader.line_num,
+                _RowError(f"column {long + 1}", f"longer than {MAX_CSV_CELL_CHARS} characters"),
+            )
+            continue
+        yield reader.line_num, row
+
+
+def _csv_row(
+    n: int, row: list[str], header: list[str], li: int
+) -> tuple[int, Any, Any] | tuple[int, _RowError]:
+    if len(row) != len(header):
+        return n, _RowError("", f"expected {len(header)} columns, got {len(row)}")
+    try:
+        feats = [float(c) for i, c in enumerate(row) if i != li]
+        label: Any = float(row[li]) if row[li].strip() else None
+    except ValueError:
+        return n, _RowError("input", "every feature column must be a number")
+    if label is None:
+        return n, _RowError("label", "missing label")
+    return n, feats, label
 
 
 def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
@@ -210,6 +253,9 @@ def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
             shapes = _check_shape(shapes, x.shape, y.shape)
         except _RowError as err:
             report.add(n, err.field, err.message)
+            continue
+        except _LINE_ERRORS as exc:
+            report.add(n, "", f"cannot parse the line ({type(exc).__name__})")
             continue
         xs.append(x)
         ys.append(y)
@@ -267,13 +313,16 @@ def check_against(
     known_labels: set[int] | None = None,
     report: Report | None = None,
     text_model: bool = False,
+    max_classes: int = MAX_CLASSES,
 ) -> Report:
     """Check a parsed dataset against a model's input/output shapes (without batch) and a task;
-    a text model (hf-encoder) takes text rows, every other model tensor rows."""
+    a text model (hf-encoder) takes text rows, every other model tensor rows. Classification
+    labels must be below the model's classes, or below `max_classes` where the output's width is
+    open (a new head is made as wide as the labels need)."""
     report = report or Report(stats={"rows": len(ds)})
     _check_inputs(ds, input_shape, text_model, report)
     if task == "classification":
-        _check_classes(ds, output_shape, known_labels, report)
+        _check_classes(ds, output_shape, known_labels, report, max_classes)
     else:
         _check_regression(ds, output_shape, report)
     return report
@@ -298,7 +347,7 @@ def _check_inputs(ds: Dataset, input_shape: tuple[int, ...], text_model: bool, r
 
 
 def _check_classes(
-    ds: Dataset, output_shape: tuple[int, ...], known: set[int] | None, report: Report
+    ds: Dataset, output_shape: tuple[int, ...], known: set[int] | None, report: Report, max_classes: int
 ) -> None:
     classes = output_shape[-1] if output_shape else -1
     if ds.labels.ndim != 1:
@@ -309,6 +358,8 @@ def _check_classes(
             report.add(n, "label", f"label {y:g} is not a class index (0, 1, 2, ...)")
         elif classes > 0 and y >= classes:
             report.add(n, "label", f"unknown label {int(y)}: the model has {classes} classes")
+        elif y >= max_classes:
+            report.add(n, "label", f"label {y:g} is out of range: at most {max_classes} classes")
         elif known is not None and int(y) not in known:
             report.add(n, "label", f"unknown label {int(y)}: not in the training file")
 

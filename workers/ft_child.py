@@ -29,6 +29,7 @@ from workers.datasets import Dataset, parse
 from workers.ft_build import Built, build
 from workers.ft_messages import VERSION, checkpoint_name, describe_error
 from workers.ft_model import ModelNotTrainable, parameter_counts, trainable_names
+from workers.ft_promote import evaluate_loaded
 from workers.ft_spec import JobSpec
 from workers.training import Run, split
 
@@ -221,14 +222,8 @@ def evaluate_main(channel: Channel, args: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(args["spec"])
     try:
         _train, valid = load_data(args, spec)
-        plain = spec.model_copy(
-            update={"hyperparameters": spec.hyperparameters.model_copy(update={"num_classes": None})}
-        )
-        device = torch.device(args["device"])
-        base = resolved(args["base"])
-        built = build(base, read_checked(args["base"]), plain, [valid], device, 0)
-        run = Run(built.module, built.sig, valid, valid, plain, 0, device, built.encode)
-        metrics = run.evaluate()
+        base, data = resolved(args["base"]), read_checked(args["base"])
+        metrics = evaluate_loaded(base, data, spec, valid, torch.device(args["device"]))
     except Exception as exc:
         _send(channel, "evaluated", ok=False, message=_model_error(exc))
         return

@@ -32,6 +32,10 @@ from model_store.registry import ResolvedVersion
 from workers.ft_messages import JOB_MESSAGE, Checked, Evaluated, plain_name
 
 _CHUNK = 1 << 20
+# what the fenced children run (workers/ft_child.py); tests swap in variants
+TRAIN_TARGET = "workers.ft_child:train_main"
+CHECK_TARGET = "workers.ft_child:check_main"
+EVALUATE_TARGET = "workers.ft_child:evaluate_main"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class FenceLimits:
             silence_s=settings.train_silence_s,
             check_timeout_s=settings.finetune_check_timeout_s,
             check_memory_mb=settings.finetune_check_memory_mb,
+            require=getattr(settings, "fence", "required") == "required",
         )
 
     def use_gpu(self) -> bool:
@@ -140,7 +145,7 @@ class TrainingProcess:
             self.child.kill()
             raise _died(FenceDied(str(header["died"])[:300]), self.limits)
         try:
-            return JOB_MESSAGE.validate_python(header), buffers
+            return JOB_MESSAGE.validate_python(header), [bytes(b) for b in buffers]
         except ValidationError as exc:
             self.child.kill()
             raise TrainingFailed("protocol_error", "the training process sent a malformed message") from exc
@@ -242,7 +247,7 @@ def _one_call(target: str, args: dict[str, Any], read: list[Path], limits: Fence
 def check_model(args: dict[str, Any], read: list[Path], limits: FenceLimits) -> dict[str, int]:
     """Build the base model as a job would and count its (trainable) parameters, fenced."""
     try:
-        answer = Checked.model_validate(_one_call("workers.ft_child:check_main", args, read, limits))
+        answer = Checked.model_validate(_one_call(CHECK_TARGET, args, read, limits))
     except ValidationError as exc:
         raise CheckFailed("the model check answered a malformed message") from exc
     if not answer.ok:
@@ -255,7 +260,7 @@ def evaluate_version(args: dict[str, Any], read: list[Path], limits: FenceLimits
     `args` as for a job (base: the version to evaluate); CheckFailed when it cannot be evaluated."""
     args = {**args, "device": "cpu"}
     try:
-        answer = Evaluated.model_validate(_one_call("workers.ft_child:evaluate_main", args, read, limits))
+        answer = Evaluated.model_validate(_one_call(EVALUATE_TARGET, args, read, limits))
     except ValidationError as exc:
         raise CheckFailed("the evaluation answered a malformed message") from exc
     if not answer.ok:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -43,8 +44,8 @@ from workers.ft_fence import (
 )
 from workers.ft_messages import Done, Epoch, Error, Started, Step
 from workers.ft_metrics import TrainerMetrics
+from workers.ft_promote import Candidate, decide
 from workers.ft_spec import JobSpec
-from workers.training import better
 
 log = logging.getLogger("kiln.trainer")
 __all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute"]
@@ -194,9 +195,50 @@ def _finish(
     spec = JobSpec.model_validate(row.spec)
     final = dict(done.metrics)
     results_file = _results_file(ctx, row, table)
-    lineage = {
+    version = _register(ctx, row, spec, base, proc, done, _lineage(ctx, row, spec, base, done, parent))
+    result: dict[str, Any] = {
+        "metrics": final,
+        "parent_metrics": parent,
+        "version": version,
+        "epochs_completed": done.epochs_completed,
+        "stopped_early": done.stopped_early,
+        "result_files": [results_file],
+    }
+    if spec.promote:
+        sig = Signature.model_validate(done.signature)
+        cand = Candidate(row.tenant_id, row.target_model, version, base.format, sig, final)
+        evaluate = functools.partial(evaluate_in_fence, ctx, row)
+        result["promotion"] = decide(ctx, cand, spec, (base, parent), evaluate)
+        result["promoted"] = result["promotion"]["promoted"]
+        ctx.store.add_event(row.id, result["promotion"]["reason"])
+    ctx.store.finish(
+        row.id,
+        ctx.owner,
+        "succeeded",
+        fine_tuned_model=f"{row.target_model}:{version}",
+        result=result,
+        message=f"fine-tuned model {row.target_model}:{version} is ready",
+    )
+
+
+def _lineage(
+    ctx: JobContext,
+    row: FineTuneJobRow,
+    spec: JobSpec,
+    base: ResolvedVersion,
+    done: Done,
+    parent: dict[str, Any],
+) -> dict[str, Any]:
+    return {
         "job_id": row.id,
-        "parent": {"model": base.model, "version": base.version, "sha256": base.sha256},
+        "parent": {
+            "model": base.model,
+            "version": base.version,
+            "sha256": base.sha256,
+            "tenant_id": base.tenant_id,
+        },
+        # the sharing grants this version depends on (model_store/grants.py): withdrawn, it stops serving
+        "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
         "training_file": {
             "id": row.training_file,
             "sha256": ctx.store.get_file(row.tenant_id, row.training_file).sha256,
@@ -209,49 +251,37 @@ def _finish(
         "hyperparameters": spec.hyperparameters.model_dump(mode="json"),
         "seed": row.seed,
         "epochs_completed": done.epochs_completed,
-        "metrics": final,
+        "metrics": dict(done.metrics),
         "parent_metrics": parent,
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
     }
-    version = _register(ctx, row, base, proc, done, lineage)
-    result: dict[str, Any] = {
-        "metrics": final,
-        "parent_metrics": parent,
-        "version": version,
-        "epochs_completed": done.epochs_completed,
-        "stopped_early": done.stopped_early,
-        "result_files": [results_file],
-    }
-    if spec.promote:
-        result["promoted"] = better(spec.task, final, parent)
-        if result["promoted"]:
-            ctx.registry.set_alias(row.tenant_id, row.target_model, spec.promote, version)
-    ctx.store.finish(
-        row.id,
-        ctx.owner,
-        "succeeded",
-        fine_tuned_model=f"{row.target_model}:{version}",
-        result=result,
-        message=f"fine-tuned model {row.target_model}:{version} is ready",
-    )
 
 
 def _register(
     ctx: JobContext,
     row: FineTuneJobRow,
+    spec: JobSpec,
     base: ResolvedVersion,
     proc: TrainingProcess,
     done: Done,
     lineage: dict[str, Any],
 ) -> int:
-    """Register the result once (a retried finish finds the version this job already made)."""
+    """Register the result once (a retried finish finds the version this job already made).
+    A job without `publish_existing` (its key lacked `manage`) publishes only into a model that
+    holds no other versions: one it created."""
     with contextlib.suppress(Conflict):
         ctx.registry.create_model(row.tenant_id, row.target_model, f"fine-tuned from {row.model}")
     model = ctx.registry.get_model(row.tenant_id, row.target_model)
-    for v in ctx.registry.list_versions(model.id):
+    versions = ctx.registry.list_versions(model.id)
+    for v in versions:
         if (v.lineage or {}).get("job_id") == row.id:
             return v.version
+    if versions and not spec.publish_existing:
+        raise Conflict(
+            f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
+            "existing model needs the 'manage' scope"
+        )
     tmp, sha, size = proc.take(ctx.blobs, done.artifact)
     sig = Signature.model_validate(done.signature)
     created = ctx.registry.add_version(

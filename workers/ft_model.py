@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from model_store.signature import Signature
+from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 
 
 class ModelNotTrainable(Exception):
@@ -20,7 +21,10 @@ class ModelNotTrainable(Exception):
 
 
 def load_scripted(data: bytes, device: torch.device) -> Any:
+    """Load a stored TorchScript model under the same op policy as serving (before and after)."""
+    check_torchscript_archive(data)
     module = torch.jit.load(io.BytesIO(data), map_location=device)
+    check_torchscript_module(module)
     return module
 
 

@@ -54,3 +54,5 @@ class JobSpec(BaseModel):
     validation_split: float | None = None
     promote: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # False for a job made by a key without `manage`: it may only create its target model
+    publish_existing: bool = True

@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from model_store.hf_encoder import HEAD_CONFIG, HEAD_WEIGHTS, EncoderBundle, open_bundle
+from model_store.limits import ArtifactLimits
 from workers.errors import LoadError
 
 _IGNORABLE = ("position_ids", "pooler.")
@@ -110,12 +111,16 @@ class EncoderWithHead(torch.nn.Module):
 
 
 def for_finetune(
-    data: bytes, device: torch.device, task: str, num_outputs: int
+    data: bytes,
+    device: torch.device,
+    task: str,
+    num_outputs: int,
+    limits: ArtifactLimits | None = None,
 ) -> tuple[EncoderWithHead, Encode, EncoderBundle]:
     """The model to fine-tune (the bundle's own head when it serves the same task, else a new one
     with num_outputs outputs; seeded by the caller) and the function that turns texts into its
     input tensor."""
-    bundle = open_bundle(data)
+    bundle = open_bundle(io.BytesIO(data), limits or ArtifactLimits())
     encoder, wants_types = build_encoder(bundle)
     own = load_head(bundle) if bundle.head is not None and bundle.head["task"] == task else None
     head = own or torch.nn.Linear(bundle.hidden_size, num_outputs)

@@ -8,20 +8,25 @@ A bundle with a head (a fine-tuned version) answers the head's outputs instead o
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from model_store.hf_encoder import bundle_signature, open_bundle
+from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
 
 
 class HFEncoderRunner:
-    def __init__(self, version: ResolvedVersion, data: bytes, device: str, threads: int) -> None:
+    def __init__(
+        self, version: ResolvedVersion, data: bytes, device: str, threads: int, limits: ArtifactLimits
+    ) -> None:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        bundle = open_bundle(data)
+        bundle = open_bundle(io.BytesIO(data), limits)  # refused before anything is built
         model, self._wants_types = build_encoder(bundle)
         self.device = device
         self._torch = torch

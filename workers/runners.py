@@ -10,8 +10,12 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from model_store.errors import InvalidArtifact
+from model_store.limits import ArtifactLimits
 from model_store.loading import run_torchscript
+from model_store.onnx_check import check_onnx_bytes
 from model_store.registry import ResolvedVersion
+from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 from workers.errors import LoadError
 
 log = logging.getLogger("kiln.runner")
@@ -115,6 +119,7 @@ class OnnxRunner:
         elif device == "cuda":
             device = "cpu"
         self.device = device
+        check_onnx_bytes(data)  # again at load: the store may hold bytes that never passed upload
         self._session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         self._outputs = [t.name for t in version.signature.outputs]
         self._text_inputs = [t.name for t in version.signature.inputs if t.datatype == "BYTES"]
@@ -145,7 +150,9 @@ class TorchScriptRunner:
             torch.set_num_threads(threads)
         self.device = device
         self._device = torch.device(device)
+        check_torchscript_archive(data)  # before loading: loading runs the model's __setstate__
         self._module: Any = torch.jit.load(io.BytesIO(data), map_location=self._device)
+        check_torchscript_module(self._module)
         self._module.eval()
         self._sig = version.signature
 
@@ -153,7 +160,10 @@ class TorchScriptRunner:
         return run_torchscript(self._module, self._sig, inputs, self._device)
 
 
-def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runner:
+def load_local_runner(
+    version: ResolvedVersion, data: bytes, threads: int = 0, limits: ArtifactLimits | None = None
+) -> Runner:
+    """A runner in this process (in a fenced child, or with KILN_FENCE=off)."""
     device = pick_device(version.config.device)
     try:
         if version.format == "onnx":
@@ -163,9 +173,11 @@ def load_runner(version: ResolvedVersion, data: bytes, threads: int = 0) -> Runn
         if version.format == "hf-encoder":
             from workers.hf_runner import HFEncoderRunner
 
-            return HFEncoderRunner(version, data, device, threads)
+            return HFEncoderRunner(version, data, device, threads, limits or ArtifactLimits())
     except LoadError:
         raise
+    except InvalidArtifact as exc:
+        raise LoadError(f"refused {version.format} model: {exc}") from exc
     except Exception as exc:
         raise LoadError(f"could not load {version.format} model: {type(exc).__name__}") from exc
     raise LoadError(f"no runner for format {version.format!r}")

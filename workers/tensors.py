@@ -49,8 +49,10 @@ def from_bytes(buf: bytes | memoryview, datatype: str, shape: tuple[int, ...]) -
 
 
 def _bytes_tensor(buf: bytes | memoryview, count: int) -> np.ndarray:
-    out = np.empty(count, dtype=object)
     view = memoryview(buf)
+    if count * 4 > len(view):  # every element has a 4-byte prefix: refuse before allocating
+        raise TensorDecodeError(f"{len(view)} bytes cannot hold {count} BYTES elements")
+    out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
         if pos + 4 > len(view):

@@ -90,6 +90,30 @@ def lr_factor(hp: Hyperparameters, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
+def to_tensors(
+    ds: Dataset,
+    sig: Signature,
+    classification: bool,
+    device: torch.device,
+    encode: Callable[[list[str]], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset's inputs and labels as tensors for a model of signature `sig`."""
+    if ds.is_text:
+        if encode is None:
+            raise ValueError("text rows need a text model")
+        x = encode([str(t) for t in ds.inputs]).to(device)
+    else:
+        x = torch.from_numpy(ds.inputs.copy()).to(device)
+    if sig.inputs[0].datatype == "FP64":
+        x = x.double()
+    if classification:
+        return x, torch.from_numpy(ds.labels.astype(np.int64)).to(device)
+    y = torch.from_numpy(ds.labels.astype(np.float32))
+    if y.ndim == 1:
+        y = y.unsqueeze(1)
+    return x, y.to(device)
+
+
 class Run:
     def __init__(
         self,
@@ -124,20 +148,7 @@ class Run:
         torch.manual_seed(seed)
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        if ds.is_text:
-            if self.encode is None:
-                raise ValueError("text rows need a text model")
-            x = self.encode([str(t) for t in ds.inputs]).to(self.device)
-        else:
-            x = torch.from_numpy(ds.inputs.copy()).to(self.device)
-        if self.sig.inputs[0].datatype == "FP64":
-            x = x.double()
-        if self.classification:
-            return x, torch.from_numpy(ds.labels.astype(np.int64)).to(self.device)
-        y = torch.from_numpy(ds.labels.astype(np.float32))
-        if y.ndim == 1:
-            y = y.unsqueeze(1)
-        return x, y.to(self.device)
+        return to_tensors(ds, self.sig, self.classification, self.device, self.encode)
 
     @property
     def total_steps(self) -> int:

@@ -5,9 +5,11 @@ expired ones, validate each item alone, batch dynamically per version, run, spli
 reply to the asking gateway and ack, all in one round trip per batch. Entries a dead consumer
 left pending are taken over with XAUTOCLAIM one at a time and run alone; after max_deliveries
 they are dead-lettered. A watchdog thread renews the leases on held entries and reports the
-worker not ready when model code runs past its requests' deadlines (workers/watchdog.py,
-leases.py); load/unload commands, warmup and the memory budget live in workers/lifecycle.py;
-versions with several instances run their batches on a pool (workers/instances.py).
+worker not ready when its own loop stalls (workers/watchdog.py, leases.py); load/unload
+commands, warmup and the memory budget live in workers/lifecycle.py. Every model instance is a
+fenced child process (workers/fenced.py) and every version runs its batches on a pool of its
+instances (workers/instances.py), so the loop never waits on model code: a model that does not
+answer by its batch's deadline is killed and its version unloaded (workers/quarantine.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,18 +31,30 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
+from model_store.fence import FenceDied, FenceTimeout
+from model_store.limits import ArtifactLimits
 from model_store.registry import Registry, ResolvedVersion
 from workers import memory
 from workers.batcher import Batcher, BatchPolicy, Item
 from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
 from workers.errors import LoadError
+from workers.fenced import (
+    MARGIN_S,
+    FenceMode,
+    close_runners,
+    deadline_scope,
+    fenced_of,
+    load_runner,
+    start_fork_server,
+)
 from workers.instances import InstancePool
 from workers.keys import Keys
 from workers.leases import Leases
 from workers.lifecycle import Commands, lru_victims, measured, release_memory, warm
 from workers.metrics import WorkerMetrics
+from workers.quarantine import Quarantine
 from workers.queue import Entry, WorkQueue
-from workers.runners import InputRejected, Runner, load_runner, public_message, split_failed
+from workers.runners import InputRejected, Runner, public_message, split_failed
 from workers.signals import stop_on_signals
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.usage import Charge, split_compute
@@ -62,6 +76,10 @@ class WorkerConfig:
     threads: int = 0
     metrics_port: int = 0
     memory_budget_bytes: int = 0  # 0: unlimited; else least-recently-used versions are unloaded
+    artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)  # bundles are loaded under these
+    fence: FenceMode = "required"  # model code in fenced children (workers/fenced.py)
+    model_memory_bytes: int = 8 << 30  # address-space limit of each CPU model process
+    hung_backoff_s: float = 30.0  # a version unloaded after it hung loads again after this
 
 
 @dataclass(slots=True)
@@ -71,7 +89,8 @@ class Loaded:
     policy: BatchPolicy
     size_bytes: int = 0  # device memory it holds (CUDA), else its artifact size
     last_used: float = 0.0  # monotonic
-    pool: InstancePool | None = None  # with instances > 1: batches run on the pool's threads
+    pool: InstancePool | None = None  # batches run on the pool's threads, one per instance
+    runners: list[Runner] = field(default_factory=list)
 
     def runner_here(self) -> Runner:
         return self.pool.current() if self.pool is not None else self.runner
@@ -112,11 +131,11 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
-        self._charges: list[Charge] = []  # usage of the batch being finished (see _run_group)
         self.leases = Leases(self.queue)
         interval = min(1.0, config.heartbeat_ttl_s / 3, config.claim_idle_ms / 3000)
         self.commands = Commands(client, keys)
         self.load_failures: dict[int, str] = {}
+        self.quarantine = Quarantine(config.hung_backoff_s)
         self.watchdog = Watchdog(self._beat_while_busy, self.leases.renew, interval)
 
     # lifecycle --------------------------------------------------------------------------------
@@ -130,6 +149,9 @@ class Worker:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
         self.watchdog.start()
+        if self.config.fence != "off":
+            # the runtimes' imports take seconds: in the background, while the loop heartbeats
+            threading.Thread(target=start_fork_server, name="kiln-fork-server", daemon=True).start()
         backoff = 0.05
         while not self._stop.is_set():
             try:
@@ -152,6 +174,7 @@ class Worker:
             for loaded in list(self.models.values()):
                 if loaded.pool is not None:
                     loaded.pool.close()
+                close_runners(loaded.runners)
             self.queue.drop_heartbeat(self.worker_id)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             log.warning("redis unavailable at shutdown; unacknowledged entries will be reclaimed")
@@ -164,6 +187,7 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_refresh:
             self._streams = self.queue.active_streams()
+            self._unload_condemned()
             self._apply_commands()
             self._beat()
             self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
@@ -194,11 +218,11 @@ class Worker:
 
     def _dispatch(self, version_id: int, items: list[Item]) -> None:
         """Run a batch here, or on a free instance of the version's pool."""
-        pool = self.models[version_id].pool
-        if pool is None:
-            self._execute(version_id, items)
+        loaded = self.models[version_id]
+        if loaded.pool is None:
+            self._execute(loaded, items)
         else:
-            pool.submit(lambda: self._execute(version_id, items))
+            loaded.pool.submit(lambda: self._execute(loaded, items))
 
     def _reclaim(self, stream: str, limit: int = 256) -> None:
         """Take over a dead consumer's entries one at a time, each run alone: a request that
@@ -219,7 +243,7 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "metrics_port": self.config.metrics_port,
-            "loaded": sorted(list(self.models)),
+            "loaded": sorted(v for v in list(self.models) if not self.quarantine.condemned(v)),
             "ready": True,
             "failed": {str(vid): why for vid, why in dict(self.load_failures).items()},
             "memory_bytes": sum(m.size_bytes for m in list(self.models.values())),
@@ -292,52 +316,73 @@ class Worker:
 
     def _model(self, version_id: int) -> Loaded:
         loaded = self.models.get(version_id)
-        if loaded is not None:
+        if loaded is not None and not self.quarantine.condemned(version_id):
             return loaded
         if version_id in self.commands.unloaded:
             raise ItemRejected(ErrorCode.UNAVAILABLE, "this model version is unloaded; load it first")
+        refused = self.quarantine.refusal(version_id)
+        if refused is not None:
+            raise ItemRejected(ErrorCode.UNAVAILABLE, f"this model version is unavailable: {refused}")
         started = time.monotonic()
-        mem_before = memory.snapshot()
-        size: list[int] = []
-        try:
-            version = self.registry.by_version_id(version_id)
-            data = self.blobs.read_verified(version.sha256)
-            with self.watchdog.busy(float("inf")), measured(size):  # heartbeats go on during a long load
-                runners = [
-                    load_runner(version, data, self.config.threads) for _ in range(version.config.instances)
-                ]
-                for r in runners:
-                    warm(r, version.signature)
-            runner = runners[0]
-        except (StoreError, LoadError) as exc:
-            self.load_failures[version_id] = str(exc)[:300]
-            log.error("load of version %s failed: %s", version_id, exc)
-            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
-        except Exception as exc:
-            self.load_failures[version_id] = f"warmup failed: {public_message(exc)}"
-            log.error("warmup of version %s failed: %s", version_id, type(exc).__name__)
-            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model warmup failed: {public_message(exc)}") from exc
+        version, runners, size, used = self._load_instances(version_id)
         self.load_failures.pop(version_id, None)
-        self._make_room(size[0] or len(data) * len(runners), version_id)
+        self._make_room(size, version_id)
         cfg = version.config
         batching = version.signature.batched() and cfg.max_batch_size > 1
         policy = BatchPolicy(
             cfg.max_batch_size if batching else 1, cfg.max_queue_delay_ms / 1000, cfg.preferred_batch_sizes
         )
-        pool = InstancePool(runners, f"kiln-v{version_id}") if len(runners) > 1 else None
+        pool = InstancePool(runners, f"kiln-v{version_id}")  # the loop never runs model code itself
+        runner = runners[0]
         loaded = self.models[version_id] = Loaded(
-            version, runner, policy, size[0] or len(data) * len(runners), time.monotonic(), pool
+            version, runner, policy, size, time.monotonic(), pool, runners
         )
         self.metrics.load_duration.labels(version.model, str(version.version)).observe(
             time.monotonic() - started
         )
         self.metrics.loaded.set(len(self.models))
-        self.metrics.version_loaded(
-            version.model, version.version, runner.device, memory.used_since(mem_before, runner.device)
-        )
+        self.metrics.version_loaded(version.model, version.version, runner.device, used)
         log.info("loaded %s:%s on %s", version.model, version.version, runner.device)
         self._beat()  # ready now: say so before the first answer goes out
         return loaded
+
+    def _load_instances(self, version_id: int) -> tuple[ResolvedVersion, list[Runner], int, int | None]:
+        """Start and warm up the version's instances: (version, runners, bytes they count for in
+        the memory budget, memory the load took as measured)."""
+        mem_before = memory.snapshot()
+        cuda: list[int] = []
+        runners: list[Runner] = []
+        cfg = self.config
+        try:
+            version = self.registry.by_version_id(version_id)
+            path = self.blobs.path_for(version.sha256)
+            with self.watchdog.busy(float("inf")), measured(cuda):  # heartbeats go on during a long load
+                for _ in range(version.config.instances):
+                    runners.append(
+                        load_runner(
+                            version, path, cfg.threads, cfg.fence, cfg.model_memory_bytes, cfg.artifact_limits
+                        )
+                    )
+                for r in runners:
+                    warm(r, version.signature)
+        except (StoreError, LoadError, FenceDied, FenceTimeout) as exc:
+            close_runners(runners)
+            self.load_failures[version_id] = str(exc)[:300]
+            log.error("load of version %s failed: %s", version_id, exc)
+            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model could not be loaded: {exc}") from exc
+        except Exception as exc:
+            close_runners(runners)
+            self.load_failures[version_id] = f"warmup failed: {public_message(exc)}"
+            log.error("warmup of version %s failed: %s", version_id, type(exc).__name__)
+            raise ItemRejected(ErrorCode.LOAD_FAILED, f"model warmup failed: {public_message(exc)}") from exc
+        fenced = [f for f in (fenced_of(r) for r in runners) if f is not None]
+        # what the load took: each child reports its own (resident, or CUDA), else this process's
+        device = runners[0].device
+        used = sum(f.memory_bytes for f in fenced) if fenced else memory.used_since(mem_before, device)
+        if device.startswith("cuda"):  # the budget counts device memory on a GPU
+            cuda = [used or 0] if fenced else cuda
+        size = (cuda[0] if cuda else 0) or path.stat().st_size * len(runners)  # else artifact bytes
+        return version, runners, size, used
 
     def _make_room(self, need: int, loading: int) -> None:
         sizes = {vid: (m.size_bytes, m.last_used) for vid, m in self.models.items()}
@@ -355,12 +400,30 @@ class Worker:
         self.models.pop(version_id)
         if loaded.pool is not None:
             loaded.pool.close()
+        close_runners(loaded.runners)
+        self.quarantine.unloaded(version_id)
         del loaded
         release_memory()
         self.metrics.loaded.set(len(self.models))
         log.info("unloaded version %s", version_id)
         self._beat()
         return True
+
+    def _condemn(self, loaded: Loaded, why: str) -> None:
+        """From a pool thread: kill the version's children now; the loop unloads it."""
+        vid = loaded.version.version_id
+        if self.quarantine.condemn(vid, why):
+            log.error("version %s unloaded: %s", vid, why)
+            self.load_failures[vid] = why
+            close_runners(loaded.runners, kill=True)
+            self._next_refresh = 0.0  # unload and report it on the loop's next turn
+
+    def _unload_condemned(self) -> None:
+        for vid in self.quarantine.pending():
+            if vid not in self.models:
+                self.quarantine.unloaded(vid)
+            elif not self.unload(vid):  # its queued batches fail first (see _execute)
+                self._beat()
 
     def _apply_commands(self) -> None:
         for version_id, action in self.commands.new():
@@ -400,8 +463,7 @@ class Worker:
         return inputs, counts.pop(), shape_key
 
     # execution --------------------------------------------------------------------------------
-    def _execute(self, version_id: int, items: list[Item]) -> None:
-        loaded = self.models[version_id]
+    def _execute(self, loaded: Loaded, items: list[Item]) -> None:
         loaded.last_used = time.monotonic()
         now = time.monotonic()
         replies: list[tuple[str, InferReplyMsg]] = []
@@ -422,9 +484,12 @@ class Worker:
                 )
             else:
                 live.append(item)
-        if live:
-            replies.extend(self._run_group(loaded, live))
-        charges, self._charges = self._charges, []
+        charges: list[Charge] = []
+        if live and self.quarantine.condemned(loaded.version.version_id):
+            why = self.load_failures.get(loaded.version.version_id, "")
+            replies.extend(self._fail(live, ErrorCode.UNAVAILABLE, f"this model version was unloaded: {why}"))
+        elif live:
+            replies.extend(self._run_group(loaded, live, charges))
         self._finish(replies, [item.key[0] for item in items], charges)
 
     def _finish(
@@ -438,32 +503,43 @@ class Worker:
         if kept:  # asynchronous results are kept for their own, longer time
             self.queue.keep(kept, self.config.async_result_ttl_s)
 
-    def _run_group(self, loaded: Loaded, items: list[Item]) -> list[tuple[str, InferReplyMsg]]:
+    def _fail(self, items: list[Item], code: str, message: str) -> list[tuple[str, InferReplyMsg]]:
+        return [
+            (i.key[1].reply_to, InferReplyMsg.failure(i.key[1].request_id, code, message, self.worker_id))
+            for i in items
+        ]
+
+    def _run_group(
+        self, loaded: Loaded, items: list[Item], charges: list[Charge]
+    ) -> list[tuple[str, InferReplyMsg]]:
         """Run items as one batch; if it fails, split it (halves after out-of-memory, else each
-        item alone) so that one bad item fails alone."""
+        item alone) so that one bad item fails alone. A model that does not answer by the
+        batch's deadline, or whose process dies, fails the batch and is unloaded."""
         v = loaded.version
         started = time.perf_counter()
+        deadline = max(item.deadline for item in items)
+        fenced = fenced_of(loaded.runner_here()) is not None
+        # fenced: the child is killed at deadline + MARGIN_S, so only a stall of this thread
+        # itself makes the worker not ready; unfenced, model code past its deadline does
+        stall = deadline + MARGIN_S + 2.0 if fenced else min(item.deadline for item in items)
         try:
-            with self.watchdog.busy(min(item.deadline for item in items)):
+            with self.watchdog.busy(stall), deadline_scope(deadline):
                 outputs = self._forward(loaded, items)
+        except (FenceTimeout, FenceDied) as exc:
+            hung = isinstance(exc, FenceTimeout)
+            why = "model did not answer within its deadline" if hung else f"model process died: {exc}"
+            self._condemn(loaded, why)
+            code = ErrorCode.DEADLINE_EXCEEDED if hung else ErrorCode.MODEL_ERROR
+            self.metrics.failure(v.model, v.version, code, len(items))
+            return self._fail(items, code, f"model execution failed: {why}")
         except Exception as exc:
             if len(items) > 1:
                 log.warning("batch of %d failed (%s); splitting it", len(items), type(exc).__name__)
-                return [r for group in split_failed(exc, items) for r in self._run_group(loaded, group)]
+                groups = split_failed(exc, items)
+                return [r for group in groups for r in self._run_group(loaded, group, charges)]
             code = ErrorCode.INVALID_INPUT if isinstance(exc, InputRejected) else ErrorCode.MODEL_ERROR
             self.metrics.failure(v.model, v.version, code)
-            _entry, msg = items[0].key
-            return [
-                (
-                    msg.reply_to,
-                    InferReplyMsg.failure(
-                        msg.request_id,
-                        code,
-                        f"model execution failed: {public_message(exc)}",
-                        self.worker_id,
-                    ),
-                )
-            ]
+            return self._fail(items, code, f"model execution failed: {public_message(exc)}")
         compute_s = time.perf_counter() - started
         wall = now_ms()
         self.metrics.batch(
@@ -474,15 +550,15 @@ class Worker:
             compute_s,
             [max(0, wall - item.key[1].enqueued_ms) / 1000 - compute_s for item in items],
         )
-        self._charge(v, items, compute_s)
+        charges.extend(self._charge(v, items, compute_s))
         return self._split(loaded, items, outputs, compute_s)
 
-    def _charge(self, v: ResolvedVersion, items: list[Item], compute_s: float) -> None:
+    def _charge(self, v: ResolvedVersion, items: list[Item], compute_s: float) -> list[Charge]:
         """Divide the batch's compute time among its requests by item count."""
         requests = [(i.key[1].tenant_id, i.key[1].key_id, i.count) for i in items]
         charges = split_compute(v.model, v.version, requests, compute_s)
-        self._charges.extend(charges)
         self.metrics.charge(charges)
+        return charges
 
     @staticmethod
     def _forward(loaded: Loaded, items: list[Item]) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ async def create_job(
     dry_run: bool = False,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JobPublic | DryRunPublic:
-    return await svc.create(principal.tenant_id, body, idempotency_key, dry_run)
+    return await svc.create(principal, body, idempotency_key, dry_run)
 
 
 @router.get("", response_model=JobList)

@@ -1,15 +1,17 @@
-"""Liveness, readiness, server metadata and /metrics. Unauthenticated, as probes need."""
+"""Liveness, readiness and server metadata. Unauthenticated, as probes need. /metrics is not
+here: it names tenants and models, so the gateway serves it on the operators' port only
+(service/metrics.serve, KILN_METRICS_PORT)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
-from fastapi.responses import Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from service import __version__, metrics
+from service import __version__
 from service.deps import StateDep
-from service.ops_metrics import FineTuneJobsCollector
 from service.responses import JSONBody
 
 router = APIRouter()
@@ -24,9 +26,34 @@ async def live() -> dict[str, bool]:
 async def ready(state: StateDep) -> JSONBody:
     engine = await state.engine.health()
     db_ok = await run_in_threadpool(_db_ok, state)
-    ok = bool(engine["redis"]) and db_ok
-    body = {"ready": ok, "redis": engine["redis"], "database": db_ok, "workers": engine["workers"]}
-    return JSONBody(body, status_code=200 if ok else 503)
+    reasons = not_ready_reasons(engine, db_ok, state.settings.ready_min_workers)
+    body: dict[str, object] = {
+        "ready": not reasons,
+        "redis": engine["redis"],
+        "database": db_ok,
+        "workers": engine["workers"],
+        "workers_not_ready": engine.get("workers_not_ready", 0),
+    }
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    return JSONBody(body, status_code=503 if reasons else 200)
+
+
+def not_ready_reasons(engine: dict[str, Any], db_ok: bool, min_workers: int) -> list[str]:
+    """Why this gateway cannot serve inference now (empty: ready). Workers count only while
+    their heartbeat is live and says ready (a dead worker's expires within KILN_HEARTBEAT_TTL_S)."""
+    reasons = []
+    if not engine["redis"]:
+        reasons.append("the queue (Redis) is unavailable")
+    if not db_ok:
+        reasons.append("the database is unavailable")
+    if engine["redis"] and engine["workers"] < min_workers:
+        busy = engine.get("workers_not_ready", 0)
+        reasons.append(
+            f"{engine['workers']} live, ready workers (need {min_workers})"
+            + (f"; {busy} alive but not ready" if busy else "")
+        )
+    return reasons
 
 
 def _db_ok(state: StateDep) -> bool:
@@ -45,10 +72,3 @@ async def server_metadata() -> dict[str, object]:
         "version": __version__,
         "extensions": ["binary_tensor_data", "model_repository"],
     }
-
-
-@router.get("/metrics", tags=["health"], include_in_schema=False)
-async def prometheus_metrics(state: StateDep) -> Response:
-    jobs = FineTuneJobsCollector(state.sessions)  # one small query; off the event loop
-    body, content_type = await run_in_threadpool(metrics.render, jobs)
-    return Response(body, media_type=content_type)

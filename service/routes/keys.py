@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from model_store.db import ApiKeyRow, TenantRow, utcnow
-from service import keys, tenants
+from model_store.db import ApiKeyRow, TenantRow
+from service import access, keys, tenants
 from service.access_schemas import (
     KeyCreate,
     KeyCreated,
@@ -41,6 +41,7 @@ def key_public(row: ApiKeyRow) -> KeyPublic:
         scopes=row.scopes.split(","),
         models=row.allowed_models,
         limits=Limits.from_row(row.limits),
+        priority_cap=row.priority_cap or 1,
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
@@ -74,34 +75,40 @@ async def set_tenant_limits(
 
 
 def _key_tenant(principal: Principal, body: KeyCreate, state: StateDep) -> int:
-    """The tenant the new key belongs to; a key can grant no scope its creator lacks."""
-    if not principal.has("admin"):
-        if body.tenant is not None:
-            raise Forbidden("only an admin key may create keys for another tenant")
-        if any(not principal.has(s) or s == "admin" for s in body.scopes):
-            raise Forbidden("a key cannot grant a scope its creator lacks")
+    """The tenant the new key belongs to (another tenant: admin keys only, see service/access)."""
     if body.tenant is None:
         return principal.tenant_id
+    if not principal.has("admin"):  # before any lookup: tenant names are not for them to probe
+        raise Forbidden("only an admin key may create keys for another tenant")
     return tenants.by_name(state.sessions, body.tenant).id
 
 
 @router.post("/v1/keys", status_code=201, response_model=KeyCreated)
 async def create_key(body: KeyCreate, principal: ManagePrincipal, state: StateDep) -> KeyCreated:
+    """A key with at most its creator's power; restrictions not asked for are inherited."""
+
     def create() -> KeyCreated:
         tenant_id = _key_tenant(principal, body, state)
-        expires = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+        power = access.minted_power(
+            principal, tenant_id, body.scopes, body.models, body.expires_in_s, body.limits, body.priority_cap
+        )
         row, secret = keys.create_key(
             state.sessions,
             tenant_id,
-            list(body.scopes),
+            sorted(power.scopes),
             name=body.name,
-            expires_at=expires,
-            allowed_models=body.models,
-            limits=body.limits,
+            expires_at=power.expires_at,
+            allowed_models=sorted(power.models) if power.models is not None else None,
+            limits=power.limits,
+            priority_cap=power.priority_cap,
         )
         return _created(row, secret)
 
     return await run_in_threadpool(create)
+
+
+def _guard(principal: Principal, action: str) -> Callable[[ApiKeyRow], None]:
+    return lambda row: access.check_covers(principal, access.KeyPower.of_row(row), action)
 
 
 @router.get("/v1/keys", response_model=KeyList)
@@ -118,7 +125,11 @@ async def get_key(key_id: int, principal: ManagePrincipal, state: StateDep) -> K
 @router.delete("/v1/keys/{key_id}", response_model=KeyPublic)
 async def revoke_key(key_id: int, principal: ManagePrincipal, state: StateDep) -> KeyPublic:
     """Revoked keys stop working on every gateway within the key cache TTL (seconds)."""
-    return key_public(await run_in_threadpool(keys.revoke, state.sessions, principal.tenant_id, key_id))
+    return key_public(
+        await run_in_threadpool(
+            keys.revoke, state.sessions, principal.tenant_id, key_id, _guard(principal, "revoke")
+        )
+    )
 
 
 @router.post("/v1/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated)
@@ -132,5 +143,7 @@ async def rotate_key(
     overlap = (
         body.overlap_s if body is not None and body.overlap_s is not None else settings.key_rotation_overlap_s
     )
-    row, secret = await run_in_threadpool(keys.rotate, state.sessions, principal.tenant_id, key_id, overlap)
+    row, secret = await run_in_threadpool(
+        keys.rotate, state.sessions, principal.tenant_id, key_id, overlap, _guard(principal, "rotate")
+    )
     return _created(row, secret)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, TypeVar
 
@@ -13,6 +14,7 @@ from model_store.db import ModelRow, ModelVersionRow
 from model_store.formats import FORMATS
 from model_store.names import check_alias, parse_version_ref
 from model_store.signature import Signature, VersionConfig
+from service import access
 from service.deps import ManagePrincipal, RegistryDep, SettingsDep, StateDep
 from service.errors import PayloadTooLarge, Unprocessable
 from service.schemas import (
@@ -55,6 +57,7 @@ def _version_public(model: str, row: ModelVersionRow) -> VersionPublic:
 
 @router.post("", status_code=201, response_model=ModelPublic)
 async def create_model(body: ModelCreate, principal: ManagePrincipal, registry: RegistryDep) -> ModelPublic:
+    access.check_model(principal, body.name)
     row = await run_in_threadpool(registry.create_model, principal.tenant_id, body.name, body.description)
     return ModelPublic(name=row.name, description=row.description, created_at=row.created_at)
 
@@ -62,7 +65,7 @@ async def create_model(body: ModelCreate, principal: ManagePrincipal, registry: 
 @router.get("", response_model=ModelList)
 async def list_models(principal: ManagePrincipal, registry: RegistryDep) -> ModelList:
     def load() -> ModelList:
-        rows = registry.list_models(principal.tenant_id)
+        rows = [r for r in registry.list_models(principal.tenant_id) if principal.may_use(r.name)]
         return ModelList(data=[_model_public(registry, r) for r in rows])
 
     return await run_in_threadpool(load)
@@ -103,6 +106,10 @@ async def create_version(
     format: Annotated[str, Form(description="onnx | torchscript")],
     signature: Annotated[str | None, Form(description="JSON signature")] = None,
     config: Annotated[str | None, Form(description="JSON serving config")] = None,
+    create: Annotated[
+        bool, Form(description="create the model with this version if it does not exist (atomic)")
+    ] = False,
+    description: Annotated[str, Form(max_length=4096, description="the created model's")] = "",
 ) -> VersionPublic:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + (1 << 20):
@@ -112,11 +119,11 @@ async def create_version(
     sig = _parse_json_field(Signature, signature, "signature")
     cfg = _parse_json_field(VersionConfig, config, "config") or VersionConfig()
     registry = state.registry
-    await run_in_threadpool(registry.get_model, principal.tenant_id, name)
+    if not create:
+        await run_in_threadpool(registry.get_model, principal.tenant_id, name)
     tmp, sha, size = await state.blobs.receive(_chunks(file), settings.max_upload_bytes)
-    row = await run_in_threadpool(
-        registry.add_version, principal.tenant_id, name, format, tmp, sha, size, sig, cfg
-    )
+    add = functools.partial(registry.add_version, create=description if create else None)
+    row = await run_in_threadpool(add, principal.tenant_id, name, format, tmp, sha, size, sig, cfg)
     state.inference.resolver.forget_model(principal.tenant_id, name)
     return _version_public(name, row)
 

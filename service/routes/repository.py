@@ -42,7 +42,8 @@ async def _parameters(request: Request) -> dict[str, Any]:
 
 @router.post("/index")
 async def index(principal: InferPrincipal, state: StateDep) -> JSONBody:
-    return JSONBody(await repository(state).index(principal.tenant_id))
+    models = await repository(state).index(principal.tenant_id)
+    return JSONBody([m for m in models if principal.may_use(m["name"])])  # the key's allowlist
 
 
 @router.post("/models/{model}/load")

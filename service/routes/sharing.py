@@ -18,7 +18,7 @@ router = APIRouter(tags=["tenants"])
 
 
 def _sharing(registry: RegistryDep, tenant_id: int, name: str) -> SharingPublic:
-    visibility, tenants = registry.sharing(tenant_id, name)
+    visibility, tenants, allow_finetune = registry.sharing(tenant_id, name)
     with registry.sessions() as s:
         row = s.get(TenantRow, tenant_id)
         owner = row.name if row is not None else ""
@@ -27,6 +27,7 @@ def _sharing(registry: RegistryDep, tenant_id: int, name: str) -> SharingPublic:
             "model": name,
             "visibility": visibility,
             "tenants": tenants,
+            "allow_finetune": allow_finetune,
             "shared_name": f"{owner}{SHARED_SEP}{name}",
         }
     )
@@ -41,10 +42,11 @@ async def get_sharing(name: str, principal: ManagePrincipal, registry: RegistryD
 async def set_sharing(
     name: str, body: SharingSet, principal: ManagePrincipal, registry: RegistryDep
 ) -> SharingPublic:
-    """Share a model read-only: other tenants call it as `{owner}~{name}` on the /v2 routes."""
+    """Share a model: other tenants call it as `{owner}~{name}` on the /v2 routes; with
+    `allow_finetune` they may also fine-tune it (their copies stop serving when it is withdrawn)."""
 
     def apply() -> SharingPublic:
-        registry.set_sharing(principal.tenant_id, name, body.visibility, body.tenants)
+        registry.set_sharing(principal.tenant_id, name, body.visibility, body.tenants, body.allow_finetune)
         return _sharing(registry, principal.tenant_id, name)
 
     return await run_in_threadpool(apply)

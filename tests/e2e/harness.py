@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,12 @@ class Proc:
         return self.popen.returncode
 
 
+def serving_but_for_workers(resp: httpx.Response) -> bool:
+    """/v2/health/ready answered 503 only for want of a live worker: Redis and database are up."""
+    body = resp.json() if resp.status_code == 503 else {}
+    return bool(body.get("redis") and body.get("database"))
+
+
 class Stack:
     """A gateway and N workers as real `kiln` processes against the given database and Redis."""
 
@@ -69,18 +76,29 @@ class Stack:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
         self.gateway_port = free_port()
+        self.gateway_metrics_port = free_port()  # the operators' port: /metrics is not on the public one
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.worker_ports: dict[str, int] = {}
 
     def start_gateway(self, processes: int = 1) -> Proc:
         p = Proc(
             "gateway",
-            ["gateway", "--port", str(self.gateway_port), "--workers", str(processes)],
+            [
+                "gateway",
+                "--port",
+                str(self.gateway_port),
+                "--workers",
+                str(processes),
+                "--metrics-port",
+                str(self.gateway_metrics_port),
+            ],
             self.env,
             self.log_dir,
         )
         self.procs.append(p)
-        self.wait_http(f"{self.url}/v2/health/ready", p)
+        # ready but for its workers: a gateway is ready only once a worker is (none started yet)
+        self.wait_http(f"{self.url}/v2/health/ready", p, accept=serving_but_for_workers)
+        self.wait_http(f"http://127.0.0.1:{self.gateway_metrics_port}/metrics", p)
         return p
 
     def start_worker(self, name: str, module: str = "service.cli", env: dict[str, str] | None = None) -> Proc:
@@ -106,13 +124,20 @@ class Stack:
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
         return p
 
-    def wait_http(self, url: str, proc: Proc, timeout: float = 60) -> None:
+    def wait_http(
+        self,
+        url: str,
+        proc: Proc,
+        timeout: float = 60,
+        accept: Callable[[httpx.Response], bool] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited early:\n{proc.log()}")
             try:
-                if httpx.get(url, timeout=1).status_code == 200:
+                resp = httpx.get(url, timeout=1)
+                if resp.status_code == 200 or (accept is not None and accept(resp)):
                     return
             except httpx.HTTPError:
                 pass

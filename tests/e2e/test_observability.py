@@ -119,7 +119,7 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
     server = prom.Prometheus(
         tmp_path,
         {
-            "kiln-gateway": [f"127.0.0.1:{stack.gateway_port}"],
+            "kiln-gateway": [f"127.0.0.1:{stack.gateway_metrics_port}"],  # the operators' port
             "kiln-worker": workers,
             "kiln-trainer": [f"127.0.0.1:{stack.worker_ports['trainer']}"],
         },

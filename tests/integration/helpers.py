@@ -33,3 +33,13 @@ def infer_body(
     name: str, data: list[Any], shape: list[int], datatype: str = "FP32", **extra: Any
 ) -> dict[str, Any]:
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}], **extra}
+
+
+def operator_metrics(client: httpx.AsyncClient) -> str:
+    """What the gateway's operators' port (KILN_METRICS_PORT) serves for this in-process app:
+    /metrics is not on the public port."""
+    from service import metrics
+    from service.ops_metrics import FineTuneJobsCollector
+
+    body, _ = metrics.render(FineTuneJobsCollector(client.app.state.kiln.sessions))  # type: ignore[attr-defined]
+    return body.decode()

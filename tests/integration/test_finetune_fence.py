@@ -21,10 +21,19 @@ from service.settings import Settings
 from tests.ft_data import jsonl, rows
 from tests.ft_hostile import LoopsOnLoad, ReadsInForward, ReadsOnLoad, WritesWhileTraining, plant
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
+from workers import ft_fence
 from workers.ft_fence import CheckFailed, FenceLimits
 from workers.ft_job import evaluate_in_fence
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
+
+
+@pytest.fixture
+def unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fenced children skip the load-time static checks (which refuse these models by their
+    ops), so that what the fence alone does is seen."""
+    monkeypatch.setattr(ft_fence, "TRAIN_TARGET", "tests.fence_targets:train_unchecked")
+    monkeypatch.setattr(ft_fence, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
 
 
 @pytest.fixture
@@ -55,6 +64,7 @@ async def test_hostile_base_model_cannot_reach_outside_its_artifact_in_the_train
     client: httpx.AsyncClient,
     settings: Settings,
     registry: Registry,
+    unchecked: None,
     trainer: TrainerThread,
     tmp_path: Path,
     kind: str,

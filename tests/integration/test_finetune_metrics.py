@@ -11,13 +11,12 @@ from prometheus_client import CollectorRegistry
 from service.ops_metrics import FINETUNE_STATUSES
 from service.settings import Settings
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, wait_for
+from tests.integration.helpers import operator_metrics
 from workers.ft_metrics import OUTCOMES, TrainerMetrics
 
 
 async def _jobs_by_status(client: httpx.AsyncClient) -> dict[str, float]:
-    r = await client.get("/metrics")
-    assert r.status_code == 200
-    found = re.findall(r'^kiln_finetune_jobs\{status="([a-z_]+)"\} (\S+)$', r.text, re.M)
+    found = re.findall(r'^kiln_finetune_jobs\{status="([a-z_]+)"\} (\S+)$', operator_metrics(client), re.M)
     assert len(found) == len({s for s, _ in found}), "a status is rendered twice"
     return {status: float(value) for status, value in found}
 

@@ -13,7 +13,7 @@ from service.errors import RateLimited
 from service.keys import Principal
 from service.limits import Limits
 from tests.conftest import REDIS_URL, WorkerThread
-from tests.integration.helpers import infer_body, register
+from tests.integration.helpers import infer_body, operator_metrics, register
 from tests.integration.tenancy import eventually, new_key, new_tenant
 from tests.models import demo_onnx_bytes
 
@@ -45,7 +45,7 @@ async def test_tenant_rate_limit_is_429_with_headers(client, worker: WorkerThrea
     _check_429(await client.post("/v2/models/demo/infer", json=BODY, headers=auth2))
     assert (await client.post("/v2/models/demo/infer", json=BODY)).status_code == 200
     acme = (await client.get("/v1/tenants")).json()["data"][-1]["id"]
-    text = (await client.get("/metrics")).text
+    text = operator_metrics(client)
     assert (
         f'kiln_tenant_inference_requests_total{{model="demo",outcome="rate_limited",tenant="{acme}"}}' in text
     )

@@ -8,7 +8,7 @@ import pytest
 
 from service.cli import main as kiln
 from tests.conftest import WorkerThread
-from tests.integration.helpers import infer_body, register
+from tests.integration.helpers import infer_body, operator_metrics, register
 from tests.integration.tenancy import eventually, new_key, new_tenant
 from tests.models import demo_onnx_bytes
 
@@ -112,6 +112,7 @@ async def test_sharing_read_only_and_public(client, worker: WorkerThread) -> Non
         "model": "demo",
         "visibility": "private",
         "tenants": ["guest"],
+        "allow_finetune": False,
         "shared_name": "default~demo",
     }
 
@@ -209,7 +210,8 @@ async def test_expired_key_is_refused(client) -> None:
 async def test_tenant_metrics_are_labelled(client, worker: WorkerThread) -> None:
     assert (await register(client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
     assert (await client.post("/v2/models/demo/infer", json=BODY)).status_code == 200
-    text = (await client.get("/metrics")).text
+    assert (await client.get("/metrics")).status_code == 404  # not on the public port
+    text = operator_metrics(client)
     assert 'kiln_tenant_inference_requests_total{model="demo",outcome="success",tenant="1"}' in text
     assert worker.sample("kiln_tenant_inference_count_total") == 1
 

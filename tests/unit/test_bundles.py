@@ -13,7 +13,17 @@ import pytest
 
 from model_store.bundles import read_bundle
 from model_store.errors import InvalidArtifact
-from model_store.hf_encoder import check_safetensors_header, open_bundle
+from model_store.hf_encoder import check_safetensors_header
+from model_store.hf_encoder import open_bundle as _open_bundle
+from model_store.limits import ArtifactLimits
+
+
+def _read(data: bytes, budget: int = 1 << 20) -> dict[str, bytes]:
+    return read_bundle(io.BytesIO(data), ArtifactLimits(max_unpacked_bytes=budget)).files
+
+
+def open_bundle(data: bytes):  # type: ignore[no-untyped-def]
+    return _open_bundle(io.BytesIO(data), ArtifactLimits())
 
 
 def _tar(members: dict[str, bytes], link: tuple[str, str, bytes] | None = None) -> bytes:
@@ -32,13 +42,27 @@ def _tar(members: dict[str, bytes], link: tuple[str, str, bytes] | None = None) 
 
 
 def _safetensors() -> bytes:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-    return struct.pack("<Q", len(header)) + header + b"\0\0\0\0"
+    shape = [10, 8]
+    header = json.dumps(
+        {"embeddings.word_embeddings.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, 320]}}
+    ).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 320
+
+
+CONFIG = {
+    "model_type": "bert",
+    "vocab_size": 10,
+    "hidden_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 16,
+    "max_position_embeddings": 16,
+}
 
 
 def _encoder_files(**override: bytes) -> dict[str, bytes]:
     files = {
-        "config.json": json.dumps({"model_type": "bert", "hidden_size": 8}).encode(),
+        "config.json": json.dumps(CONFIG).encode(),
         "model.safetensors": _safetensors(),
         "tokenizer.json": b"{}",
     }
@@ -47,7 +71,7 @@ def _encoder_files(**override: bytes) -> dict[str, bytes]:
 
 
 def test_plain_members_are_read() -> None:
-    files = read_bundle(_tar({"./config.json": b"{}", "1_Pooling/config.json": b"{}"}), 1 << 20)
+    files = _read(_tar({"./config.json": b"{}", "1_Pooling/config.json": b"{}"}))
     assert set(files) == {"config.json", "1_Pooling/config.json"}
 
 
@@ -69,13 +93,13 @@ def test_plain_members_are_read() -> None:
 )
 def test_bad_member_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidArtifact):
-        read_bundle(_tar({name: b"{}"}), 1 << 20)
+        _read(_tar({name: b"{}"}))
 
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE])
 def test_links_and_special_members_are_refused(kind: bytes) -> None:
     with pytest.raises(InvalidArtifact, match="link or special"):
-        read_bundle(_tar({"config.json": b"{}"}, link=("tokenizer.json", "/etc/passwd", kind)), 1 << 20)
+        _read(_tar({"config.json": b"{}"}, link=("tokenizer.json", "/etc/passwd", kind)))
 
 
 def test_zip_symlink_pickle_duplicates_and_size() -> None:
@@ -85,20 +109,20 @@ def test_zip_symlink_pickle_duplicates_and_size() -> None:
         info.external_attr = 0o120777 << 16  # a symlink
         z.writestr(info, "/etc/passwd")
     with pytest.raises(InvalidArtifact, match="link"):
-        read_bundle(buf.getvalue(), 1 << 20)
+        _read(buf.getvalue())
     with pytest.raises(InvalidArtifact, match="pickle"):
-        read_bundle(_tar({"model.safetensors": pickle.dumps({"a": 1})}), 1 << 20)
+        _read(_tar({"model.safetensors": pickle.dumps({"a": 1})}))
     with pytest.raises(InvalidArtifact, match="too large"):
-        read_bundle(_tar({"a.json": b"x" * 100}), 50)
+        _read(_tar({"a.json": b"x" * 100}), 50)
     with pytest.raises(InvalidArtifact):
-        read_bundle(b"not an archive at all", 1 << 20)
+        _read(b"not an archive at all")
 
 
 def test_encoder_bundle_rules() -> None:
     assert open_bundle(_tar(_encoder_files())).hidden_size == 8
     bad_configs = [
-        {"model_type": "gpt2", "hidden_size": 8},
-        {"model_type": "bert", "hidden_size": 8, "auto_map": {"AutoModel": "evil.Model"}},
+        {**CONFIG, "model_type": "gpt2"},
+        {**CONFIG, "auto_map": {"AutoModel": "evil.Model"}},
         {"model_type": "bert"},
     ]
     for cfg in bad_configs:

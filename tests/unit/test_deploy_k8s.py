@@ -190,3 +190,31 @@ def test_scraped_pods_are_named_after_the_alerting_jobs() -> None:
     assert jobs == {"kiln-gateway", "kiln-worker", "kiln-trainer"}
     alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
     assert 'job="kiln-worker"' in alerts and 'job="kiln-gateway"' in alerts
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    pods = []
+    for label, doc in _documents():
+        spec = doc.get("spec", {})
+        template = spec.get("jobTemplate", {}).get("spec", spec).get("template")
+        if template:
+            pods.append((f"{label} {doc['kind']}", template["spec"]))
+    return pods
+
+
+def test_every_pod_runs_non_root_with_a_read_only_root_and_no_api_token() -> None:
+    pods = _pod_specs()
+    assert len(pods) >= 4
+    for label, pod in pods:
+        assert pod.get("automountServiceAccountToken") is False, label
+        assert pod["securityContext"]["runAsNonRoot"] is True, label
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
+        mounts = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, label
+            assert sc["allowPrivilegeEscalation"] is False, label
+            assert sc["capabilities"]["drop"] == ["ALL"], label
+            for m in c.get("volumeMounts", []):
+                if m["mountPath"] == "/tmp":
+                    assert "emptyDir" in mounts[m["name"]], label

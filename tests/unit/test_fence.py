@@ -72,3 +72,26 @@ def test_the_memory_limit_kills_only_the_child(tmp_path: Path, listener: socket.
     with pytest.raises(FenceDied, match=r"MemoryError|exited|killed"):
         child.call({"op": "allocate", "n": 4 << 30}, timeout_s=30)
     assert not child.alive()
+
+
+def test_model_code_that_passes_no_check_still_reads_and_writes_nothing(tmp_path: Path) -> None:
+    """The fence alone (no static check): a TorchScript model that reads or writes host files,
+    loaded and run in a fenced child as the upload check and the worker do."""
+    from tests.fence_models import reads_file, writes_file
+
+    secret = tmp_path / "admin.key"
+    secret.write_bytes(b"kiln_secret_bytes_" + b"q" * 46)
+    target = tmp_path / "written-by-model"
+    for name, data in (("reader.pt", reads_file(str(secret), 64)), ("writer.pt", writes_file(str(target)))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        child = FencedChild(
+            "tests.fence_targets:run_torchscript_file", {"path": str(path)}, FenceSpec(read=(str(path),))
+        )
+        try:
+            header, _ = child.channel.recv()
+        finally:
+            child.close()
+        assert "Permission denied" in header.get("error", ""), header
+        assert "result" not in header
+    assert not target.exists()

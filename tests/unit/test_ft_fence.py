@@ -18,6 +18,7 @@ from model_store.signature import Signature, VersionConfig
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.ft_hostile import ReadsInForward
 from tests.models import torchscript_bytes
+from workers import ft_fence
 from workers.ft_fence import (
     CheckFailed,
     FenceLimits,
@@ -61,7 +62,10 @@ def test_check_counts_parameters_in_a_fence(tmp_path: Path) -> None:
         check_model(args, readable_paths(args), LIMITS)
 
 
-def test_evaluating_a_version_runs_its_code_only_in_a_fence(tmp_path: Path) -> None:
+def test_evaluating_a_version_runs_its_code_only_in_a_fence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ft_fence, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
     args = _args(tmp_path, mlp_bytes())
     metrics = evaluate_version(args, readable_paths(args), LIMITS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["valid_loss"] > 0

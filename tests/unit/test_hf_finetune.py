@@ -3,6 +3,7 @@ served outputs), training only the head, resume equals a straight run."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 from safetensors.torch import save
 
 from model_store.errors import InvalidArtifact
-from model_store.hf_encoder import HEAD_CONFIG, HEAD_WEIGHTS, open_bundle, validate_hf_encoder
+from model_store.hf_encoder import HEAD_CONFIG, HEAD_WEIGHTS, EncoderBundle
+from model_store.hf_encoder import open_bundle as _open_bundle
+from model_store.hf_encoder import validate_hf_encoder as _validate_hf_encoder
+from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from tests.hf_tiny import tiny_bundle, topic_rows
@@ -22,6 +26,15 @@ from workers.hf_runner import HFEncoderRunner
 from workers.training import EVAL_CHUNK, Run, forward_all
 
 CPU = torch.device("cpu")
+LIMITS = ArtifactLimits()
+
+
+def open_bundle(data: bytes) -> EncoderBundle:
+    return _open_bundle(io.BytesIO(data), LIMITS)
+
+
+def validate_hf_encoder(data: bytes, given: Signature | None) -> Signature:
+    return _validate_hf_encoder(io.BytesIO(data), given, LIMITS)
 
 
 def _base(data: bytes) -> ResolvedVersion:
@@ -60,7 +73,7 @@ def test_head_only_training_learns_and_exports_a_servable_bundle() -> None:
     assert fmt == "hf-encoder"
     sig = validate_hf_encoder(artifact, built.sig)
     assert [(o.name, o.shape) for o in sig.outputs] == [("logits", (-1, 2)), ("probabilities", (-1, 2))]
-    runner = HFEncoderRunner(_base(artifact), artifact, "cpu", 0)
+    runner = HFEncoderRunner(_base(artifact), artifact, "cpu", 0, LIMITS)
     texts = ["the goal match", "the soup bread"]
     out = runner.run({"text": np.array([t.encode() for t in texts], dtype=object)})
     run.module.eval()
@@ -95,7 +108,7 @@ def test_resume_from_state_equals_a_straight_run_and_regression_head() -> None:
     run.train_epoch(lambda _row: None)
     artifact, _ = built.export(run.module)
     assert [o.name for o in validate_hf_encoder(artifact, None).outputs] == ["prediction"]
-    out = HFEncoderRunner(_base(artifact), artifact, "cpu", 0).run(
+    out = HFEncoderRunner(_base(artifact), artifact, "cpu", 0, LIMITS).run(
         {"text": np.array(["the goal"], dtype=object)}
     )
     assert out["prediction"].shape == (1, 1)
