@@ -109,7 +109,7 @@ class TrainingProcess:
         self.device = "cuda" if gpu else "cpu"
         try:
             self.child = FencedChild(
-                "workers.ft_child:train_main",
+                TRAIN_TARGET,
                 {**args, "device": self.device, "threads": limits.threads},
                 spec,
             )
