@@ -90,6 +90,10 @@ class _Heartbeat:
             self.ctx.store.renew(self.job_id, self.ctx.owner, self.ctx.lease_s, self.progress)
             self.progress = None
 
+    def publish_now(self, progress: dict[str, Any]) -> None:
+        """Renew with this progress at the next call, whatever the interval (e.g. total steps)."""
+        self.progress, self._next = progress, 0.0
+
 
 def _blob(ctx: JobContext, sha256: str) -> str:
     return str(ctx.blobs.path_for(sha256).resolve())
@@ -149,7 +153,7 @@ def _on_message(
         beat.rows.append(dict(msg.row))
     elif isinstance(msg, Started):
         beat.total = msg.total_steps
-        beat.progress = {**(row.progress or {}), "total_steps": msg.total_steps}
+        beat.publish_now({**(row.progress or {}), "total_steps": msg.total_steps})
         if msg.resumed_epoch is not None:
             text = f"resumed from the checkpoint of epoch {msg.resumed_epoch}"
             ctx.store.add_event(job_id, text, epoch=msg.resumed_epoch)

@@ -124,6 +124,7 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
         "model": "clf",
         "version": 1,
         "sha256": version["lineage"]["parent"]["sha256"],
+        "tenant_id": version["lineage"]["parent"]["tenant_id"],
     }
 
     # the surviving trainer's metrics show the steps it took
