@@ -339,6 +339,15 @@ class FencedChild:
     def alive(self) -> bool:
         return self._proc.is_alive()
 
+    @property
+    def tmp_dir(self) -> str:
+        """The child's own temporary directory (its TMPDIR): where it leaves files for the parent."""
+        return self._tmp
+
+    def death(self) -> str:
+        """How the child ended (after its pipe closed)."""
+        return self._death()
+
     def _first(self, timeout_s: float) -> dict[str, Any]:
         if not self._conn.poll(timeout_s):
             self.kill()

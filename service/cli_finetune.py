@@ -15,6 +15,8 @@ from service.settings import Settings
 
 # trainer process --------------------------------------------------------------------------------
 def cmd_trainer(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import redis
     import torch
 
@@ -22,6 +24,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from model_store.db import make_engine, make_sessionmaker
     from model_store.jobs import JobStore
     from model_store.registry import Registry
+    from workers.ft_fence import FenceLimits
     from workers.ft_metrics import TrainerMetrics
     from workers.keys import Keys
     from workers.trainer import Trainer, TrainerConfig
@@ -47,6 +50,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             renew_interval_s=settings.trainer_renew_interval_s,
             reconcile_interval_s=settings.trainer_reconcile_interval_s,
             claim_idle_ms=settings.trainer_claim_idle_ms,
+            limits=replace(FenceLimits.from_settings(settings), threads=args.threads),
         ),
         TrainerMetrics(),
     )

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from fastapi import UploadFile
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
@@ -41,14 +40,7 @@ from service.finetune_schemas import (
 from service.keys import Principal
 from service.state import AppState
 from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
-from workers.ft_build import build
-from workers.ft_model import (
-    ModelNotTrainable,
-    load_scripted,
-    parameter_counts,
-    resize_head,
-    trainable_names,
-)
+from workers.ft_fence import CheckFailed, FenceLimits, check_model, file_ref, readable_paths, version_ref
 from workers.ft_queue import dispatch
 from workers.ft_spec import JobSpec
 from workers.keys import Keys
@@ -74,6 +66,7 @@ class FinetuneService:
         self.state = state
         self.store = JobStore(state.sessions)
         self.keys = Keys(state.settings.redis_prefix)
+        self.limits = FenceLimits.from_settings(state.settings)
 
     # files ---------------------------------------------------------------------------------------
     async def upload(self, tenant_id: int, upload: UploadFile, purpose: str) -> FilePublic:
@@ -249,26 +242,16 @@ class FinetuneService:
         return ds
 
     def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
-        """Load the base model: the head can be resized and the freeze list leaves something to train."""
-        data = self.state.blobs.read_verified(prep.base.sha256)
-        if prep.base.format == "hf-encoder":
-            return self._check_encoder(prep, body, data)
-        module = load_scripted(data, torch.device("cpu"))
-        hp = body.hyperparameters
+        """Build the base model as the job would, in a fenced child (never here): can the head be
+        resized, does the freeze list leave something to train? Waits for the verdict only."""
+        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters).model_dump(mode="json")
+        args: dict[str, Any] = {"v": 1, "spec": spec, "base": version_ref(self.state.blobs, prep.base)}
+        if _is_text(prep.base):  # a new head is as wide as the labels need
+            train = self.store.get_file(prep.tenant_id, body.training_file)
+            args["train"] = file_ref(self.state.blobs, train)
         try:
-            if hp.num_classes is not None:
-                resize_head(module, hp.num_classes)
-            return parameter_counts(module, trainable_names(module, hp.freeze))
-        except ModelNotTrainable as exc:
-            raise Unprocessable(str(exc)) from exc
-
-    def _check_encoder(self, prep: Prepared, body: JobCreate, data: bytes) -> dict[str, int]:
-        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters)
-        train = self._dataset(prep.tenant_id, body.training_file)
-        built = build(prep.base, data, spec, [train], torch.device("cpu"), 0)
-        try:
-            return parameter_counts(built.module, trainable_names(built.module, body.hyperparameters.freeze))
-        except ModelNotTrainable as exc:
+            return check_model(args, readable_paths(args), self.limits)
+        except CheckFailed as exc:
             raise Unprocessable(str(exc)) from exc
 
     def _dry_run(self, principal: Principal, body: JobCreate) -> DryRunPublic:

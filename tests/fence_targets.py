@@ -65,3 +65,26 @@ def serve_unchecked(ch: Channel, args: dict[str, Any]) -> None:
 
     _without_static_checks()
     model_host.serve(ch, args)
+
+
+def _trainer_without_static_checks() -> None:
+    """The fine-tune child's load-time static checks become no-ops (this process only)."""
+    from workers import ft_model
+
+    for name in ("check_torchscript_archive", "check_torchscript_module"):
+        setattr(ft_model, name, lambda *_: None)
+
+
+def train_unchecked(ch: Channel, args: dict[str, Any]) -> None:
+    """The trainer's fenced child (workers.ft_child.train_main), minus the static checks."""
+    from workers import ft_child
+
+    _trainer_without_static_checks()
+    ft_child.train_main(ch, args)
+
+
+def evaluate_unchecked(ch: Channel, args: dict[str, Any]) -> None:
+    from workers import ft_child
+
+    _trainer_without_static_checks()
+    ft_child.evaluate_main(ch, args)

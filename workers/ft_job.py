@@ -1,5 +1,10 @@
 """Running one claimed fine-tune job: data, model, resume, epochs with checkpoints, the result.
 
+The model work (building, training, evaluating, exporting) runs in a fenced child
+(workers/ft_child.py via workers/ft_fence.py) that reads only this job's files; this side keeps
+the database, the lease, events, metrics and the blob store, and acts on the child's messages
+(workers/ft_messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
+
 Every epoch ends with one database transaction holding its step metrics, validation metrics and
 checkpoint row (the checkpoint bytes are already in the blob store), so a trainer killed mid-epoch
 leaves no trace of that epoch and the next trainer redoes it from the previous checkpoint: no
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -17,34 +23,36 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from model_store.blobs import BlobStore, sha256_of
+from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
-from workers.datasets import Dataset, parse
-from workers.ft_build import build
+from model_store.signature import Signature
+from workers.ft_child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
+from workers.ft_fence import (
+    FenceLimits,
+    TrainingFailed,
+    TrainingProcess,
+    evaluate_version,
+    file_ref,
+    readable_paths,
+    version_ref,
+)
+from workers.ft_messages import Done, Epoch, Error, Started, Step
 from workers.ft_metrics import TrainerMetrics
 from workers.ft_promote import Candidate, decide
 from workers.ft_spec import JobSpec
-from workers.training import Run, split
 
 log = logging.getLogger("kiln.trainer")
-DEFAULT_VALIDATION_SPLIT = 0.2
+__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute"]
 
 
 class HandBack(Exception):
     """The trainer is stopping: give the job back to the queue."""
-
-
-class DatasetUnusable(Exception):
-    """A stored dataset no longer parses (it was validated at upload)."""
 
 
 @dataclass(slots=True)
@@ -57,97 +65,175 @@ class JobContext:
     renew_interval_s: float
     stopping: threading.Event
     metrics: TrainerMetrics | None = None
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    limits: FenceLimits = field(default_factory=FenceLimits)
 
 
 class _Heartbeat:
-    """Called after every optimizer step: renews the lease (which fails once the job is cancelled,
-    paused or taken over) and publishes live progress, at most every renew_interval_s."""
+    """Called after every message from the training process and every renew_interval_s of
+    silence: hands the job back when the trainer stops, renews the lease (which fails once the
+    job is cancelled, paused or taken over) and publishes live progress."""
 
-    def __init__(self, ctx: JobContext, job_id: str, run: Run) -> None:
-        self.ctx, self.job_id, self.run, self.total = ctx, job_id, run, run.total_steps
+    def __init__(self, ctx: JobContext, job_id: str) -> None:
+        self.ctx, self.job_id = ctx, job_id
+        self.total = 0
+        self.progress: dict[str, Any] | None = None
+        self.parent_metrics: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []  # this epoch's steps, recorded with its checkpoint
         self._next = 0.0
 
-    def __call__(self, row: dict[str, Any]) -> None:
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.step(row["train_loss"], self.run.last_step_seconds)
+    def __call__(self) -> None:
         if self.ctx.stopping.is_set():
             raise HandBack(self.job_id)
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.ctx.renew_interval_s
-            progress = {**row, "total_steps": self.total}
-            self.ctx.store.renew(self.job_id, self.ctx.owner, self.ctx.lease_s, progress)
+            self.ctx.store.renew(self.job_id, self.ctx.owner, self.ctx.lease_s, self.progress)
+            self.progress = None
+
+    def publish_now(self, progress: dict[str, Any]) -> None:
+        """Renew with this progress at the next call, whatever the interval (e.g. total steps)."""
+        self.progress, self._next = progress, 0.0
 
 
-def _load(ctx: JobContext, tenant_id: int, file_id: str) -> Dataset:
-    row = ctx.store.get_file(tenant_id, file_id)
-    ds, report = parse(ctx.blobs.read_verified(row.sha256), row.format)
-    if ds is None:
-        raise DatasetUnusable(f"file {file_id} is not usable: {report.summary()}")
-    return ds
+def _blob(ctx: JobContext, sha256: str) -> str:
+    return str(ctx.blobs.path_for(sha256).resolve())
 
 
-def load_data(ctx: JobContext, row: FineTuneJobRow, spec: JobSpec) -> tuple[Dataset, Dataset]:
-    train = _load(ctx, row.tenant_id, row.training_file)
-    if row.validation_file:
-        return train, _load(ctx, row.tenant_id, row.validation_file)
-    return split(train, spec.validation_split or DEFAULT_VALIDATION_SPLIT, row.seed)
+def child_args(ctx: JobContext, row: FineTuneJobRow, base: ResolvedVersion) -> dict[str, Any]:
+    """The job as the fenced child sees it: its files (read-only), never the database."""
+    return {
+        "v": 1,
+        "spec": row.spec,
+        "seed": row.seed,
+        "base": version_ref(ctx.blobs, base),
+        "train": file_ref(ctx.blobs, ctx.store.get_file(row.tenant_id, row.training_file)),
+        "valid": file_ref(ctx.blobs, ctx.store.get_file(row.tenant_id, row.validation_file))
+        if row.validation_file
+        else None,
+    }
+
+
+def evaluate_in_fence(ctx: JobContext, row: FineTuneJobRow, version: ResolvedVersion) -> dict[str, Any]:
+    """`version`'s validation metrics on this job's validation rows (the same rows as the job's
+    for the same seed), computed in a fenced child (promotion); CheckFailed if it cannot be."""
+    args = child_args(ctx, row, version)
+    return evaluate_version(args, readable_paths(args), ctx.limits)
 
 
 def execute(ctx: JobContext, job_id: str) -> None:
     row = ctx.store.job_by_id(job_id)
     assert row is not None
-    spec = JobSpec.model_validate(row.spec)
     base = ctx.registry.by_version_id(row.base_version_id)
-    train, valid = load_data(ctx, row, spec)
-    device = pick_device()
-    built = build(base, ctx.blobs.read_verified(base.sha256), spec, [train, valid], device, row.seed)
-    run = Run(built.module, built.sig, train, valid, spec, row.seed, device, built.encode)
-    ctx.store.renew(job_id, ctx.owner, ctx.lease_s, None)  # building a large model takes a while
-    parent_metrics = run.evaluate()
-    parent_predictions = run.predictions()
+    args = child_args(ctx, row, base)
     ckpt = ctx.store.latest_checkpoint(job_id)
     if ckpt is not None:
-        run.load_state(ctx.blobs.read_verified(ckpt.sha256))
-        ctx.store.add_event(job_id, f"resumed from the checkpoint of epoch {ckpt.epoch}", epoch=ckpt.epoch)
-    else:
-        ctx.store.add_event(
-            job_id,
-            f"training started on {device.type}: {len(train)} training rows, "
-            f"{len(valid)} validation rows, {run.total_steps} steps",
-            parent_metrics=parent_metrics,
-        )
-    beat = _Heartbeat(ctx, job_id, run)
-    while not run.done():
-        t0 = time.perf_counter()
-        res = run.train_epoch(beat)
-        res.valid["seconds"] = round(time.perf_counter() - t0, 3)
+        args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
+    beat = _Heartbeat(ctx, job_id)
+    with TrainingProcess(args, readable_paths(args), ctx.limits) as proc:
+        while True:
+            got = proc.next(ctx.renew_interval_s)
+            if got is not None and isinstance(got[0], Done):
+                _finish(ctx, row, base, proc, got[0], _table(got[1]), beat.parent_metrics)
+                return
+            if got is not None:
+                _on_message(ctx, row, proc, beat, got[0])
+            beat()
+
+
+def _on_message(
+    ctx: JobContext, row: FineTuneJobRow, proc: TrainingProcess, beat: _Heartbeat, msg: Any
+) -> None:
+    job_id = row.id
+    if isinstance(msg, Error):
+        raise TrainingFailed(msg.code, msg.message)
+    if isinstance(msg, Step):
         if ctx.metrics is not None:
-            ctx.metrics.epoch(res.valid["seconds"])
-        sha, _ = ctx.blobs.put_bytes(run.state_bytes())
-        ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(res.epoch, res.step, sha, res.train, res.valid))
-    final = run.evaluate()
-    results_file = _results_file(ctx, row, run, parent_predictions)
-    _finish(ctx, row, spec, base, run, parent_metrics, final, results_file, built.export, valid)
+            ctx.metrics.step(float(msg.row.get("train_loss", 0.0)), msg.seconds)
+        beat.progress = {**msg.row, "total_steps": beat.total}
+        beat.rows.append(dict(msg.row))
+    elif isinstance(msg, Started):
+        beat.total = msg.total_steps
+        beat.publish_now({**(row.progress or {}), "total_steps": msg.total_steps})
+        if msg.resumed_epoch is not None:
+            text = f"resumed from the checkpoint of epoch {msg.resumed_epoch}"
+            ctx.store.add_event(job_id, text, epoch=msg.resumed_epoch)
+        else:
+            ctx.store.add_event(
+                job_id,
+                f"training started on {msg.device}: {msg.train_rows} training rows, "
+                f"{msg.valid_rows} validation rows, {msg.total_steps} steps",
+                parent_metrics=msg.parent_metrics,
+            )
+        beat.parent_metrics = dict(msg.parent_metrics)
+    elif isinstance(msg, Epoch):
+        if ctx.metrics is not None:
+            ctx.metrics.epoch(float(msg.valid.get("seconds", 0.0)))
+        sha, _ = proc.store(ctx.blobs, msg.checkpoint)
+        rows, beat.rows = [r for r in beat.rows if r.get("epoch") == msg.epoch], []
+        ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(msg.epoch, msg.step, sha, rows, msg.valid))
+
+
+def _table(buffers: list[bytes]) -> dict[str, list[Any]]:
+    """The per-row results the child sent with `done` (JSON, checked before use)."""
+    try:
+        table = json.loads(buffers[0]) if len(buffers) == 1 else None
+    except ValueError:
+        table = None
+    keys = ("lines", "labels", "predicted", "parent_predicted")
+    if not isinstance(table, dict) or not all(isinstance(table.get(k), list) for k in keys):
+        raise TrainingFailed("protocol_error", "the training process sent malformed results")
+    if len({len(table[k]) for k in keys}) != 1:
+        raise TrainingFailed("protocol_error", "the training process sent malformed results")
+    return {k: table[k] for k in keys}
 
 
 def _finish(
     ctx: JobContext,
     row: FineTuneJobRow,
+    base: ResolvedVersion,
+    proc: TrainingProcess,
+    done: Done,
+    table: dict[str, list[Any]],
+    parent: dict[str, Any],
+) -> None:
+    spec = JobSpec.model_validate(row.spec)
+    final = dict(done.metrics)
+    results_file = _results_file(ctx, row, table)
+    version = _register(ctx, row, spec, base, proc, done, _lineage(ctx, row, spec, base, done, parent))
+    result: dict[str, Any] = {
+        "metrics": final,
+        "parent_metrics": parent,
+        "version": version,
+        "epochs_completed": done.epochs_completed,
+        "stopped_early": done.stopped_early,
+        "result_files": [results_file],
+    }
+    if spec.promote:
+        sig = Signature.model_validate(done.signature)
+        cand = Candidate(row.tenant_id, row.target_model, version, base.format, sig, final)
+        evaluate = functools.partial(evaluate_in_fence, ctx, row)
+        result["promotion"] = decide(ctx, cand, spec, (base, parent), evaluate)
+        result["promoted"] = result["promotion"]["promoted"]
+        ctx.store.add_event(row.id, result["promotion"]["reason"])
+    ctx.store.finish(
+        row.id,
+        ctx.owner,
+        "succeeded",
+        fine_tuned_model=f"{row.target_model}:{version}",
+        result=result,
+        message=f"fine-tuned model {row.target_model}:{version} is ready",
+    )
+
+
+def _lineage(
+    ctx: JobContext,
+    row: FineTuneJobRow,
     spec: JobSpec,
     base: ResolvedVersion,
-    run: Run,
+    done: Done,
     parent: dict[str, Any],
-    final: dict[str, Any],
-    results_file: str,
-    export: Callable[[Any], tuple[bytes, str]],
-    valid: Dataset,
-) -> None:
-    lineage = {
+) -> dict[str, Any]:
+    return {
         "job_id": row.id,
         "parent": {
             "model": base.model,
@@ -167,34 +253,12 @@ def _finish(
         "task": spec.task,
         "hyperparameters": spec.hyperparameters.model_dump(mode="json"),
         "seed": row.seed,
-        "epochs_completed": run.progress.epoch,
-        "metrics": final,
+        "epochs_completed": done.epochs_completed,
+        "metrics": dict(done.metrics),
         "parent_metrics": parent,
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
     }
-    version = _register(ctx, row, spec, base, run, lineage, export)
-    result: dict[str, Any] = {
-        "metrics": final,
-        "parent_metrics": parent,
-        "version": version,
-        "epochs_completed": run.progress.epoch,
-        "stopped_early": run.progress.stopped_early,
-        "result_files": [results_file],
-    }
-    if spec.promote:
-        cand = Candidate(row.tenant_id, row.target_model, version, base.format, run.sig, final)
-        result["promotion"] = decide(ctx, cand, spec, (base, parent), valid, run.device)
-        result["promoted"] = result["promotion"]["promoted"]
-        ctx.store.add_event(row.id, result["promotion"]["reason"])
-    ctx.store.finish(
-        row.id,
-        ctx.owner,
-        "succeeded",
-        fine_tuned_model=f"{row.target_model}:{version}",
-        result=result,
-        message=f"fine-tuned model {row.target_model}:{version} is ready",
-    )
 
 
 def _register(
@@ -202,9 +266,9 @@ def _register(
     row: FineTuneJobRow,
     spec: JobSpec,
     base: ResolvedVersion,
-    run: Run,
+    proc: TrainingProcess,
+    done: Done,
     lineage: dict[str, Any],
-    export: Callable[[Any], tuple[bytes, str]],
 ) -> int:
     """Register the result once (a retried finish finds the version this job already made).
     A job without `publish_existing` (its key lacked `manage`) publishes only into a model that
@@ -221,22 +285,10 @@ def _register(
             f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
             "existing model needs the 'manage' scope"
         )
-    run.module.to("cpu")
-    run.module.eval()
-    data, fmt = export(run.module)
-    fd, tmp = ctx.blobs.new_tempfile()
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    tmp, sha, size = proc.take(ctx.blobs, done.artifact)
+    sig = Signature.model_validate(done.signature)
     created = ctx.registry.add_version(
-        row.tenant_id,
-        row.target_model,
-        fmt,
-        tmp,
-        sha256_of([data]),
-        len(data),
-        run.sig,
-        base.config,
-        lineage=lineage,
+        row.tenant_id, row.target_model, done.format, tmp, sha, size, sig, base.config, lineage=lineage
     )
     return created.version
 
@@ -251,14 +303,13 @@ def _cell(value: Any) -> str:
     )
 
 
-def _results_file(ctx: JobContext, row: FineTuneJobRow, run: Run, parent: list[Any]) -> str:
+def _results_file(ctx: JobContext, row: FineTuneJobRow, table: dict[str, list[Any]]) -> str:
     """Per validation example, the label and the predictions of the result and of the parent
     (CSV, a file of purpose fine-tune-results): what the fine-tune fixed, and what it broke."""
-    labels = run.valid_y.cpu().tolist()
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["line", "label", "predicted", "parent_predicted"])
-    for line, label, new, old in zip(run.valid_lines, labels, run.predictions(), parent, strict=True):
+    for line, label, new, old in zip(*table.values(), strict=True):
         writer.writerow([line, _cell(label), _cell(new), _cell(old)])
     data = out.getvalue().encode()
     sha, size = ctx.blobs.put_bytes(data)
@@ -272,7 +323,7 @@ def _results_file(ctx: JobContext, row: FineTuneJobRow, run: Run, parent: list[A
             format="csv",
             sha256=sha,
             size_bytes=size,
-            stats={"rows": len(labels)},
+            stats={"rows": len(table["labels"])},
         )
     )
     return file_id

@@ -1,15 +1,16 @@
 """`promote`: move an alias to a fine-tune's result only if it beats what the alias serves now.
 
 The comparison is on the job's own validation data, with the task's metric (accuracy for
-classification, validation loss for regression). The version the alias points at is loaded in
-the trainer and evaluated; when it cannot be evaluated on that data (a format the trainer does
-not run, another signature), nothing moves and the result says why. With the alias unset, the
-baseline is the parent the job started from. The move is a compare-and-set: if the alias moved
-while the job was comparing, it is left alone.
+classification, validation loss for regression). The version the alias points at is loaded and
+evaluated in a fenced child (workers/ft_fence.py), never in the trainer; when it cannot be
+evaluated on that data (a format the trainer does not run, another signature), nothing moves and
+the result says why. With the alias unset, the baseline is the parent the job started from. The
+move is a compare-and-set: if the alias moved while the job was comparing, it is left alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +58,8 @@ def current_version(registry: Any, tenant_id: int, model: str, alias: str) -> Re
     return resolved
 
 
-def evaluate_version(
-    current: ResolvedVersion,
-    data: bytes,
-    cand: Candidate,
-    spec: JobSpec,
-    valid: Dataset,
-    device: torch.device,
-) -> dict[str, Any]:
-    """The validation metrics of `current` on the job's validation data, loaded like a parent."""
+def check_comparable(current: ResolvedVersion, cand: Candidate) -> None:
+    """NotComparable unless `current` can be scored on the data the result was scored on."""
     if current.format not in EVALUATED_FORMATS:
         raise NotComparable(f"{current.format} versions cannot be evaluated by the trainer")
     if current.format != cand.format:
@@ -74,6 +68,13 @@ def evaluate_version(
         raise NotComparable(
             "its signature differs from the result's, so it cannot be scored on the same data"
         )
+
+
+def evaluate_loaded(
+    current: ResolvedVersion, data: bytes, spec: JobSpec, valid: Dataset, device: torch.device
+) -> dict[str, Any]:
+    """The validation metrics of `current` on the job's validation data, loaded like a parent.
+    Runs model code: called only inside the fenced child (workers/ft_child.py: evaluate_main)."""
     plain = spec.model_copy(
         update={"hyperparameters": spec.hyperparameters.model_copy(update={"num_classes": None})}
     )
@@ -88,10 +89,10 @@ def decide(
     cand: Candidate,
     spec: JobSpec,
     parent: tuple[ResolvedVersion, dict[str, Any]],
-    valid: Dataset,
-    device: torch.device,
+    evaluate_version: Callable[[ResolvedVersion], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Compare, move the alias if the result is better, and say what was compared."""
+    """Compare, move the alias if the result is better, and say what was compared.
+    `evaluate_version` scores a version on the job's validation data (in a fenced child)."""
     alias = spec.promote
     assert alias is not None
     metric = metric_name(spec.task)
@@ -106,8 +107,8 @@ def decide(
     else:
         against = {"model": current.model, "version": current.version, "source": "alias"}
         try:
-            data = ctx.blobs.read_verified(current.sha256)
-            baseline = evaluate_version(current, data, cand, spec, valid, device)
+            check_comparable(current, cand)
+            baseline = evaluate_version(current)
         except NotComparable as e:
             return {
                 **out,

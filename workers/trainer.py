@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from redis.exceptions import RedisError
@@ -25,7 +25,9 @@ from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
+from workers.ft_fence import FenceLimits, TrainingFailed
 from workers.ft_job import DatasetUnusable, HandBack, JobContext, execute
+from workers.ft_messages import describe_error
 from workers.ft_metrics import TrainerMetrics
 from workers.ft_model import ModelNotTrainable
 from workers.ft_queue import JobQueue
@@ -44,25 +46,14 @@ class TrainerConfig:
     reconcile_interval_s: float = 10.0
     claim_idle_ms: int = 60_000
     block_ms: int = 1_000
+    limits: FenceLimits = field(default_factory=FenceLimits)  # of the fenced training process
 
 
 def error_of(exc: Exception) -> dict[str, str]:
     """A readable error for the job object (no stack trace)."""
-    if isinstance(exc, _READABLE):
-        return {"code": type(exc).__name__, "message": str(exc)[:500]}
-    if isinstance(exc, torch_oom()):
-        return {"code": "out_of_memory", "message": "the device ran out of memory; try a smaller batch_size"}
-    text = str(exc)
-    if "Traceback of TorchScript" in text:  # keep the model's own error, not its source and paths
-        text = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
-        return {"code": "model_error", "message": f"the model raised: {text.strip()[:400]}"}
-    return {"code": "training_error", "message": f"{type(exc).__name__}: {text[:400]}"}
-
-
-def torch_oom() -> type[Exception]:
-    import torch
-
-    return torch.OutOfMemoryError
+    if isinstance(exc, TrainingFailed):  # from the fenced training process, or its death
+        return exc.error
+    return describe_error(exc, _READABLE)
 
 
 class Trainer:
@@ -91,6 +82,7 @@ class Trainer:
             config.renew_interval_s,
             self._stop,
             metrics,
+            config.limits,
         )
         self._next_reconcile = 0.0
         self.current_job: str | None = None

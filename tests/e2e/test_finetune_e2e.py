@@ -3,6 +3,9 @@ against the real PostgreSQL and Redis. A tiny MLP classifier, a few hundred rows
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +47,22 @@ def _poll(stack: Stack, fetch: Any, done: Any, timeout: float = 120) -> Any:
         time.sleep(0.05)
 
 
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie runs nothing
+
+
 def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: Path) -> None:
     stack.start_gateway()
     stack.start_worker("worker")
@@ -70,9 +89,17 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
     )
     job_id = job["id"]
     _poll(stack, lambda: kiln.checkpoints(job_id)["data"], lambda c: len(c) >= 2)
-    trainer_a.kill9()  # mid-job, most likely mid-epoch
-    trainer_a.terminate()  # already dead: closes its log
+    fenced = _descendants(trainer_a.popen.pid)  # the fork server and the fenced training process
+    assert len(fenced) >= 2, fenced
+    os.kill(trainer_a.popen.pid, signal.SIGKILL)  # the trainer alone, mid-job, most likely mid-epoch
+    trainer_a.popen.wait(10)
     stack.procs.remove(trainer_a)
+    try:  # no orphan keeps training: its fenced processes die with it
+        _poll(stack, lambda: [p for p in fenced if _running(p)], lambda left: not left, 15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(trainer_a.popen.pid, signal.SIGKILL)
+    trainer_a.terminate()  # already dead: closes its log
     killed_at = len(kiln.checkpoints(job_id)["data"])
     assert killed_at < epochs and kiln.get_job(job_id)["status"] == "running"
 

@@ -17,6 +17,7 @@ from model_store.registry import Registry
 from service.settings import Settings
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.integration.helpers import register
+from workers.ft_fence import FenceLimits
 from workers.ft_metrics import TrainerMetrics
 from workers.keys import Keys
 from workers.trainer import Trainer, TrainerConfig
@@ -26,7 +27,11 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 class TrainerThread:
     def __init__(
-        self, settings: Settings, lease_s: float = 3.0, metrics: TrainerMetrics | None = None
+        self,
+        settings: Settings,
+        lease_s: float = 3.0,
+        metrics: TrainerMetrics | None = None,
+        limits: FenceLimits | None = None,
     ) -> None:
         self._engine = make_engine(settings.resolved_database_url)
         sessions = make_sessionmaker(self._engine)
@@ -43,6 +48,7 @@ class TrainerThread:
                 reconcile_interval_s=0.5,
                 claim_idle_ms=2000,
                 block_ms=200,
+                limits=limits or FenceLimits.from_settings(settings),
             ),
             metrics,
         )

@@ -1,0 +1,230 @@
+"""The fenced side of a fine-tune: everything that runs the tenant's model code.
+
+These functions run only inside a fenced child (model_store.fence, started by workers/ft_fence.py):
+it can read the base version's blob, the dataset files and the checkpoint it resumes from, and
+write only its own temporary directory ($TMPDIR). It owns no database, lease or blob store; it
+reports over its channel with the messages of workers/ft_messages.py, and the trainer (the
+parent) records them. Checkpoints and the exported result are files in $TMPDIR, named in the
+messages; the parent reads, hashes and stores them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_store.fence import Channel
+from model_store.registry import ResolvedVersion
+from model_store.signature import Signature, VersionConfig
+from workers.datasets import Dataset, parse
+from workers.ft_build import Built, build
+from workers.ft_messages import VERSION, checkpoint_name, describe_error
+from workers.ft_model import ModelNotTrainable, parameter_counts, trainable_names
+from workers.ft_promote import evaluate_loaded
+from workers.ft_spec import JobSpec
+from workers.training import Run, split
+
+DEFAULT_VALIDATION_SPLIT = 0.2
+RESULT_NAME = "result.bin"
+_PR_SET_PDEATHSIG = 1
+
+
+class DatasetUnusable(Exception):
+    """A stored dataset no longer parses (it was validated at upload)."""
+
+
+class Integrity(Exception):
+    """A file's bytes do not hash to the digest the parent recorded for it."""
+
+
+READABLE = (DatasetUnusable, ModelNotTrainable, Integrity)
+
+
+def die_with_parent(channel: Channel) -> None:
+    """No orphan keeps training: SIGKILL when the fork server (our parent, which exits with the
+    trainer) dies, and exit as soon as the trainer's end of the pipe closes."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        try:
+            while True:
+                channel.recv()  # the trainer sends nothing during a run: only EOF or a stop
+                break
+        except BaseException:  # noqa: S110 (EOF: the trainer is gone)
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="kiln-parent-watch", daemon=True).start()
+
+
+def read_checked(ref: dict[str, Any]) -> bytes:
+    data = Path(ref["path"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise Integrity("stored bytes do not match the sha256 recorded for them")
+    return data
+
+
+def _dataset(ref: dict[str, Any]) -> Dataset:
+    ds, report = parse(read_checked(ref), ref["format"])
+    if ds is None:
+        raise DatasetUnusable(f"file {ref['id']} is not usable: {report.summary()}")
+    return ds
+
+
+def load_data(args: dict[str, Any], spec: JobSpec) -> tuple[Dataset, Dataset]:
+    train = _dataset(args["train"])
+    if args.get("valid"):
+        return train, _dataset(args["valid"])
+    return split(train, spec.validation_split or DEFAULT_VALIDATION_SPLIT, int(args["seed"]))
+
+
+def resolved(ref: dict[str, Any]) -> ResolvedVersion:
+    return ResolvedVersion(
+        version_id=int(ref["version_id"]),
+        tenant_id=int(ref["tenant_id"]),
+        model=str(ref["model"]),
+        version=int(ref["version"]),
+        format=str(ref["format"]),
+        sha256=str(ref["sha256"]),
+        signature=Signature.model_validate(ref["signature"]),
+        config=VersionConfig.model_validate(ref["config"]),
+    )
+
+
+def _send(channel: Channel, kind: str, buffers: list[bytes] | None = None, /, **body: Any) -> None:
+    channel.send({"v": VERSION, "type": kind, **body}, buffers or [])
+
+
+class Reporter:
+    """The step hook of the training loop: one `step` message per optimizer step."""
+
+    def __init__(self, channel: Channel, run: Run) -> None:
+        self.channel, self.run = channel, run
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        _send(self.channel, "step", row=row, seconds=self.run.last_step_seconds)
+
+
+def train_main(channel: Channel, args: dict[str, Any]) -> None:
+    """A whole job: build, evaluate the parent, resume, epochs with checkpoints, export."""
+    die_with_parent(channel)
+    try:
+        _train(channel, args)
+    except Exception as exc:
+        _send(channel, "error", **describe_error(exc, READABLE))
+
+
+def _model_error(exc: Exception) -> str:
+    return describe_error(exc, READABLE)["message"]
+
+
+def _train(channel: Channel, args: dict[str, Any]) -> None:
+    spec = JobSpec.model_validate(args["spec"])
+    seed = int(args["seed"])
+    if args.get("threads"):
+        torch.set_num_threads(int(args["threads"]))
+    train, valid = load_data(args, spec)
+    device = torch.device(args["device"])
+    built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, seed)
+    run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode)
+    parent_metrics = run.evaluate()
+    parent_predictions = run.predictions()
+    ckpt = args.get("checkpoint")
+    if ckpt is not None:
+        run.load_state(read_checked(ckpt))
+    _send(
+        channel,
+        "started",
+        device=device.type,
+        train_rows=len(train),
+        valid_rows=len(valid),
+        total_steps=run.total_steps,
+        parent_metrics=parent_metrics,
+        resumed_epoch=None if ckpt is None else int(ckpt["epoch"]),
+    )
+    tmp = Path(os.environ["TMPDIR"])
+    hook = Reporter(channel, run)
+    while not run.done():
+        t0 = time.perf_counter()
+        res = run.train_epoch(hook)
+        res.valid["seconds"] = round(time.perf_counter() - t0, 3)
+        name = checkpoint_name(res.epoch)
+        (tmp / name).write_bytes(run.state_bytes())
+        _send(
+            channel,
+            "epoch",
+            epoch=res.epoch,
+            step=res.step,
+            valid=res.valid,
+            checkpoint=name,
+        )
+    _done(channel, run, built, parent_predictions, tmp)
+
+
+def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any], tmp: Path) -> None:
+    final = run.evaluate()
+    table = {
+        "lines": run.valid_lines,
+        "labels": run.valid_y.cpu().tolist(),
+        "predicted": run.predictions(),
+        "parent_predicted": parent_predictions,
+    }
+    run.module.to("cpu")
+    run.module.eval()
+    data, fmt = built.export(run.module)
+    (tmp / RESULT_NAME).write_bytes(data)
+    _send(
+        channel,
+        "done",
+        [json.dumps(table).encode()],
+        metrics=final,
+        epochs_completed=run.progress.epoch,
+        stopped_early=run.progress.stopped_early,
+        format=fmt,
+        artifact=RESULT_NAME,
+        signature=run.sig.model_dump(mode="json"),
+    )
+
+
+# the gateway's model check (dry run, freeze prefixes, a head to resize) --------------------------
+def check_main(channel: Channel, args: dict[str, Any]) -> None:
+    """Build the base model as the job would and count its parameters; one answer."""
+    channel.recv()
+    spec = JobSpec.model_validate(args["spec"])
+    try:
+        datasets = [_dataset(args["train"])] if args.get("train") else []
+        built = build(
+            resolved(args["base"]), read_checked(args["base"]), spec, datasets, torch.device("cpu"), 0
+        )
+        counts = parameter_counts(built.module, trainable_names(built.module, spec.hyperparameters.freeze))
+    except READABLE as exc:
+        _send(channel, "checked", ok=False, message=str(exc)[:500])
+        return
+    except Exception as exc:
+        _send(channel, "checked", ok=False, message=f"the model could not be built: {_model_error(exc)}")
+        return
+    _send(channel, "checked", ok=True, counts=counts)
+
+
+# promotion: another version evaluated on the job's validation data ---------------------------------
+def evaluate_main(channel: Channel, args: dict[str, Any]) -> None:
+    """Load a version (as a parent would be) and answer its metrics on the job's validation rows."""
+    channel.recv()
+    spec = JobSpec.model_validate(args["spec"])
+    try:
+        _train, valid = load_data(args, spec)
+        base, data = resolved(args["base"]), read_checked(args["base"])
+        metrics = evaluate_loaded(base, data, spec, valid, torch.device(args["device"]))
+    except Exception as exc:
+        _send(channel, "evaluated", ok=False, message=_model_error(exc))
+        return
+    _send(channel, "evaluated", ok=True, metrics=metrics)

@@ -1,0 +1,117 @@
+"""The messages between a trainer and its fenced training process (workers/ft_child.py).
+
+Each is one JSON header on the fence's channel, versioned (`v`) and typed (`type`); the parent
+validates every header against these models before it acts on it (the child runs tenant code, so
+what it sends is untrusted input). Files are never sent inline: a checkpoint or the exported
+result is a file in the child's temporary directory, named here; the parent opens it itself.
+
+child -> parent, during a job (train_main):
+  started  the model is built and the parent evaluated: device, row counts, total steps,
+           parent_metrics, resumed_epoch (the checkpoint it resumed from, or null)
+  step     one optimizer step: row {step, epoch, train_loss, lr}, seconds
+  epoch    one finished epoch: epoch, step, valid (validation metrics), checkpoint (file name in
+           the child's temp dir); its step rows are the `step` messages before it
+  done     the final metrics, epochs_completed, stopped_early, format, signature, artifact (file
+           name in the child's temp dir); one buffer: JSON {lines, labels, predicted,
+           parent_predicted} for the results file
+  error    the job cannot go on: code (a readable class, or "" for the model's own error), message
+child -> parent, one answer each: checked (check_main), evaluated (evaluate_main).
+parent -> child: nothing during a job (closing the pipe stops it); one request for check/evaluate.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+VERSION = 1
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,63}$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint-{epoch}.pt"
+
+
+def plain_name(name: str) -> bool:
+    """A file name the parent will open in the child's temp dir: no path, no dot-dot."""
+    return bool(_NAME.match(name)) and ".." not in name
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1]
+
+
+class Started(_Msg):
+    type: Literal["started"]
+    device: str = Field(max_length=16)
+    train_rows: int = Field(ge=0)
+    valid_rows: int = Field(ge=0)
+    total_steps: int = Field(ge=0)
+    parent_metrics: dict[str, float | bool]
+    resumed_epoch: int | None
+
+
+class Step(_Msg):
+    type: Literal["step"]
+    row: dict[str, float | int]
+    seconds: float = Field(ge=0)
+
+
+class Epoch(_Msg):
+    type: Literal["epoch"]
+    epoch: int = Field(ge=1)
+    step: int = Field(ge=0)
+    valid: dict[str, float | bool]
+    checkpoint: str = Field(max_length=64)
+
+
+class Done(_Msg):
+    type: Literal["done"]
+    metrics: dict[str, float | bool]
+    epochs_completed: int = Field(ge=0)
+    stopped_early: bool
+    format: Literal["torchscript", "hf-encoder"]
+    signature: dict[str, Any]
+    artifact: str = Field(max_length=64)
+
+
+class Error(_Msg):
+    type: Literal["error"]
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=1000)
+
+
+JobMessage = Annotated[Started | Step | Epoch | Done | Error, Field(discriminator="type")]
+JOB_MESSAGE: TypeAdapter[Started | Step | Epoch | Done | Error] = TypeAdapter(JobMessage)
+
+
+class Checked(_Msg):
+    type: Literal["checked"]
+    ok: bool
+    counts: dict[str, int] = Field(default_factory=dict)
+    message: str = Field(default="", max_length=1000)
+
+
+class Evaluated(_Msg):
+    type: Literal["evaluated"]
+    ok: bool
+    metrics: dict[str, float | bool] = Field(default_factory=dict)
+    message: str = Field(default="", max_length=1000)
+
+
+def describe_error(exc: BaseException, readable: tuple[type[BaseException], ...]) -> dict[str, str]:
+    """A readable error for the job object (no stack trace, no TorchScript source or paths)."""
+    import torch
+
+    if isinstance(exc, readable):
+        return {"code": type(exc).__name__, "message": str(exc)[:500]}
+    if isinstance(exc, torch.OutOfMemoryError):
+        return {"code": "out_of_memory", "message": "the device ran out of memory; try a smaller batch_size"}
+    text = str(exc)
+    if "Traceback of TorchScript" in text:  # keep the model's own error, not its source and paths
+        text = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+        return {"code": "model_error", "message": f"the model raised: {text.strip()[:400]}"}
+    return {"code": "training_error", "message": f"{type(exc).__name__}: {text[:400]}"}
