@@ -89,16 +89,7 @@ _GPU_PATHS = (
     "/sys/bus/pci",
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
-_PRELOAD = [
-    "workers.fork_server_init",  # signals to the worker's process group are the worker's alone
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "torch",
-    "model_store.formats",
-    "workers.model_host",  # a worker's model instance starts in ~0.2 s instead of ~1 s
-    "workers.runners",
-]
+_PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]  # and what preload() adds
 MAX_FRAME = 1 << 31
 
 
@@ -273,6 +264,16 @@ class Channel:
 
 _ctx_lock = threading.Lock()
 _ctx: Any = None
+
+
+def preload(*modules: str) -> None:
+    """Modules the fork server imports once for all its children (before its first start; a
+    worker adds its model host, a trainer its training child)."""
+    with _ctx_lock:
+        if _ctx is not None:  # started already (tests run several roles in one process): children import them
+            log.debug("fork server already started; %s imported by each child instead", modules)
+            return
+        _PRELOAD.extend(m for m in modules if m not in _PRELOAD)
 
 
 def _context() -> Any:

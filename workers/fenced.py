@@ -155,12 +155,11 @@ def close_runners(runners: list[Runner], *, kill: bool = False) -> None:
 
 def start_fork_server() -> None:
     """Start the fence's fork server (it imports the runtimes, seconds) before the first load."""
-    from multiprocessing import forkserver
-
     from model_store import fence
 
-    fence._context()
-    forkserver.ensure_running()
+    # the fork server and its children ignore SIGTERM/SIGINT sent to the worker's process group
+    fence.preload("workers.fork_server_init", "workers.model_host", "workers.runners")
+    fence.prestart()
 
 
 def load_runner(

@@ -21,6 +21,7 @@ import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
+from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.jobs import JobStore, LeaseLost
@@ -95,6 +96,9 @@ class Trainer:
 
     def run(self) -> None:
         log.info("trainer %s started", self.trainer_id)
+        # the training child's module is imported once by the fork server, not by every job
+        fence.preload("workers.fork_server_init", "workers.ft_child")
+        threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         backoff = 0.1
         while not self._stop.is_set():
             try:
