@@ -111,7 +111,7 @@ def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float
     if demo and key:
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": DEMO_INPUT[0]}]}
         lines.append("try it:")
-        lines.append("CURL " + curl_line(url, key, DEMO_MODEL, body))
+        lines.append(curl_line(url, key, DEMO_MODEL, body))  # pastes as it is
     print("\n".join(lines), flush=True)
 
 

@@ -25,8 +25,8 @@ def _wait_for_curl(proc: subprocess.Popen[str], log: Path, timeout: float = 90) 
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         for line in text.splitlines():
-            if line.startswith("CURL "):
-                return line.removeprefix("CURL ")
+            if line.startswith("curl "):
+                return line
         if proc.poll() is not None:
             raise RuntimeError(f"kiln serve exited:\n{text[-3000:]}")
         time.sleep(0.1)
