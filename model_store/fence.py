@@ -168,6 +168,7 @@ def _apply(spec: FenceSpec, tmp: Path) -> None:
         write += [Path(p) for p in _GPU_PATHS]
     try:
         landlock.restrict(read, write)
+        landlock.deny_new_sockets()
     except landlock.LandlockUnavailable:
         if spec.require:
             raise

@@ -117,3 +117,53 @@ def _add_path(libc: ctypes.CDLL, add_rule: int, ruleset: int, path: Path, rights
             )
     finally:
         os.close(fd)
+
+
+# seccomp: no new sockets. Landlock does not govern connect() to a Unix socket by its path (the
+# fork server's listener, a Redis socket); a fenced child needs no socket but the pipe it was
+# given, so socket() and io_uring (which can make sockets without socket()) fail with EPERM.
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_NR_SOCKET = {"x86_64": 41, "aarch64": 198}
+_NR_IO_URING_SETUP = 425  # the same on both
+_X32_BIT = 0x40000000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_new_sockets() -> bool:
+    """Install the seccomp filter above on this thread (and what it creates); needs
+    PR_SET_NO_NEW_PRIVS, which `restrict` sets. False where the platform is not known."""
+    machine = platform.machine()
+    if machine not in _AUDIT_ARCH or platform.system() != "Linux":
+        return False
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    program = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, _RET_EPERM),  # another ABI (int 0x80, socketcall): nothing at all
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 3, 0, _X32_BIT),
+        (jeq, 2, 0, _NR_SOCKET[machine]),
+        (jeq, 1, 0, _NR_IO_URING_SETUP),
+        (ret, 0, 0, _RET_ALLOW),
+        (ret, 0, 0, _RET_EPERM),
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*f) for f in program))
+    prog = _SockFprog(len(program), filters)
+    libc = _libc()
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise LandlockUnavailable(f"seccomp filter refused: {os.strerror(ctypes.get_errno())}")
+    return True

@@ -10,6 +10,11 @@ from typing import Any
 from model_store.fence import Channel
 
 
+def _unix_connect(path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+
+
 def probe(ch: Channel, args: dict[str, Any]) -> None:
     """Try every way out the fence must close, report each outcome, then echo requests."""
     out: dict[str, str] = {}
@@ -21,6 +26,7 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         ("signal_parent", lambda: os.kill(args["parent"], 0)),
         ("parent_environ", lambda: open(f"/proc/{args['parent']}/environ", "rb").read()),
         ("env_secret", lambda: os.environ["KILN_FENCE_TEST_SECRET"]),
+        ("unix_socket", lambda: _unix_connect(args["unix"])),
     ):
         try:
             attempt()

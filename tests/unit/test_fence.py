@@ -23,6 +23,18 @@ def listener() -> socket.socket:
     s.close()
 
 
+def _unix_listener(tmp_path: Path) -> Path:
+    path = tmp_path / "kiln.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.listen()
+    _LISTENERS.append(s)
+    return path
+
+
+_LISTENERS: list[socket.socket] = []
+
+
 def _child(tmp_path: Path, port: int, **spec: object) -> tuple[FencedChild, dict[str, str]]:
     secret = tmp_path / "admin.key"
     secret.write_text("kiln_secret")
@@ -35,6 +47,7 @@ def _child(tmp_path: Path, port: int, **spec: object) -> tuple[FencedChild, dict
         "outside": str(tmp_path / "planted"),
         "port": port,
         "parent": os.getpid(),
+        "unix": str(_unix_listener(tmp_path)),
     }
     child = FencedChild("tests.fence_targets:probe", args, FenceSpec(read=(str(artifact),), **spec))  # type: ignore[arg-type]
     header, _ = child.channel.recv()
@@ -52,6 +65,7 @@ def test_fenced_child_reads_its_artifact_and_nothing_else(tmp_path: Path, listen
         assert seen["signal_parent"] == "PermissionError"
         assert seen["parent_environ"] == "PermissionError"
         assert seen["env_secret"] == "KeyError"
+        assert seen["unix_socket"] == "PermissionError"  # a Redis or fork-server socket by its path
         reply, buffers = child.call({"op": "echo", "x": 1}, [b"abc"], timeout_s=10)
         assert reply == {"echo": {"op": "echo", "x": 1}} and buffers == [b"abc"]
     finally:
