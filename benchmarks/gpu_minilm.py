@@ -149,14 +149,17 @@ def figures(b: dict[str, float], s: dict[str, Any], args: argparse.Namespace) ->
     p50 = s["one_in_flight"]["p50_ms"]
     batch_items = s["batch_requests"]["requests_s"] * args.batch
     out = [
-        gc.figure("bare forward batch 1 p50 (fp16)", b.get("bare_b1_p50_ms_fp16", 0), "ms"),
-        gc.figure("bare forward batch 1 p50 (fp32)", b["bare_b1_p50_ms_fp32"], "ms"),
+        gc.figure(f"bare forward batch 1 p50 ({tag})", b[f"bare_b1_p50_ms_{tag}"], "ms")
+        for tag in ("fp16", "fp32")
+        if f"bare_b1_p50_ms_{tag}" in b
+    ] + [
         gc.figure(
-            f"bare forward batch {args.batch} (fp16)", b.get(f"bare_b{args.batch}_items_s_fp16", 0), "items/s"
-        ),
-        gc.figure(
-            f"bare forward batch {args.batch} (fp32)", b[f"bare_b{args.batch}_items_s_fp32"], "items/s"
-        ),
+            f"bare forward batch {args.batch} ({tag})", b[f"bare_b{args.batch}_items_s_{tag}"], "items/s"
+        )
+        for tag in ("fp16", "fp32")
+        if f"bare_b{args.batch}_items_s_{tag}" in b
+    ]
+    out += [
         gc.figure(
             "one request in flight p50",
             p50,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check as one command (issue 15); `make gpu-check [DRY_RUN=1]` runs this.
-#   1. installs the carried wheels (.whl/, from scripts/fetch-gpu-wheels.sh) into /tmp/site
+#   1. installs the carried wheels (.whl/, from scripts/fetch-gpu-wheels.sh) into $SITE: a folder
+#      named site-packages, since the model fence (model_store/fence.py) lets model children read
+#      sys.path entries by that name, and the children import these packages too
 #   2. unpacks the carried Debian packages (.deb/: wrk, LuaJIT) under /tmp/debroot
 #   3. runs benchmarks/gpu_check.py: the gpu-marked tests, the GPU benchmarks, $OUT/gpu-check.json
 # DRY_RUN=1: the same on the CPU with tiny models and durations (the cp312 wheels are not installed
@@ -18,14 +20,15 @@ log="$OUT/gpu-check.log"
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
 
+SITE=/tmp/site/site-packages
 wheels="none carried"
 if compgen -G ".whl/*.whl" >/dev/null; then
   if [ "$DRY_RUN" = 1 ]; then
     wheels="skipped (dry run: cp312 wheels are for the GPU machine)"
   elif timeout 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl >>"$log" 2>&1; then
-    wheels="installed $(ls .whl/*.whl | wc -l) into /tmp/site"
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      --target "$SITE" .whl/*.whl >>"$log" 2>&1; then
+    wheels="installed $(ls .whl/*.whl | wc -l) into $SITE"
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
   else
     wheels="failed (see gpu-check.log)"
   fi
