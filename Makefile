@@ -49,7 +49,7 @@ test: $(STAMP) services prometheus lint typecheck
 # python3 there; DRY_RUN=1 runs it on the CPU with tiny models (the venv's python where there is one).
 DRY_RUN ?= 0
 gpu-check:
-	DRY_RUN=$(DRY_RUN) PY=$$( [ -x $(BIN)/python ] && echo $(BIN)/python || echo python3 ) bash scripts/gpu-check.sh
+	DRY_RUN=$(DRY_RUN) PY=$$( [ -x $(BIN)/python ] && echo $(BIN)/python || echo $(PY) ) bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) .kiln .pytest_cache .mypy_cache .ruff_cache

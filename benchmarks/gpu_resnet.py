@@ -161,12 +161,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="the bare timing")
     p.add_argument("--duration", type=float, default=10.0, help="the served run")
     p.add_argument("--delay-ms", type=float, default=2.0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "fp32"], help="auto: fp16 on CUDA")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.dry_run:
         args.device, args.size, args.classes, args.batch, args.per_request = "cpu", 32, 10, 8, 2
         args.clients, args.gateways, args.seconds, args.duration = 2, 1, 0.3, 1.0
-    fp16 = args.device == "cuda"
+    fp16 = args.dtype == "fp16" or (args.dtype == "auto" and args.device == "cuda")
     dtype, np_dtype, datatype = (
         (torch.float16, np.dtype(np.float16), "FP16")
         if fp16

@@ -39,6 +39,7 @@ debs="none carried"
 if compgen -G ".deb/*.deb" >/dev/null; then
   ok=1
   debroot=$(mktemp -d /tmp/debroot-XXXXXX)
+  trap 'rm -rf "$debroot"' EXIT
   for f in .deb/*.deb; do dpkg -x "$f" "$debroot" >>"$log" 2>&1 || ok=0; done
   if [ "$ok" = 1 ]; then
     debs="unpacked $(ls .deb/*.deb | wc -l) under $debroot"
@@ -56,8 +57,8 @@ setup=$(printf '{"wheels": "%s", "debs": "%s", "wrk": "%s", "seconds": %s}' \
   "$wheels" "$debs" "$(command -v wrk || echo missing)" "$GPU_CHECK_SETUP_S")
 args=(--out "$OUT" --setup "$setup")
 [ "$DRY_RUN" = 1 ] && args+=(--dry-run)
-# the driver enforces each step's budget and the whole deadline; this is the last resort
-timeout -k 5 470 "$PY" benchmarks/gpu_check.py "${args[@]}"
+# the driver enforces each step's budget and the whole deadline (450 s from t0); this is the last resort
+timeout -k 5 $((470 - GPU_CHECK_SETUP_S)) "$PY" benchmarks/gpu_check.py "${args[@]}"
 rc=$?
 echo "gpu-check: rc $rc, $(($(date +%s) - t0)) s, results in $OUT/gpu-check.json"
 exit $rc
