@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
 for d in /.whl/ /.deb/ /.gpu-assets/; do
-  grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >>"$(git rev-parse --git-path info/exclude)"
+  grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >>"$exclude"
 done
 rm -rf .whl .deb .gpu-assets
 mkdir -p .whl .deb .gpu-assets/minilm
