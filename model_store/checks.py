@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from model_store.channel import Channel
 from model_store.errors import InvalidArtifact
-from model_store.fence import Channel, FencedChild, FenceDied, FenceSpec, FenceTimeout, FenceUnavailable
+from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, FenceUnavailable
 from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
 

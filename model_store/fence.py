@@ -24,13 +24,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
 import logging
 import multiprocessing
 import os
 import resource
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store import landlock
+from model_store.channel import Channel, FenceError
 
 log = logging.getLogger("kiln.fence")
 
@@ -90,11 +89,6 @@ _GPU_PATHS = (
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
 _PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]  # and what preload() adds
-MAX_FRAME = 1 << 31
-
-
-class FenceError(RuntimeError):
-    """The fenced child failed outside the request it was given."""
 
 
 class FenceTimeout(FenceError):
@@ -198,69 +192,6 @@ def _child_main(conn: Connection, target: str, args: dict[str, Any], spec: Fence
 def _last_word(conn: Connection, text: str) -> None:
     with contextlib.suppress(OSError):
         Channel(conn).send({"died": text})
-
-
-class Channel:
-    """Frames over one socket: a JSON header and the raw buffers it announces, written with one
-    writev and read into one buffer (one wake-up of the other side per frame, no copies of
-    tensor bytes beyond the socket's). Sizes are checked before anything is allocated."""
-
-    _PREFIX = struct.Struct("<IQ")  # header bytes, body bytes
-
-    def __init__(self, conn: Connection, max_frame: int = MAX_FRAME) -> None:
-        self._conn = conn
-        self._fd = conn.fileno()
-        self._max = max_frame
-
-    def send(self, header: dict[str, Any], buffers: Sequence[bytes | memoryview] = ()) -> None:
-        sizes = [memoryview(b).nbytes for b in buffers]
-        head = json.dumps({**header, "_sizes": sizes}).encode()
-        parts: list[bytes | memoryview] = [self._PREFIX.pack(len(head), sum(sizes)), head, *buffers]
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        while views:
-            written = os.writev(self._fd, views[:512])
-            while views and written >= views[0].nbytes:
-                written -= views[0].nbytes
-                views.pop(0)
-            if written:
-                views[0] = views[0][written:]
-
-    def poll(self, timeout_s: float | None) -> bool:
-        return self._conn.poll(timeout_s)
-
-    def _read_into(self, view: memoryview) -> None:
-        pos = 0
-        while pos < view.nbytes:
-            n = os.readv(self._fd, [view[pos:]])
-            if n == 0:
-                raise EOFError("the other side closed the channel")
-            pos += n
-
-    def recv(self) -> tuple[dict[str, Any], list[memoryview]]:
-        prefix = bytearray(self._PREFIX.size)
-        self._read_into(memoryview(prefix))
-        head_len, body_len = self._PREFIX.unpack(prefix)
-        if head_len > 1 << 24 or body_len > self._max:
-            raise FenceError("oversized frame on the fence channel")
-        head = bytearray(head_len)
-        self._read_into(memoryview(head))
-        header = json.loads(head)
-        sizes = header.pop("_sizes", None) if isinstance(header, dict) else None
-        if (
-            not isinstance(sizes, list)
-            or len(sizes) > 4096
-            or not all(type(n) is int and n >= 0 for n in sizes)
-        ):
-            raise FenceError("malformed frame on the fence channel")
-        if sum(sizes) != body_len:
-            raise FenceError("malformed frame on the fence channel")
-        body = memoryview(bytearray(body_len))
-        self._read_into(body)
-        buffers, pos = [], 0
-        for n in sizes:
-            buffers.append(body[pos : pos + n])
-            pos += n
-        return header, buffers
 
 
 _ctx_lock = threading.Lock()

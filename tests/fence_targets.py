@@ -7,7 +7,7 @@ import os
 import socket
 from typing import Any
 
-from model_store.fence import Channel
+from model_store.channel import Channel
 
 
 def _unix_connect(path: str) -> None:

@@ -25,7 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from model_store.fence import FencedChild, FenceError, FenceSpec, FenceTimeout
+from model_store.channel import FenceError
+from model_store.fence import FencedChild, FenceSpec, FenceTimeout
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers import model_host

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from model_store.fence import Channel
+from model_store.channel import Channel
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from workers.datasets import Dataset, parse

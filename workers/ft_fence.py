@@ -26,8 +26,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from model_store.blobs import BlobStore
+from model_store.channel import FenceError
 from model_store.db import FileRow
-from model_store.fence import FencedChild, FenceDied, FenceError, FenceSpec, FenceTimeout
+from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout
 from model_store.registry import ResolvedVersion
 from workers.ft_messages import JOB_MESSAGE, Checked, Evaluated, plain_name
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store.fence import Channel
+from model_store.channel import Channel
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 
 _NUMERIC = {
