@@ -23,22 +23,10 @@ from typing import Any
 import numpy as np
 
 from model_store.channel import Channel
+from model_store.signature import NUMPY_DTYPES
 from workers.tensors import TensorDecodeError, from_bytes, to_bytes
 
-_NUMERIC = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
+_NUMERIC = {name: dtype for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
 _BY_DTYPE = {dt: name for name, dt in _NUMERIC.items()}
 
 # kinds of model failure, so the worker can split and retry as it does in-process
