@@ -5,9 +5,35 @@ processes must hold on its own."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from model_store.db import ModelVersionRow
+from model_store.registry import Registry
+from model_store.signature import Signature, VersionConfig
 from tests.models import torchscript_bytes
+
+
+def plant_version(
+    registry: Registry, model_id: int, version: int, data: bytes, signature: dict[str, Any]
+) -> None:
+    """A TorchScript version straight into the blob store and the database, past every upload
+    check (as if a check had missed it): the fences must hold on their own."""
+    sha, size = registry.blobs.put_bytes(data)
+    with registry.sessions() as s:
+        s.add(
+            ModelVersionRow(
+                model_id=model_id,
+                version=version,
+                format="torchscript",
+                sha256=sha,
+                size_bytes=size,
+                signature=Signature.model_validate(signature).model_dump(mode="json"),
+                config=VersionConfig().model_dump(mode="json"),
+            )
+        )
+        s.commit()
 
 
 class ReadsHostFile(torch.nn.Module):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from model_store.db import ModelVersionRow
 from model_store.registry import Registry
-from model_store.signature import Signature, VersionConfig
+from tests.fence_models import plant_version
 from tests.ft_data import MLP_SIGNATURE
 from tests.models import torchscript_bytes
 
@@ -100,21 +99,6 @@ class LoopsOnLoad(torch.nn.Module):
 
 
 def plant(registry: Registry, tenant_id: int, name: str, module: torch.nn.Module) -> None:
-    """Register a TorchScript version directly in the store, past every upload check (as if a
-    check had missed it): the fences must hold on their own."""
-    data = torchscript_bytes(module)
-    sha, size = registry.blobs.put_bytes(data)
+    """A new model whose version 1 is `module`, past every upload check."""
     model = registry.create_model(tenant_id, name, "hostile")
-    with registry.sessions() as s:
-        s.add(
-            ModelVersionRow(
-                model_id=model.id,
-                version=1,
-                format="torchscript",
-                sha256=sha,
-                size_bytes=size,
-                signature=Signature.model_validate(MLP_SIGNATURE).model_dump(mode="json"),
-                config=VersionConfig().model_dump(mode="json"),
-            )
-        )
-        s.commit()
+    plant_version(registry, model.id, 1, torchscript_bytes(module), MLP_SIGNATURE)

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from model_store.db import ModelVersionRow
 from model_store.fence import fence_available
 from model_store.registry import Registry
-from model_store.signature import Signature, VersionConfig
 from tests.conftest import WorkerThread
-from tests.fence_models import ReadsHostFile, WritesHostFile
+from tests.fence_models import ReadsHostFile, WritesHostFile, plant_version
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, torchscript_bytes
 from workers import runners
@@ -32,22 +30,8 @@ async def _plant(client, registry: Registry, settings, name: str, data: bytes) -
     """A model with a harmless version 1, then `data` as version 2 straight into the stores."""
     r = await register(client, name, torchscript_bytes(FailsOnNegative()), "torchscript", TIMES3_SIGNATURE)
     assert r.status_code == 201, r.text
-    sha, size = registry.blobs.put_bytes(data)
     tenant_id = registry.ensure_tenant(settings.default_tenant)
-    model_id = registry.get_model(tenant_id, name).id
-    with registry.sessions() as s:
-        s.add(
-            ModelVersionRow(
-                model_id=model_id,
-                version=2,
-                format="torchscript",
-                sha256=sha,
-                size_bytes=size,
-                signature=Signature.model_validate(TIMES3_SIGNATURE).model_dump(mode="json"),
-                config=VersionConfig().model_dump(mode="json"),
-            )
-        )
-        s.commit()
+    plant_version(registry, registry.get_model(tenant_id, name).id, 2, data, TIMES3_SIGNATURE)
 
 
 def _worker(settings, fence: str, monkeypatch: pytest.MonkeyPatch) -> WorkerThread:  # type: ignore[no-untyped-def]
