@@ -21,6 +21,7 @@ A child that does not answer within its deadline is killed (`FenceTimeout`); one
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import importlib.util
@@ -32,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -239,6 +241,17 @@ def _nothing() -> None:
     return None
 
 
+_live: weakref.WeakSet[FencedChild] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_children() -> None:
+    """At exit, before multiprocessing joins its children: a fenced child ignores SIGTERM (its
+    worker decides when it ends), so multiprocessing's terminate-then-join would wait forever."""
+    for child in list(_live):
+        child.kill()
+
+
 class FencedChild:
     """One fenced process running `target(channel, args)`; `call` is one request and its answer."""
 
@@ -256,6 +269,7 @@ class FencedChild:
             target=_child_main, args=(child, target, args, spec, self._tmp), daemon=True, name="kiln-fenced"
         )
         self._proc.start()
+        _live.add(self)
         child.close()
         self._conn = parent
         self.channel = Channel(parent)
