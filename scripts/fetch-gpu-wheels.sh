@@ -8,7 +8,7 @@
 # Prints the total and fails when the tree plus these exceed 60 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
 for d in /.whl/ /.deb/ /.gpu-assets/; do
