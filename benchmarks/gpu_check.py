@@ -215,6 +215,10 @@ def steps(args: argparse.Namespace, out: Path, log: Log, cuda: bool, started: fl
 
     device = ["--device", "cuda"] if cuda else ["--dry-run"]
     for name, script in (("bench-minilm", "gpu_minilm.py"), ("bench-resnet", "gpu_resnet.py")):
+        if args.skip and name in args.skip:
+            log.write(f"==== {name}: skipped (--skip)")
+            results.append({"name": name, "status": "skipped (--skip)"})
+            continue
         if not cuda and not args.dry_run:
             results.append({"name": name, "status": NO_CUDA})
             continue
@@ -262,6 +266,9 @@ def main() -> int:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="default: $OUT, else a new temp dir")
     p.add_argument("--deadline-s", type=float, default=450, help="the whole check's budget from its start")
+    p.add_argument(
+        "--skip", type=lambda v: set(filter(None, v.split(","))), default=set(), help="benchmarks left out"
+    )
     p.add_argument("--setup", default="{}", help="JSON: what scripts/gpu-check.sh did before (wheels, debs)")
     args = p.parse_args()
     out = args.out or (

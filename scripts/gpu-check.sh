@@ -57,6 +57,9 @@ setup=$(printf '{"wheels": "%s", "debs": "%s", "wrk": "%s", "seconds": %s}' \
   "$wheels" "$debs" "$(command -v wrk || echo missing)" "$GPU_CHECK_SETUP_S")
 args=(--out "$OUT" --setup "$setup")
 [ "$DRY_RUN" = 1 ] && args+=(--dry-run)
+# a short rerun: GPU_CHECK_DEADLINE_S=150 GPU_CHECK_SKIP=bench-minilm bash scripts/gpu-check.sh
+[ -n "${GPU_CHECK_DEADLINE_S:-}" ] && args+=(--deadline-s "$GPU_CHECK_DEADLINE_S")
+[ -n "${GPU_CHECK_SKIP:-}" ] && args+=(--skip "$GPU_CHECK_SKIP")
 # the driver enforces each step's budget and the whole deadline (450 s from t0); this is the last resort
 timeout -k 5 $((470 - GPU_CHECK_SETUP_S)) "$PY" benchmarks/gpu_check.py "${args[@]}"
 rc=$?

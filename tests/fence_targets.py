@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 from typing import Any
@@ -13,6 +14,16 @@ from model_store.channel import Channel
 def _unix_connect(path: str) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(path)
+
+
+def _cuda_work() -> str:
+    """Kernels, cuBLAS (loaded lazily, after the fence closed) and a new 1 GiB allocation."""
+    import torch
+
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    b = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    return f"ok {float((a @ a).float().abs().sum()) > 0} {b.numel()}"
 
 
 def probe(ch: Channel, args: dict[str, Any]) -> None:
@@ -33,6 +44,9 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
             out[key] = "allowed"
         except (OSError, KeyError) as exc:
             out[key] = type(exc).__name__
+    out["user"] = getpass.getuser()  # torch's compile caches ask; the password file is fenced off
+    if args.get("cuda"):
+        out["cuda"] = _cuda_work()
     ch.send(out)
     while True:
         header, buffers = ch.recv()

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
+from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, fence_available
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
@@ -35,7 +38,9 @@ def _unix_listener(tmp_path: Path) -> Path:
 _LISTENERS: list[socket.socket] = []
 
 
-def _child(tmp_path: Path, port: int, **spec: object) -> tuple[FencedChild, dict[str, str]]:
+def _child(
+    tmp_path: Path, port: int, cuda: bool = False, **spec: object
+) -> tuple[FencedChild, dict[str, Any]]:
     secret = tmp_path / "admin.key"
     secret.write_text("kiln_secret")
     artifact = tmp_path / "artifact.bin"
@@ -48,6 +53,7 @@ def _child(tmp_path: Path, port: int, **spec: object) -> tuple[FencedChild, dict
         "port": port,
         "parent": os.getpid(),
         "unix": str(_unix_listener(tmp_path)),
+        "cuda": cuda,
     }
     child = FencedChild("tests.fence_targets:probe", args, FenceSpec(read=(str(artifact),), **spec))  # type: ignore[arg-type]
     header, _ = child.channel.recv()
@@ -66,10 +72,33 @@ def test_fenced_child_reads_its_artifact_and_nothing_else(tmp_path: Path, listen
         assert seen["parent_environ"] == "PermissionError"
         assert seen["env_secret"] == "KeyError"
         assert seen["unix_socket"] == "PermissionError"  # a Redis or fork-server socket by its path
+        assert seen["user"] == "kiln-model"  # getpass.getuser() without /etc/passwd (a fine-tune needed it)
         reply, buffers = child.call({"op": "echo", "x": 1}, [b"abc"], timeout_s=10)
         assert reply == {"echo": {"op": "echo", "x": 1}} and buffers == [b"abc"]
     finally:
         child.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_child_runs_cuda_behind_the_whole_fence(tmp_path: Path, listener: socket.socket) -> None:
+    """The CUDA driver cannot start behind the fence (seccomp or Landlock alone stop it, error 304 on
+    an H100), so a gpu child opens its context first: CUDA then works and every door stays shut."""
+    child, seen = _child(tmp_path, listener.getsockname()[1], cuda=True, gpu=True)
+    try:
+        assert seen["cuda"] == f"ok True {1 << 30}"
+        assert seen["read_artifact"] == "allowed"
+        for door in ("read_secret", "write_outside", "tcp", "signal_parent", "parent_environ", "unix_socket"):
+            assert seen[door] == "PermissionError", door
+        assert seen["env_secret"] == "KeyError"
+    finally:
+        child.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_a_gpu_child_without_a_gpu_says_so(tmp_path: Path, listener: socket.socket) -> None:
+    with pytest.raises(FenceError, match="asks for CUDA and no GPU is present"):
+        _child(tmp_path, listener.getsockname()[1], gpu=True)
 
 
 def test_a_child_that_does_not_answer_is_killed_at_its_deadline(
