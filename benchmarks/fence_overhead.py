@@ -1,5 +1,5 @@
 """What the fence costs per batch: the same TorchScript MLP run in this process and in a fenced
-model process (workers/fenced.py, as the worker runs every model), at batch 1, 8 and 64.
+model process (workers/inference/fenced.py, as the worker runs every model), at batch 1, 8 and 64.
 Prints microseconds per call for both and their difference; run on a quiet machine.
 
     python benchmarks/fence_overhead.py [--calls 2000] [--threads 1]
@@ -22,8 +22,8 @@ from serve_bench import MLP
 from model_store.blobs import sha256_of
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
-from workers.fenced import FencedRunner
-from workers.runners import Runner, load_local_runner
+from workers.inference.fenced import FencedRunner
+from workers.inference.runners import Runner, load_local_runner
 
 SIG = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],

@@ -30,8 +30,8 @@ from model_store.signature import VersionConfig
 from service.app import create_app
 from service.demo import demo_onnx_bytes
 from service.settings import Settings
-from workers.contract import InferReplyMsg, TensorMeta
-from workers.tensors import to_bytes
+from workers.contract.messages import InferReplyMsg, TensorMeta
+from workers.contract.tensors import to_bytes
 
 KEY = "kiln_bench_" + "k" * 40
 REPLY = to_bytes(np.zeros((1, 3), np.float32), "FP32")

@@ -87,7 +87,7 @@ def text_of(tokens: int) -> str:
 
 def bare(model: Any, config: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
     """The encoder plus pooling (workers.hf_model.embed) on pre-tokenised input on the device."""
-    from workers.hf_model import embed
+    from workers.common.hf_model import embed
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # as the serving worker (threads=1); more only contend on a shared CPU

@@ -6,7 +6,7 @@ Keys (all under the Redis prefix):
     {p}:rl:{t|k}:{id}           token bucket (hash: tk = tokens, ts = ms of the last refill)
     {p}:cc:{t|k}:{id}           requests in flight (sorted set: request id -> deadline ms)
     {p}:quota:{t|k}:{id}:{YYYYMM}  monthly counters (r: admitted requests, c: compute seconds,
-                                   written by the workers, see workers/usage.py)
+                                   written by the workers, see workers/contract/usage.py)
 An in-flight entry is removed when the request finishes, and in any case at its deadline, so a
 gateway that dies never leaks concurrency.
 """
@@ -27,7 +27,7 @@ from service import ops_metrics
 from service.errors import RateLimited, Unavailable
 from service.keys import Principal
 from service.limits import Limits
-from workers.usage import MONTH_TTL_S, month_key
+from workers.contract.usage import MONTH_TTL_S, month_key
 
 log = logging.getLogger("kiln.admission")
 

@@ -31,9 +31,9 @@ from service.routes import sharing as sharing_routes
 from service.settings import Settings
 from service.state import AppState
 from service.versions import VersionResolver
-from workers import jsonlog
-from workers.client import StreamsEngineClient
-from workers.keys import Keys
+from workers.contract import jsonlog
+from workers.contract.client import StreamsEngineClient
+from workers.contract.redis_keys import Keys
 
 log = logging.getLogger("kiln.gateway")
 _METRICS: GatewayMetrics | None = None

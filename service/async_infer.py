@@ -28,8 +28,8 @@ from service.inference import InferenceService, build_message, check_reply
 from service.keys import Principal
 from service.oip import EncodedResponse, ParsedRequest, encode_response
 from service.policy import request_policy
-from workers.contract import ContractError, InferReplyMsg
-from workers.errors import EngineError
+from workers.contract.errors import EngineError
+from workers.contract.messages import ContractError, InferReplyMsg
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _GRACE_MS = 5000  # a worker that dropped the request as expired answers within this

@@ -38,7 +38,7 @@ def freeze_startup_objects() -> None:
 def _setup_logging() -> None:
     from pydantic import ValidationError
 
-    from workers import jsonlog
+    from workers.contract import jsonlog
 
     try:
         s = Settings()
@@ -199,10 +199,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from model_store.blobs import BlobStore
     from model_store.db import make_engine, make_sessionmaker
     from model_store.registry import Registry
-    from workers.gpu import GpuCollector
-    from workers.keys import Keys
-    from workers.runners import preload_runtimes
-    from workers.worker import Worker, WorkerConfig
+    from workers.contract.redis_keys import Keys
+    from workers.inference.gpu import GpuCollector
+    from workers.inference.runners import preload_runtimes
+    from workers.inference.worker import Worker, WorkerConfig
 
     settings = Settings()
     if args.metrics_port:

@@ -24,10 +24,10 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from model_store.db import make_engine, make_sessionmaker
     from model_store.jobs import JobStore
     from model_store.registry import Registry
-    from workers.ft_fence import FenceLimits
-    from workers.ft_metrics import TrainerMetrics
-    from workers.keys import Keys
-    from workers.trainer import Trainer, TrainerConfig
+    from workers.contract.redis_keys import Keys
+    from workers.finetune.fence import FenceLimits
+    from workers.finetune.metrics import TrainerMetrics
+    from workers.finetune.trainer import Trainer, TrainerConfig
 
     settings = Settings()
     if args.threads:

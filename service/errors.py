@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from model_store import errors as store
 from service.responses import JSONBody
-from workers import errors as engine
+from workers.contract import errors as engine
 
 log = logging.getLogger("kiln.errors")
 

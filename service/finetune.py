@@ -39,11 +39,18 @@ from service.finetune_schemas import (
 )
 from service.keys import Principal
 from service.state import AppState
-from workers.datasets import Dataset, Report, check_against, detect_format, label_set, parse
-from workers.ft_fence import CheckFailed, FenceLimits, check_model, file_ref, readable_paths, version_ref
-from workers.ft_queue import dispatch
-from workers.ft_spec import JobSpec
-from workers.keys import Keys
+from workers.contract.datasets import Dataset, Report, check_against, detect_format, label_set, parse
+from workers.contract.finetune_queue import dispatch
+from workers.contract.finetune_spec import JobSpec
+from workers.contract.redis_keys import Keys
+from workers.finetune.fence import (
+    CheckFailed,
+    FenceLimits,
+    check_model,
+    file_ref,
+    readable_paths,
+    version_ref,
+)
 
 log = logging.getLogger("kiln.finetune")
 PURPOSE = "fine-tune"

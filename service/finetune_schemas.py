@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.ft_spec import Hyperparameters, Task
+from workers.contract.finetune_spec import Hyperparameters, Task
 
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 

@@ -35,10 +35,10 @@ from service.policy import RequestPolicy, request_policy
 from service.request_id import current_or_new
 from service.settings import Settings
 from service.versions import VersionResolver
-from workers.contract import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
-from workers.errors import EngineError
-from workers.jsonlog import request_log
-from workers.keys import Keys
+from workers.contract.errors import EngineError
+from workers.contract.jsonlog import request_log
+from workers.contract.messages import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
+from workers.contract.redis_keys import Keys
 
 _REPLY_ERRORS: dict[str, type[KilnError]] = {
     ErrorCode.INVALID_INPUT: InvalidInput,

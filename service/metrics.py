@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from workers.usage import TenantLabels
+from workers.contract.usage import TenantLabels
 
 log = logging.getLogger("kiln.metrics")
 # the reasons the gateway records (service/errors.py codes); their series start at 0

@@ -1,6 +1,6 @@
 """Gateway metrics of the features around the inference path: rate limiting (a hook the admission
 code calls) and fine-tune jobs by status (counted from the jobs table when /metrics is scraped).
-The trainer's own metrics are in workers/ft_metrics.py (served by `kiln trainer --metrics-port`).
+The trainer's own metrics are in workers/finetune/metrics.py (served by `kiln trainer --metrics-port`).
 Hooks never raise.
 
     from service import ops_metrics
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.db import FineTuneJobRow
 from model_store.jobs import ACTIVE, TERMINAL
-from workers.usage import TenantLabels
+from workers.contract.usage import TenantLabels
 
 log = logging.getLogger("kiln.metrics")
 

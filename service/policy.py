@@ -11,7 +11,7 @@ from service.errors import InvalidInput
 from service.keys import Principal
 from service.oip import request_timeout_s
 from service.settings import Settings
-from workers.keys import Keys
+from workers.contract.redis_keys import Keys
 
 
 @dataclass(frozen=True, slots=True)

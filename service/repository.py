@@ -1,7 +1,7 @@
 """The OIP model repository extension: index, load, unload; and readiness per version.
 
 A version is ready when a ready worker reports it loaded (and so warmed up). Load and unload
-are commands left in Redis for every worker (workers/lifecycle.py); the calls wait, as
+are commands left in Redis for every worker (workers/inference/lifecycle.py); the calls wait, as
 Triton's do, until the workers have acted or the time runs out.
 """
 
@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from model_store.registry import Registry
 from service.errors import Unavailable, Unprocessable
 from service.versions import VersionResolver
-from workers.client import StreamsEngineClient
-from workers.keys import Keys
+from workers.contract.client import StreamsEngineClient
+from workers.contract.redis_keys import Keys
 
 
 class ModelRepository:

@@ -7,7 +7,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.jsonlog import request_id_var
+from workers.contract.jsonlog import request_id_var
 
 HEADER = b"x-request-id"
 

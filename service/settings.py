@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     trainer_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
     trainer_reconcile_interval_s: float = Field(default=10.0, gt=0, le=3600)
     trainer_claim_idle_ms: int = Field(default=60_000, ge=100)
-    # the fenced process that runs a job's model code (workers/ft_fence.py; 0: no limit): address
+    # the fenced process that runs a job's model code (workers/finetune/fence.py; 0: no limit): address
     # space (not applied on a GPU), CPU seconds, largest file it writes, longest silence
     train_memory_mb: int = Field(default=16384, ge=0)
     train_cpu_s: int = Field(default=0, ge=0)

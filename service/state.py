@@ -12,7 +12,7 @@ from model_store.registry import Registry
 from service.auth import Authenticator
 from service.inference import InferenceService
 from service.settings import Settings
-from workers.client import StreamsEngineClient
+from workers.contract.client import StreamsEngineClient
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Usage reports: read the per-day hashes the workers write (workers/usage.py) and group them."""
+"""Usage reports: read the per-day hashes the workers write (workers/contract/usage.py) and group them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from service.access_schemas import UsageReport, UsageRow
 from service.errors import InvalidInput
-from workers.usage import day_key, parse_field
+from workers.contract.usage import day_key, parse_field
 
 MAX_DAYS = 366
 _METRICS = {"r": "requests", "i": "items", "c": "compute_s"}

@@ -23,9 +23,9 @@ from model_store.registry import Registry
 from service import keys
 from service.app import create_app
 from service.settings import Settings
-from workers.keys import Keys
-from workers.metrics import WorkerMetrics
-from workers.worker import Worker, WorkerConfig
+from workers.contract.redis_keys import Keys
+from workers.inference.metrics import WorkerMetrics
+from workers.inference.worker import Worker, WorkerConfig
 
 PG_ADMIN = os.environ.get("KILN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KILN_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.runners import Runner
+from workers.inference.runners import Runner
 
 CRASH_EXIT_CODE = 86
 

@@ -73,7 +73,7 @@ def run_torchscript_file(ch: Channel, args: dict[str, Any]) -> None:
 def _without_static_checks() -> None:
     """In this process only: the load-time static checks become no-ops, so what the fence alone
     does can be seen (the tests plant models the checks would refuse)."""
-    from workers import runners
+    from workers.inference import runners
 
     for name in ("check_onnx_bytes", "check_torchscript_archive", "check_torchscript_module"):
         setattr(runners, name, lambda *_: None)
@@ -81,7 +81,7 @@ def _without_static_checks() -> None:
 
 def serve_unchecked(ch: Channel, args: dict[str, Any]) -> None:
     """The worker's model process (workers.model_host.serve), minus the static checks."""
-    from workers import model_host
+    from workers.inference import model_host
 
     _without_static_checks()
     model_host.serve(ch, args)
@@ -89,7 +89,7 @@ def serve_unchecked(ch: Channel, args: dict[str, Any]) -> None:
 
 def _trainer_without_static_checks() -> None:
     """The fine-tune child's load-time static checks become no-ops (this process only)."""
-    from workers import ft_model
+    from workers.finetune import model as ft_model
 
     for name in ("check_torchscript_archive", "check_torchscript_module"):
         setattr(ft_model, name, lambda *_: None)
@@ -97,14 +97,14 @@ def _trainer_without_static_checks() -> None:
 
 def train_unchecked(ch: Channel, args: dict[str, Any]) -> None:
     """The trainer's fenced child (workers.ft_child.train_main), minus the static checks."""
-    from workers import ft_child
+    from workers.finetune import child as ft_child
 
     _trainer_without_static_checks()
     ft_child.train_main(ch, args)
 
 
 def evaluate_unchecked(ch: Channel, args: dict[str, Any]) -> None:
-    from workers import ft_child
+    from workers.finetune import child as ft_child
 
     _trainer_without_static_checks()
     ft_child.evaluate_main(ch, args)

@@ -1,1 +1,1 @@
-"""Everything that runs models: the wire contract, the Redis Streams queue, workers."""
+"""Worker-side code: contract/ (shared with the gateway), common/, inference/, finetune/."""

@@ -9,7 +9,7 @@ import sys
 
 from service import cli
 from tests.faults import wrapping
-from workers import worker
+from workers.inference import worker
 
 
 def _float(name: str) -> float | None:

@@ -19,7 +19,7 @@ from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, poll, register_http
 from tests.e2e.harness import Stack
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, Keys
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 1000

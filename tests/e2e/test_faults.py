@@ -17,7 +17,7 @@ from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, FAULT_WORKER, poll, register_http
 from tests.faults import CRASH_EXIT_CODE
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, Keys
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import redis
 from tests.conftest import ADMIN_KEY, REDIS_URL
 from tests.e2e.harness import Stack, metric_sum
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.keys import GROUP
+from workers.contract.redis_keys import GROUP
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

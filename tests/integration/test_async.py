@@ -9,7 +9,7 @@ from tests.conftest import WorkerThread, make_key
 from tests.integration.helpers import infer_body, register
 from tests.integration.test_reliability import _poll
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.keys import Keys
+from workers.contract.redis_keys import Keys
 
 ASYNC = {"Prefer": "respond-async"}
 

@@ -1,4 +1,4 @@
-"""Model code runs in a fenced process (workers/fenced.py): a TorchScript model that reads a host
+"""Model code runs in a fenced process (workers/inference/fenced.py): a TorchScript model that reads a host
 file through `torch.from_file` gets an error at inference and its answer never carries the
 file's bytes; one that maps a host file shared never creates it. The models are planted in the
 registry and blob store directly, past every upload check, and the worker's model process runs
@@ -19,8 +19,8 @@ from tests.conftest import WorkerThread
 from tests.fence_models import ReadsHostFile, WritesHostFile, plant_version
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, torchscript_bytes
-from workers import runners
-from workers.fenced import FencedRunner
+from workers.inference import runners
+from workers.inference.fenced import FencedRunner
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 SECRET = b"kiln_secret_token"

@@ -21,9 +21,9 @@ from service.settings import Settings
 from tests.ft_data import jsonl, rows
 from tests.ft_hostile import LoopsOnLoad, ReadsInForward, ReadsOnLoad, WritesWhileTraining, plant
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
-from workers import ft_fence
-from workers.ft_fence import CheckFailed, FenceLimits
-from workers.ft_job import evaluate_in_fence
+from workers.finetune import fence as ft_fence
+from workers.finetune.fence import CheckFailed, FenceLimits
+from workers.finetune.job import evaluate_in_fence
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 

@@ -12,7 +12,7 @@ from service.ops_metrics import FINETUNE_STATUSES
 from service.settings import Settings
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, wait_for
 from tests.integration.helpers import operator_metrics
-from workers.ft_metrics import OUTCOMES, TrainerMetrics
+from workers.finetune.metrics import OUTCOMES, TrainerMetrics
 
 
 async def _jobs_by_status(client: httpx.AsyncClient) -> dict[str, float]:

@@ -9,7 +9,7 @@ from tests.conftest import WorkerThread
 from tests.integration.helpers import infer_body, register
 from tests.integration.test_reliability import _poll, _record_batches
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, torchscript_bytes
-from workers.keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, Keys
 
 
 async def _register(client, **config) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +117,7 @@ async def test_instances_run_batches_concurrently(client, settings, monkeypatch)
     """Two batches meet at a barrier inside the model: only two concurrent instances pass it."""
     import threading
 
-    from workers import worker as worker_module
+    from workers.inference import worker as worker_module
 
     barrier = threading.Barrier(2, timeout=15)
     real = worker_module.load_runner

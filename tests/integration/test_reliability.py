@@ -17,8 +17,8 @@ from tests.conftest import WorkerThread
 from tests.faults import wrapping
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, demo_onnx_bytes, torchscript_bytes
-from workers import worker as worker_module
-from workers.keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, Keys
+from workers.inference import worker as worker_module
 
 
 async def _poll(cond, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]

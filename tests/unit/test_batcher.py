@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from model_store.signature import VersionConfig
-from workers.batcher import Batcher, BatchPolicy, Item
+from workers.inference.batcher import Batcher, BatchPolicy, Item
 
 
 def _item(n: int, t: float = 0.0, priority: int = 0, shape: tuple[int, ...] = (4,)) -> Item:

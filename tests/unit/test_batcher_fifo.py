@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.batcher import Batcher, BatchPolicy, Item
+from workers.inference.batcher import Batcher, BatchPolicy, Item
 
 POLICY = BatchPolicy(max_batch_size=4, max_queue_delay_s=0.010)
 

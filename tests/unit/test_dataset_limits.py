@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.datasets import MAX_CLASSES, MAX_TEXT_CHARS, check_against, parse
+from workers.contract.datasets import MAX_CLASSES, MAX_TEXT_CHARS, check_against, parse
 
 GOOD = b'{"input": [1, 2], "label": 0}\n'
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.ft_data import csv_bytes, jsonl, rows
-from workers.datasets import check_against, label_set, parse
+from workers.contract.datasets import check_against, label_set, parse
 
 
 def test_jsonl_and_csv_parse_to_the_same_tensors() -> None:

@@ -160,7 +160,7 @@ def test_keda_scaled_object_scales_workers_on_the_redis_stream() -> None:
 
 
 def test_stream_names_and_group_match_the_code() -> None:
-    from workers.keys import GROUP, Keys
+    from workers.contract.redis_keys import GROUP, Keys
 
     so = _kinds()[("ScaledObject", "kiln-worker")]
     meta = next(t for t in so["spec"]["triggers"] if t["type"] == "redis-streams")["metadata"]

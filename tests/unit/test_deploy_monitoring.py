@@ -20,9 +20,9 @@ from service.metrics import GatewayMetrics
 from service.ops_metrics import FineTuneJobsCollector, OpsMetrics, ops
 from tests.e2e import prom
 from tests.unit.test_gpu_telemetry import _fake_nvml
-from workers.ft_metrics import TrainerMetrics
-from workers.gpu import GpuCollector
-from workers.metrics import WorkerMetrics
+from workers.finetune.metrics import TrainerMetrics
+from workers.inference.gpu import GpuCollector
+from workers.inference.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMDIR = ROOT / "deploy" / "prometheus"

@@ -18,8 +18,8 @@ from model_store.signature import Signature, VersionConfig
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.ft_hostile import ReadsInForward
 from tests.models import torchscript_bytes
-from workers import ft_fence
-from workers.ft_fence import (
+from workers.finetune import fence as ft_fence
+from workers.finetune.fence import (
     CheckFailed,
     FenceLimits,
     check_model,
@@ -29,7 +29,7 @@ from workers.ft_fence import (
     readable_paths,
     version_ref,
 )
-from workers.ft_messages import JOB_MESSAGE, Step
+from workers.finetune.messages import JOB_MESSAGE, Step
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 LIMITS = FenceLimits(check_timeout_s=60)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers.gpu import GpuCollector
+from workers.inference.gpu import GpuCollector
 
 
 def _exposition(collector: GpuCollector) -> str:
@@ -86,7 +86,7 @@ def test_a_reading_a_device_does_not_support_is_skipped() -> None:
 
 
 def _cuda() -> bool:
-    from workers.runners import cuda_available
+    from workers.inference.runners import cuda_available
 
     return cuda_available()
 
@@ -100,7 +100,7 @@ def test_real_gpu_exports_every_device() -> None:
 
 
 def test_memory_probe_on_cpu() -> None:
-    from workers import memory
+    from workers.inference import memory
 
     before = memory.snapshot()
     assert before[0] > 0 and before[1] == 0  # no GPU here

@@ -19,11 +19,11 @@ from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from tests.hf_tiny import tiny_bundle, topic_rows
-from workers.datasets import Dataset, parse
-from workers.ft_build import Built, build
-from workers.ft_spec import Hyperparameters, JobSpec
-from workers.hf_runner import HFEncoderRunner
-from workers.training import EVAL_CHUNK, Run, forward_all
+from workers.contract.datasets import Dataset, parse
+from workers.contract.finetune_spec import Hyperparameters, JobSpec
+from workers.finetune.build import Built, build
+from workers.finetune.training import EVAL_CHUNK, Run, forward_all
+from workers.inference.hf_runner import HFEncoderRunner
 
 CPU = torch.device("cpu")
 LIMITS = ArtifactLimits()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from workers.jsonlog import JsonFormatter, request_id_var
+from workers.contract.jsonlog import JsonFormatter, request_id_var
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:

@@ -14,7 +14,7 @@ from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from service.errors import InvalidInput, PayloadTooLarge
 from service.oip import decode_body, encode_response, header_length, parse_infer_request
-from workers.contract import InferReplyMsg, TensorMeta
+from workers.contract.messages import InferReplyMsg, TensorMeta
 
 SIG = Signature.model_validate(
     {

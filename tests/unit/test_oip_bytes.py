@@ -12,7 +12,7 @@ from model_store.signature import Signature
 from service.errors import InvalidInput, PayloadTooLarge
 from service.oip import parse_infer_request
 from service.oip_bytes import BytesLimits
-from workers.tensors import TensorDecodeError, from_bytes
+from workers.contract.tensors import TensorDecodeError, from_bytes
 
 SIG = Signature.model_validate(
     {

@@ -24,8 +24,8 @@ from tests.malicious_models import (
 )
 from tests.models import demo_onnx_bytes, onnx_add_bytes
 from tests.serving_models import identity_all_types_bytes
-from workers.errors import LoadError
-from workers.runners import load_local_runner as load_runner
+from workers.contract.errors import LoadError
+from workers.inference.runners import load_local_runner as load_runner
 
 HOSTILE = hostile_onnx("secret.bin")
 

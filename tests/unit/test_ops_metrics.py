@@ -14,8 +14,8 @@ from model_store.db import make_engine, make_sessionmaker
 from service import metrics, ops_metrics
 from service.metrics import FAILURE_REASONS, GatewayMetrics
 from service.ops_metrics import FineTuneJobsCollector
-from workers.ft_metrics import OUTCOMES, TrainerMetrics
-from workers.metrics import WorkerMetrics
+from workers.finetune.metrics import OUTCOMES, TrainerMetrics
+from workers.inference.metrics import WorkerMetrics
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

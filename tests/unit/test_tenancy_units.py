@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from service.admission import seconds_to_month_end
 from service.limits import Limits
-from workers.contract import InferRequestMsg, TensorMeta
-from workers.usage import OTHER, TenantLabels, parse_field, split_compute
+from workers.contract.messages import InferRequestMsg, TensorMeta
+from workers.contract.usage import OTHER, TenantLabels, parse_field, split_compute
 
 
 def test_compute_is_split_by_item_count_and_sums_to_the_batch() -> None:

@@ -25,9 +25,9 @@ from tests.ft_data import mlp_bytes
 from tests.malicious_models import PAIR_SIGNATURE, hostile_torchscript
 from tests.models import FailsOnNegative, Scale, torchscript_bytes
 from tests.serving_models import Wide
-from workers.errors import LoadError
-from workers.ft_model import load_scripted, save_scripted
-from workers.runners import load_local_runner as load_runner
+from workers.contract.errors import LoadError
+from workers.finetune.model import load_scripted, save_scripted
+from workers.inference.runners import load_local_runner as load_runner
 
 HOSTILE = hostile_torchscript("/etc/hostname")
 

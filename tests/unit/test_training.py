@@ -10,10 +10,10 @@ import torch
 
 from model_store.signature import Signature
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
-from workers.datasets import parse
-from workers.ft_model import ModelNotTrainable, load_scripted, resize_head, trainable_names
-from workers.ft_spec import Hyperparameters, JobSpec
-from workers.training import Run, lr_factor, split
+from workers.contract.datasets import parse
+from workers.contract.finetune_spec import Hyperparameters, JobSpec
+from workers.finetune.model import ModelNotTrainable, load_scripted, resize_head, trainable_names
+from workers.finetune.training import Run, lr_factor, split
 
 SIG = Signature.model_validate(MLP_SIGNATURE)
 CPU = torch.device("cpu")
@@ -110,7 +110,7 @@ class Linear64(torch.nn.Module):
 def test_regression_on_a_float64_model() -> None:
     from model_store.signature import Signature as Sig
     from tests.models import torchscript_bytes
-    from workers.datasets import Dataset
+    from workers.contract.datasets import Dataset
 
     sig = Sig.model_validate(
         {

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from model_store.signature import NUMPY_DTYPES
-from workers.contract import ContractError, InferReplyMsg, InferRequestMsg, TensorMeta
-from workers.tensors import TensorDecodeError, from_bytes, to_bytes
+from workers.contract.messages import ContractError, InferReplyMsg, InferRequestMsg, TensorMeta
+from workers.contract.tensors import TensorDecodeError, from_bytes, to_bytes
 
 
 @pytest.mark.parametrize("datatype", [d for d in NUMPY_DTYPES if d != "BYTES"])

@@ -20,9 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from model_store.signature import Signature
-from workers.datasets import Dataset
-from workers.ft_model import first_output, trainable_names
-from workers.ft_spec import Hyperparameters, JobSpec
+from workers.contract.datasets import Dataset
+from workers.contract.finetune_spec import Hyperparameters, JobSpec
+from workers.finetune.model import first_output, trainable_names
 
 StepHook = Callable[[dict[str, Any]], None]
 

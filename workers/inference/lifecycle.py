@@ -14,7 +14,7 @@ import numpy as np
 import redis
 
 from model_store.signature import NUMPY_DTYPES, Signature
-from workers.keys import Keys
+from workers.contract.redis_keys import Keys
 
 log = logging.getLogger("kiln.lifecycle")
 

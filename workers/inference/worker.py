@@ -5,11 +5,11 @@ expired ones, validate each item alone, batch dynamically per version, run, spli
 reply to the asking gateway and ack, all in one round trip per batch. Entries a dead consumer
 left pending are taken over with XAUTOCLAIM one at a time and run alone; after max_deliveries
 they are dead-lettered. A watchdog thread renews the leases on held entries and reports the
-worker not ready when its own loop stalls (workers/watchdog.py, leases.py); load/unload
-commands, warmup and the memory budget live in workers/lifecycle.py. Every model instance is a
-fenced child process (workers/fenced.py) and every version runs its batches on a pool of its
-instances (workers/instances.py), so the loop never waits on model code: a model that does not
-answer by its batch's deadline is killed and its version unloaded (workers/quarantine.py).
+worker not ready when its own loop stalls (workers/inference/watchdog.py, leases.py); load/unload
+commands, warmup and the memory budget live in workers/inference/lifecycle.py. Every model instance is a
+fenced child process (workers/inference/fenced.py) and every version runs its batches on a pool of its
+instances (workers/inference/instances.py), so the loop never waits on model code: a model that does not
+answer by its batch's deadline is killed and its version unloaded (workers/inference/quarantine.py).
 """
 
 from __future__ import annotations
@@ -34,11 +34,15 @@ from model_store.errors import StoreError
 from model_store.fence import FenceDied, FenceTimeout
 from model_store.limits import ArtifactLimits
 from model_store.registry import Registry, ResolvedVersion
-from workers import memory
-from workers.batcher import Batcher, BatchPolicy, Item
-from workers.contract import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
-from workers.errors import LoadError
-from workers.fenced import (
+from workers.common.signals import stop_on_signals
+from workers.contract.errors import LoadError
+from workers.contract.messages import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
+from workers.contract.redis_keys import Keys
+from workers.contract.tensors import TensorDecodeError, from_bytes, to_bytes
+from workers.contract.usage import Charge, split_compute
+from workers.inference import memory
+from workers.inference.batcher import Batcher, BatchPolicy, Item
+from workers.inference.fenced import (
     MARGIN_S,
     FenceMode,
     close_runners,
@@ -47,18 +51,14 @@ from workers.fenced import (
     load_runner,
     start_fork_server,
 )
-from workers.instances import InstancePool
-from workers.keys import Keys
-from workers.leases import Leases
-from workers.lifecycle import Commands, lru_victims, measured, release_memory, warm
-from workers.metrics import WorkerMetrics
-from workers.quarantine import Quarantine
-from workers.queue import Entry, WorkQueue
-from workers.runners import InputRejected, Runner, public_message, split_failed
-from workers.signals import stop_on_signals
-from workers.tensors import TensorDecodeError, from_bytes, to_bytes
-from workers.usage import Charge, split_compute
-from workers.watchdog import Watchdog
+from workers.inference.instances import InstancePool
+from workers.inference.leases import Leases
+from workers.inference.lifecycle import Commands, lru_victims, measured, release_memory, warm
+from workers.inference.metrics import WorkerMetrics
+from workers.inference.quarantine import Quarantine
+from workers.inference.queue import Entry, WorkQueue
+from workers.inference.runners import InputRejected, Runner, public_message, split_failed
+from workers.inference.watchdog import Watchdog
 
 log = logging.getLogger("kiln.worker")
 POLL_BELOW_S = 0.02
@@ -77,7 +77,7 @@ class WorkerConfig:
     metrics_port: int = 0
     memory_budget_bytes: int = 0  # 0: unlimited; else least-recently-used versions are unloaded
     artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)  # bundles are loaded under these
-    fence: FenceMode = "required"  # model code in fenced children (workers/fenced.py)
+    fence: FenceMode = "required"  # model code in fenced children (workers/inference/fenced.py)
     model_memory_bytes: int = 8 << 30  # address-space limit of each CPU model process
     hung_backoff_s: float = 30.0  # a version unloaded after it hung loads again after this
 

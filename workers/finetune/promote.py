@@ -2,7 +2,7 @@
 
 The comparison is on the job's own validation data, with the task's metric (accuracy for
 classification, validation loss for regression). The version the alias points at is loaded and
-evaluated in a fenced child (workers/ft_fence.py), never in the trainer; when it cannot be
+evaluated in a fenced child (workers/finetune/fence.py), never in the trainer; when it cannot be
 evaluated on that data (a format the trainer does not run, another signature), nothing moves and
 the result says why. With the alias unset, the baseline is the parent the job started from. The
 move is a compare-and-set: if the alias moved while the job was comparing, it is left alone.
@@ -19,10 +19,10 @@ import torch
 from model_store.errors import NotFound
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature
-from workers.datasets import Dataset
-from workers.ft_build import build
-from workers.ft_spec import JobSpec
-from workers.training import better, evaluate, to_tensors
+from workers.contract.datasets import Dataset
+from workers.contract.finetune_spec import JobSpec
+from workers.finetune.build import build
+from workers.finetune.training import better, evaluate, to_tensors
 
 EVALUATED_FORMATS = ("torchscript", "hf-encoder")
 
@@ -74,7 +74,7 @@ def evaluate_loaded(
     current: ResolvedVersion, data: bytes, spec: JobSpec, valid: Dataset, device: torch.device
 ) -> dict[str, Any]:
     """The validation metrics of `current` on the job's validation data, loaded like a parent.
-    Runs model code: called only inside the fenced child (workers/ft_child.py: evaluate_main)."""
+    Runs model code: called only inside the fenced child (workers/finetune/child.py: evaluate_main)."""
     plain = spec.model_copy(
         update={"hyperparameters": spec.hyperparameters.model_copy(update={"num_classes": None})}
     )

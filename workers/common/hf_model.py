@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from model_store.hf_encoder import HEAD_CONFIG, HEAD_WEIGHTS, EncoderBundle, open_bundle
 from model_store.limits import ArtifactLimits
-from workers.errors import LoadError
+from workers.contract.errors import LoadError
 
 _IGNORABLE = ("position_ids", "pooler.")
 Encode = Callable[[list[str]], torch.Tensor]

@@ -15,7 +15,7 @@ import numpy as np
 from model_store.hf_encoder import bundle_signature, open_bundle
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
-from workers.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
+from workers.common.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
 
 
 class HFEncoderRunner:
@@ -39,7 +39,7 @@ class HFEncoderRunner:
         self._tokenizer = make_tokenizer(bundle)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from workers.runners import InputRejected
+        from workers.inference.runners import InputRejected
 
         torch = self._torch
         try:

@@ -1,9 +1,9 @@
 """The trainer's (and the gateway's) side of the fence around fine-tune model code.
 
-`TrainingProcess` runs one job's model work (workers/ft_child.py: train_main) in a fenced child
+`TrainingProcess` runs one job's model work (workers/finetune/child.py: train_main) in a fenced child
 that reads only the base version's blob, the dataset files and the checkpoint it resumes from,
 and writes only its own temporary directory. The trainer keeps the database, the lease, events,
-metrics and the blob store; it reads the child's messages (workers/ft_messages.py), validates
+metrics and the blob store; it reads the child's messages (workers/finetune/messages.py), validates
 each, and copies the files the child names out of the child's directory (opened without
 following links, regular files only, size-bounded) into the blob store.
 
@@ -30,13 +30,13 @@ from model_store.channel import FenceError
 from model_store.db import FileRow
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout
 from model_store.registry import ResolvedVersion
-from workers.ft_messages import JOB_MESSAGE, Checked, Evaluated, plain_name
+from workers.finetune.messages import JOB_MESSAGE, Checked, Evaluated, plain_name
 
 _CHUNK = 1 << 20
-# what the fenced children run (workers/ft_child.py); tests swap in variants
-TRAIN_TARGET = "workers.ft_child:train_main"
-CHECK_TARGET = "workers.ft_child:check_main"
-EVALUATE_TARGET = "workers.ft_child:evaluate_main"
+# what the fenced children run (workers/finetune/child.py); tests swap in variants
+TRAIN_TARGET = "workers.finetune.child:train_main"
+CHECK_TARGET = "workers.finetune.child:check_main"
+EVALUATE_TARGET = "workers.finetune.child:evaluate_main"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The messages between a trainer and its fenced training process (workers/ft_child.py).
+"""The messages between a trainer and its fenced training process (workers/finetune/child.py).
 
 Each is one JSON header on the fence's channel, versioned (`v`) and typed (`type`); the parent
 validates every header against these models before it acts on it (the child runs tenant code, so

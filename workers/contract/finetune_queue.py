@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from workers.keys import Keys
+from workers.contract.redis_keys import Keys
 
 GROUP = "trainers"
 

@@ -1,9 +1,9 @@
 """The fenced side of a fine-tune: everything that runs the tenant's model code.
 
-These functions run only inside a fenced child (model_store.fence, started by workers/ft_fence.py):
+These functions run only inside a fenced child (model_store.fence, started by workers/finetune/fence.py):
 it can read the base version's blob, the dataset files and the checkpoint it resumes from, and
 write only its own temporary directory ($TMPDIR). It owns no database, lease or blob store; it
-reports over its channel with the messages of workers/ft_messages.py, and the trainer (the
+reports over its channel with the messages of workers/finetune/messages.py, and the trainer (the
 parent) records them. Checkpoints and the exported result are files in $TMPDIR, named in the
 messages; the parent reads, hashes and stores them.
 """
@@ -25,13 +25,13 @@ import torch
 from model_store.channel import Channel
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
-from workers.datasets import Dataset, parse
-from workers.ft_build import Built, build
-from workers.ft_messages import VERSION, checkpoint_name, describe_error
-from workers.ft_model import ModelNotTrainable, parameter_counts, trainable_names
-from workers.ft_promote import evaluate_loaded
-from workers.ft_spec import JobSpec
-from workers.training import Run, split
+from workers.contract.datasets import Dataset, parse
+from workers.contract.finetune_spec import JobSpec
+from workers.finetune.build import Built, build
+from workers.finetune.messages import VERSION, checkpoint_name, describe_error
+from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
+from workers.finetune.promote import evaluate_loaded
+from workers.finetune.training import Run, split
 
 DEFAULT_VALIDATION_SPLIT = 0.2
 RESULT_NAME = "result.bin"

@@ -16,9 +16,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from workers.contract import ContractError, InferReplyMsg, InferRequestMsg
-from workers.errors import EngineUnavailable, QueueFull, ReplyTimeout
-from workers.keys import Keys
+from workers.contract.errors import EngineUnavailable, QueueFull, ReplyTimeout
+from workers.contract.messages import ContractError, InferReplyMsg, InferRequestMsg
+from workers.contract.redis_keys import Keys
 
 log = logging.getLogger("kiln.engine")
 

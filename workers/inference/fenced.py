@@ -1,7 +1,7 @@
 """Model instances in fenced child processes, as the worker sees them.
 
 `FencedRunner` has the `Runner` protocol (`device`, `run(inputs) -> outputs`); the model itself
-runs in a `model_store.fence.FencedChild` (workers/model_host.py): Landlock lets it read the
+runs in a `model_store.fence.FencedChild` (workers/inference/model_host.py): Landlock lets it read the
 Python installation and its own artifact only, write only its temporary directory, reach no
 TCP port; an address-space limit bounds its memory on CPU. A call that does not answer by the
 batch's deadline (`deadline_scope`) kills the child: `FenceTimeout`, and the worker unloads the
@@ -29,10 +29,10 @@ from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceSpec, FenceTimeout
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
-from workers import model_host
-from workers.errors import LoadError
-from workers.runners import InputRejected, Runner, cuda_available, load_local_runner
-from workers.tensors import TensorDecodeError
+from workers.contract.errors import LoadError
+from workers.contract.tensors import TensorDecodeError
+from workers.inference import model_host
+from workers.inference.runners import InputRejected, Runner, cuda_available, load_local_runner
 
 FenceMode = Literal["required", "auto", "off"]
 MARGIN_S = 0.25  # past the batch's latest deadline before the child is killed
@@ -58,7 +58,7 @@ def deadline_scope(deadline: float) -> Iterator[None]:
 
 
 class FencedRunner:
-    TARGET = "workers.model_host:serve"  # what the child runs
+    TARGET = "workers.inference.model_host:serve"  # what the child runs
 
     def __init__(
         self,
@@ -159,7 +159,9 @@ def start_fork_server() -> None:
     from model_store import fence
 
     # the fork server and its children ignore SIGTERM/SIGINT sent to the worker's process group
-    fence.preload("workers.fork_server_init", "workers.model_host", "workers.runners")
+    fence.preload(
+        "workers.common.fork_server_init", "workers.inference.model_host", "workers.inference.runners"
+    )
     fence.prestart()
 
 

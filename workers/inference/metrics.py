@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.usage import Charge, TenantLabels
+from workers.contract.usage import Charge, TenantLabels
 
 log = logging.getLogger("kiln.metrics")
 

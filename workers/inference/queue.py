@@ -16,10 +16,10 @@ import orjson
 import redis
 from redis.exceptions import ResponseError
 
-from workers import usage
-from workers.contract import InferReplyMsg
-from workers.jsonlog import request_log
-from workers.keys import GROUP, Keys
+from workers.contract import usage
+from workers.contract.jsonlog import request_log
+from workers.contract.messages import InferReplyMsg
+from workers.contract.redis_keys import GROUP, Keys
 
 
 @dataclass(slots=True)

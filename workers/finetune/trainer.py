@@ -26,14 +26,14 @@ from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
-from workers.ft_fence import FenceLimits, TrainingFailed
-from workers.ft_job import DatasetUnusable, HandBack, JobContext, execute
-from workers.ft_messages import describe_error
-from workers.ft_metrics import TrainerMetrics
-from workers.ft_model import ModelNotTrainable
-from workers.ft_queue import JobQueue
-from workers.keys import Keys
-from workers.signals import stop_on_signals
+from workers.common.signals import stop_on_signals
+from workers.contract.finetune_queue import JobQueue
+from workers.contract.redis_keys import Keys
+from workers.finetune.fence import FenceLimits, TrainingFailed
+from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
+from workers.finetune.messages import describe_error
+from workers.finetune.metrics import TrainerMetrics
+from workers.finetune.model import ModelNotTrainable
 
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
@@ -97,7 +97,7 @@ class Trainer:
     def run(self) -> None:
         log.info("trainer %s started", self.trainer_id)
         # the training child's module is imported once by the fork server, not by every job
-        fence.preload("workers.fork_server_init", "workers.ft_child")
+        fence.preload("workers.common.fork_server_init", "workers.finetune.child")
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         backoff = 0.1
         while not self._stop.is_set():

@@ -1,9 +1,9 @@
 """The seam where a fine-tune job's model is built and exported, per base format.
 
 TorchScript: the scripted module itself (head = the module owning the last parameter), saved
-again as TorchScript. hf-encoder: encoder + mean pooling + a linear head (workers/hf_model.py),
+again as TorchScript. hf-encoder: encoder + mean pooling + a linear head (workers/common/hf_model.py),
 trained on tokenised text rows, exported as an hf-encoder bundle that carries the head. Both
-train in the same loop (workers/training.py) with the same checkpoints, resume and metrics.
+train in the same loop (workers/finetune/training.py) with the same checkpoints, resume and metrics.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from model_store.hf_encoder import head_signature
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature
-from workers.datasets import Dataset
-from workers.ft_model import load_scripted, resize_head, save_scripted, with_classes
-from workers.ft_spec import JobSpec
-from workers.hf_model import Encode, export_bundle, for_finetune
+from workers.common.hf_model import Encode, export_bundle, for_finetune
+from workers.contract.datasets import Dataset
+from workers.contract.finetune_spec import JobSpec
+from workers.finetune.model import load_scripted, resize_head, save_scripted, with_classes
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from workers.queue import Entry, WorkQueue
+from workers.inference.queue import Entry, WorkQueue
 
 
 class Leases:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 log = logging.getLogger("kiln.metrics")
 _STEP = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _EPOCH = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-# how a trainer's run of a job ended (workers/trainer.py); their series start at 0
+# how a trainer's run of a job ended (workers/finetune/trainer.py); their series start at 0
 OUTCOMES = ("succeeded", "failed", "cancelled", "paused", "lost", "handed_back", "abandoned")
 
 

@@ -16,7 +16,7 @@ from model_store.loading import run_torchscript
 from model_store.onnx_check import check_onnx_bytes
 from model_store.registry import ResolvedVersion
 from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
-from workers.errors import LoadError
+from workers.contract.errors import LoadError
 
 log = logging.getLogger("kiln.runner")
 T = TypeVar("T")
@@ -171,7 +171,7 @@ def load_local_runner(
         if version.format == "torchscript":
             return TorchScriptRunner(version, data, device, threads)
         if version.format == "hf-encoder":
-            from workers.hf_runner import HFEncoderRunner
+            from workers.inference.hf_runner import HFEncoderRunner
 
             return HFEncoderRunner(version, data, device, threads, limits or ArtifactLimits())
     except LoadError:

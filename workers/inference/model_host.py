@@ -2,12 +2,12 @@
 
 `serve(channel, args)` reads the version's artifact from its blob file (the only artifact path
 the fence lets it read), checks its sha256, builds the ordinary in-process runner
-(workers.runners: onnxruntime, TorchScript, hf-encoder) and then answers `run` frames until the
+(workers.inference.runners: onnxruntime, TorchScript, hf-encoder) and then answers `run` frames until the
 worker closes the pipe. Its first frame says whether the load worked.
 
 Frames: a header naming each tensor (name, dtype, shape) and one raw buffer per tensor: numeric
 arrays as their little-endian element bytes, text/object arrays as 4-byte length-prefixed
-elements (the Open Inference Protocol's BYTES encoding, workers.tensors). The parent decodes
+elements (the Open Inference Protocol's BYTES encoding, workers.contract.tensors). The parent decodes
 what the child sends with these functions only: no pickle crosses back.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from model_store.channel import Channel
 from model_store.signature import NUMPY_DTYPES
-from workers.tensors import TensorDecodeError, from_bytes, to_bytes
+from workers.contract.tensors import TensorDecodeError, from_bytes, to_bytes
 
 _NUMERIC = {name: dtype for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
 _BY_DTYPE = {dt: name for name, dt in _NUMERIC.items()}
@@ -66,7 +66,12 @@ def decode(metas: object, bufs: Sequence[bytes | memoryview]) -> dict[str, np.nd
 
 def failure(exc: BaseException) -> dict[str, str]:
     """The header that reports a model failure: its kind and a message a client may see."""
-    from workers.runners import InputRejected, is_out_of_memory, public_message, release_cached_memory
+    from workers.inference.runners import (
+        InputRejected,
+        is_out_of_memory,
+        public_message,
+        release_cached_memory,
+    )
 
     if isinstance(exc, MemoryError) or is_out_of_memory(exc):
         release_cached_memory()
@@ -77,7 +82,7 @@ def failure(exc: BaseException) -> dict[str, str]:
 
 def read_verified(path: str | Path, sha256: str) -> bytes:
     """The artifact's bytes, refused if they no longer hash to the recorded digest."""
-    from workers.errors import LoadError
+    from workers.contract.errors import LoadError
 
     try:
         data = Path(path).read_bytes()
@@ -89,7 +94,7 @@ def read_verified(path: str | Path, sha256: str) -> bytes:
 
 
 def _load(args: dict[str, Any]) -> Any:
-    from workers.runners import load_local_runner
+    from workers.inference.runners import load_local_runner
 
     data = read_verified(args["path"], args["sha256"])
     return load_local_runner(args["version"], data, args["threads"], args["limits"])
@@ -98,7 +103,7 @@ def _load(args: dict[str, Any]) -> Any:
 def _footprint(device: str) -> int:
     """Peak resident bytes of this process (the fence hides /proc, so not psutil), or on CUDA
     the device memory it holds."""
-    from workers import memory
+    from workers.inference import memory
 
     if device.startswith("cuda"):
         return memory._nvml_process_bytes() or memory._torch_allocated()
@@ -123,7 +128,7 @@ def _tie_lifetime() -> None:
 
 def serve(ch: Channel, args: dict[str, Any]) -> None:
     """Load one model instance, say so, then answer `run` frames until the pipe closes."""
-    from workers.errors import LoadError
+    from workers.contract.errors import LoadError
 
     _tie_lifetime()
     before = _footprint("cpu")

@@ -1,9 +1,9 @@
 """Running one claimed fine-tune job: data, model, resume, epochs with checkpoints, the result.
 
 The model work (building, training, evaluating, exporting) runs in a fenced child
-(workers/ft_child.py via workers/ft_fence.py) that reads only this job's files; this side keeps
+(workers/finetune/child.py via workers/finetune/fence.py) that reads only this job's files; this side keeps
 the database, the lease, events, metrics and the blob store, and acts on the child's messages
-(workers/ft_messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
+(workers/finetune/messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
 
 Every epoch ends with one database transaction holding its step metrics, validation metrics and
 checkpoint row (the checkpoint bytes are already in the blob store), so a trainer killed mid-epoch
@@ -32,8 +32,9 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature
-from workers.ft_child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
-from workers.ft_fence import (
+from workers.contract.finetune_spec import JobSpec
+from workers.finetune.child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
+from workers.finetune.fence import (
     FenceLimits,
     TrainingFailed,
     TrainingProcess,
@@ -42,10 +43,9 @@ from workers.ft_fence import (
     readable_paths,
     version_ref,
 )
-from workers.ft_messages import Done, Epoch, Error, Started, Step
-from workers.ft_metrics import TrainerMetrics
-from workers.ft_promote import Candidate, decide
-from workers.ft_spec import JobSpec
+from workers.finetune.messages import Done, Epoch, Error, Started, Step
+from workers.finetune.metrics import TrainerMetrics
+from workers.finetune.promote import Candidate, decide
 
 log = logging.getLogger("kiln.trainer")
 __all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute"]

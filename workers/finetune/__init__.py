@@ -1,0 +1,2 @@
+"""The trainer: job execution, the fenced training process and its messages, training loops,
+promotion."""
