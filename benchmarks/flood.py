@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from migrations.upgrade import upgrade  # noqa: E402
-from service.demo import demo_onnx_bytes  # noqa: E402
+from service.cli.demo import demo_onnx_bytes  # noqa: E402
 from tests.e2e.harness import Stack  # noqa: E402
 
 PG_ADMIN = os.environ.get("KILN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from migrations.upgrade import upgrade
 from model_store.signature import VersionConfig
 from service.app import create_app
-from service.demo import demo_onnx_bytes
+from service.cli.demo import demo_onnx_bytes
 from service.settings import Settings
 from workers.contract.messages import InferReplyMsg, TensorMeta
 from workers.contract.tensors import to_bytes

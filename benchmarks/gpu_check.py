@@ -130,7 +130,7 @@ def test_env(env: dict[str, str], work: Path, log: Log) -> tuple[dict[str, str],
         env["KILN_TEST_PG"] = "sqlite"
     if "KILN_TEST_REDIS" not in env and not reachable("127.0.0.1", 6379):
         sys.path.insert(0, str(ROOT))
-        from service.embedded import PrivateRedis
+        from service.cli.embedded import PrivateRedis
 
         redis = PrivateRedis(work / "redis")
         redis.start()

@@ -150,7 +150,7 @@ class Kiln:
     """modelkiln in its production shape: gateway process(es), worker(s), Redis, database."""
 
     def __init__(self, work: Path, gateways: int, workers: int, threads: int) -> None:
-        from service.embedded import PrivateRedis
+        from service.cli.embedded import PrivateRedis
 
         self.redis = PrivateRedis(work / "kiln")
         self.redis.start()
@@ -162,7 +162,7 @@ class Kiln:
             "KILN_LOG_LEVEL": "WARNING",
         }
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "db", "upgrade"],
+            [sys.executable, "-m", "service.cli.main", "db", "upgrade"],
             env=self.env,
             check=True,
             capture_output=True,
@@ -182,7 +182,7 @@ class Kiln:
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *argv],
+            [sys.executable, "-m", "service.cli.main", *argv],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

@@ -16,12 +16,10 @@ from model_store import fence
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import __version__, errors, keys, openapi, ops_metrics
-from service.admission import Admission
-from service.auth import Authenticator
-from service.fastpath import InferFastPath
-from service.guard import RequestGuard
-from service.inference import InferenceService
+from service import __version__, errors, openapi, ops_metrics
+from service.inference.fastpath import InferFastPath
+from service.inference.sync import InferenceService
+from service.inference.versions import VersionResolver
 from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
@@ -30,7 +28,10 @@ from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
 from service.settings import Settings
 from service.state import AppState
-from service.versions import VersionResolver
+from service.tenancy import api_keys as keys
+from service.tenancy.admission import Admission
+from service.tenancy.auth import Authenticator
+from service.tenancy.guard import RequestGuard
 from workers.contract import jsonlog
 from workers.contract.client import StreamsEngineClient
 from workers.contract.redis_keys import Keys

@@ -12,14 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model_store.registry import Registry
-from service import access
-from service.auth import require_scope
 from service.errors import PayloadTooLarge
-from service.finetune import FinetuneService
-from service.inference import InferenceService
-from service.keys import Principal
+from service.finetune.jobs import FinetuneService
+from service.inference.sync import InferenceService
 from service.settings import Settings
 from service.state import AppState
+from service.tenancy import access
+from service.tenancy.api_keys import Principal
+from service.tenancy.auth import require_scope
 
 
 async def get_state(request: Request) -> AppState:

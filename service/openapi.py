@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.access_schemas import ErrorBody
+from service.tenancy.access_schemas import ErrorBody
 
 ERROR_STATUSES: dict[str, str] = {
     "400": "invalid input",

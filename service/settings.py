@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_bundle_ratio: int = Field(default=100, ge=1, le=100_000)
     max_model_parameters: int = Field(default=1_000_000_000, gt=0)  # hf-encoder, estimated
     max_tensor_elements: int = Field(default=1 << 26, gt=0)
-    # what one request may cost before a route reads it (service/guard.py): management JSON bodies;
+    # what one request may cost before a route reads it (service/tenancy/guard.py): management JSON bodies;
     # inference bodies use max_body_bytes, uploads max_upload_bytes (datasets max_dataset_bytes)
     max_json_body_bytes: int = Field(default=1 << 20, gt=0)
     # BYTES tensors (JSON strings or the binary extension's length-prefixed elements), per input

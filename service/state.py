@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.blobs import BlobStore
 from model_store.registry import Registry
-from service.auth import Authenticator
-from service.inference import InferenceService
+from service.inference.sync import InferenceService
 from service.settings import Settings
+from service.tenancy.auth import Authenticator
 from workers.contract.client import StreamsEngineClient
 
 

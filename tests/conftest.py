@@ -20,9 +20,9 @@ from migrations.upgrade import upgrade
 from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
-from service import keys
 from service.app import create_app
 from service.settings import Settings
+from service.tenancy import api_keys as keys
 from workers.contract.redis_keys import Keys
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.worker import Worker, WorkerConfig

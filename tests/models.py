@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from service.demo import demo_onnx_bytes, demo_reference
+from service.cli.demo import demo_onnx_bytes, demo_reference
 
 __all__ = ["demo_onnx_bytes", "demo_reference"]
 

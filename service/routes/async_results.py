@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.async_infer import AsyncInference
 from service.deps import InferPrincipal, StateDep
+from service.inference.async_jobs import AsyncInference
 from service.responses import JSONBody
 
 router = APIRouter(prefix="/v1/async", tags=["inference"])

@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import FinetuneDep, FinetunePrincipal
 from service.errors import PayloadTooLarge
-from service.finetune import file_public
-from service.finetune_schemas import FileList, FilePublic
+from service.finetune.jobs import file_public
+from service.finetune.schemas import FileList, FilePublic
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

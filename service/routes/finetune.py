@@ -9,14 +9,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import FinetuneDep, FinetunePrincipal
-from service.finetune import (
+from service.finetune.jobs import (
     checkpoint_public,
     event_public,
     job_public,
     metrics_public,
     parse_event_after,
 )
-from service.finetune_schemas import (
+from service.finetune.schemas import (
     CheckpointList,
     DryRunPublic,
     EventList,

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.async_infer import wants_async
 from service.deps import InferenceDep, InferPrincipal, RegistryDep, StateDep, read_body
 from service.errors import NotReady
-from service.oip import HEADER_LENGTH, decode_body, header_length, model_config, model_metadata
+from service.inference.async_jobs import wants_async
+from service.inference.oip import HEADER_LENGTH, decode_body, header_length, model_config, model_metadata
 from service.responses import JSONBody
 from service.routes.async_results import async_inference
 from service.routes.repository import repository

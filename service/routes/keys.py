@@ -8,8 +8,11 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from model_store.db import ApiKeyRow, TenantRow
-from service import access, keys, tenants
-from service.access_schemas import (
+from service.deps import AdminPrincipal, ManagePrincipal, SettingsDep, StateDep
+from service.errors import Forbidden
+from service.tenancy import access, tenants
+from service.tenancy import api_keys as keys
+from service.tenancy.access_schemas import (
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -19,10 +22,8 @@ from service.access_schemas import (
     TenantList,
     TenantPublic,
 )
-from service.deps import AdminPrincipal, ManagePrincipal, SettingsDep, StateDep
-from service.errors import Forbidden
-from service.keys import Principal
-from service.limits import Limits
+from service.tenancy.api_keys import Principal
+from service.tenancy.limits import Limits
 
 router = APIRouter(tags=["tenants"])
 

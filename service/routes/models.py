@@ -14,7 +14,6 @@ from model_store.db import ModelRow, ModelVersionRow
 from model_store.formats import FORMATS
 from model_store.names import check_alias, parse_version_ref
 from model_store.signature import Signature, VersionConfig
-from service import access
 from service.deps import ManagePrincipal, RegistryDep, SettingsDep, StateDep
 from service.errors import PayloadTooLarge, Unprocessable
 from service.schemas import (
@@ -25,6 +24,7 @@ from service.schemas import (
     ModelPublic,
     VersionPublic,
 )
+from service.tenancy import access
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 M = TypeVar("M", Signature, VersionConfig)

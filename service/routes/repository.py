@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from service.deps import InferPrincipal, ManagePrincipal, StateDep, read_body
 from service.errors import InvalidInput
-from service.repository import ModelRepository
+from service.inference.repository import ModelRepository
 from service.responses import JSONBody
 
 router = APIRouter(prefix="/v2/repository", tags=["repository"])

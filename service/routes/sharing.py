@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from model_store.db import TenantRow
 from model_store.registry import SHARED_SEP
-from service import usage
-from service.access_schemas import SharingPublic, SharingSet, UsageReport
 from service.deps import ManagePrincipal, RegistryDep, StateDep
+from service.tenancy import usage
+from service.tenancy.access_schemas import SharingPublic, SharingSet, UsageReport
 
 router = APIRouter(tags=["tenants"])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service import cli
+from service.cli import main as cli
 from tests.faults import wrapping
 from workers.inference import worker
 

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 class Proc:
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, module: str = "service.cli"
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, module: str = "service.cli.main"
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -101,7 +101,9 @@ class Stack:
         self.wait_http(f"http://127.0.0.1:{self.gateway_metrics_port}/metrics", p)
         return p
 
-    def start_worker(self, name: str, module: str = "service.cli", env: dict[str, str] | None = None) -> Proc:
+    def start_worker(
+        self, name: str, module: str = "service.cli.main", env: dict[str, str] | None = None
+    ) -> Proc:
         port = free_port()
         p = Proc(
             name,

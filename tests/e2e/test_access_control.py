@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.client import KilnClient
+from service.cli.client import KilnClient
 from tests.conftest import ADMIN_KEY
 from tests.e2e.harness import Stack
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def kiln(env: dict[str, str], *argv: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", *argv],
+        [sys.executable, "-m", "service.cli.main", *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.embedded import PrivateRedis
+from service.cli.embedded import PrivateRedis
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, FAULT_WORKER, poll, register_http
 from tests.faults import CRASH_EXIT_CODE

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import KilnClient
+from service.cli.client import KilnClient
 from tests.conftest import ADMIN_KEY
 from tests.e2e.harness import ROOT, Stack, metric_sum
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
@@ -143,7 +143,7 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
 
     # the command line: create --watch (uploads the path first), then plot
     env = {**stack.env, "KILN_URL": stack.url, "KILN_API_KEY": ADMIN_KEY}
-    cli = [sys.executable, "-m", "service.cli", "finetune"]
+    cli = [sys.executable, "-m", "service.cli.main", "finetune"]
     watched = subprocess.run(
         [
             *cli,

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.client import KilnClient
+from service.cli.client import KilnClient
 from tests.conftest import ADMIN_KEY
 from tests.e2e import prom
 from tests.e2e.harness import Stack

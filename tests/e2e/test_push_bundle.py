@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bundle_pack import files_of
+from service.cli.bundle_pack import files_of
 from tests.conftest import ADMIN_KEY
 from tests.e2e.harness import ROOT, Stack
 from tests.hf_tiny import tiny_bundle
@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 def _kiln(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *argv],
+        [sys.executable, "-m", "service.cli.main", *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -42,7 +42,7 @@ def test_serve_demo_prints_a_curl_that_matches_the_model(tmp_path: Path) -> None
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "service.cli.main",
                 "serve",
                 "--demo",
                 "--port",

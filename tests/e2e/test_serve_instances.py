@@ -64,7 +64,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
         argv = ["serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)]
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *argv],
+                [sys.executable, "-m", "service.cli.main", *argv],
                 cwd=ROOT,
                 env={**base, **env, "PYTHONUNBUFFERED": "1"},
                 stdout=out,

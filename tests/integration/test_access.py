@@ -8,8 +8,8 @@ import time
 from dataclasses import replace
 
 from model_store.signature import VersionConfig
-from service import keys
-from service.policy import request_policy
+from service.inference.policy import request_policy
+from service.tenancy import api_keys as keys
 from tests.conftest import WorkerThread
 from tests.integration.helpers import infer_body, register
 from tests.models import demo_onnx_bytes

@@ -258,7 +258,7 @@ async def test_idempotency_key_in_flight_is_409(client, settings, registry) -> N
     import hashlib
 
     from model_store.jobs import JobStore
-    from service.finetune_schemas import JobCreate
+    from service.finetune.schemas import JobCreate
 
     digest = hashlib.sha256(JobCreate.model_validate(body).model_dump_json().encode()).hexdigest()
     tenant = registry.ensure_tenant(settings.default_tenant)

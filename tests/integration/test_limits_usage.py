@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import numpy as np
 import redis.asyncio as aioredis
 
-from service.admission import Admission
 from service.errors import RateLimited
-from service.keys import Principal
-from service.limits import Limits
+from service.tenancy.admission import Admission
+from service.tenancy.api_keys import Principal
+from service.tenancy.limits import Limits
 from tests.conftest import REDIS_URL, WorkerThread
 from tests.integration.helpers import infer_body, operator_metrics, register
 from tests.integration.tenancy import eventually, new_key, new_tenant

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.cli import main as kiln
+from service.cli.main import main as kiln
 from tests.conftest import WorkerThread
 from tests.integration.helpers import infer_body, operator_metrics, register
 from tests.integration.tenancy import eventually, new_key, new_tenant

@@ -1,4 +1,4 @@
-"""The access policy (service/access.py) on its own: key power compared key against key,
+"""The access policy (service/tenancy/access.py) on its own: key power compared key against key,
 inheritance of restrictions when minting, the finetune scope and the allowlist."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 
 from model_store.db import utcnow
-from service import access
-from service.access import KeyPower, excess, minted_power
 from service.errors import Forbidden
-from service.keys import Principal
-from service.limits import Limits
+from service.tenancy import access
+from service.tenancy.access import KeyPower, excess, minted_power
+from service.tenancy.api_keys import Principal
+from service.tenancy.limits import Limits
 
 SOON = utcnow() + timedelta(hours=1)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from service import admission as admission_mod
-from service.admission import Admission
 from service.errors import RateLimited
+from service.tenancy import admission as admission_mod
+from service.tenancy.admission import Admission
 from tests.conftest import REDIS_URL
 
 

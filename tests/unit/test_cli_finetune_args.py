@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import build_parser
-from service.cli_finetune import _job_body
+from service.cli.finetune import _job_body
+from service.cli.main import build_parser
 
 
 def _body(*args: str) -> dict[str, object]:

@@ -13,7 +13,7 @@ import pytest
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from service.errors import InvalidInput, PayloadTooLarge
-from service.oip import decode_body, encode_response, header_length, parse_infer_request
+from service.inference.oip import decode_body, encode_response, header_length, parse_infer_request
 from workers.contract.messages import InferReplyMsg, TensorMeta
 
 SIG = Signature.model_validate(

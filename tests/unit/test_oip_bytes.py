@@ -10,8 +10,8 @@ import pytest
 
 from model_store.signature import Signature
 from service.errors import InvalidInput, PayloadTooLarge
-from service.oip import parse_infer_request
-from service.oip_bytes import BytesLimits
+from service.inference.oip import parse_infer_request
+from service.inference.oip_bytes import BytesLimits
 from workers.contract.tensors import TensorDecodeError, from_bytes
 
 SIG = Signature.model_validate(

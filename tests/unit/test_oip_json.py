@@ -6,7 +6,7 @@ import pytest
 
 from model_store.signature import Signature
 from service.errors import InvalidInput, PayloadTooLarge
-from service.oip import parse_infer_request
+from service.inference.oip import parse_infer_request
 from workers.contract.tensors import from_bytes
 
 SIG = Signature.model_validate(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from service.cli.supervise import Supervisor, backoff
 from service.routes.health import not_ready_reasons
-from service.supervise import Supervisor, backoff
 
 
 def test_backoff_doubles_and_is_capped() -> None:

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from service.admission import seconds_to_month_end
-from service.limits import Limits
+from service.tenancy.admission import seconds_to_month_end
+from service.tenancy.limits import Limits
 from workers.contract.messages import InferRequestMsg, TensorMeta
 from workers.contract.usage import OTHER, TenantLabels, parse_field, split_compute
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model_store.registry import Registry
 from service.errors import Unavailable, Unprocessable
-from service.versions import VersionResolver
+from service.inference.versions import VersionResolver
 from workers.contract.client import StreamsEngineClient
 from workers.contract.redis_keys import Keys
 

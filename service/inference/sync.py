@@ -12,8 +12,6 @@ from anyio import CapacityLimiter
 
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature
-from service import access
-from service.admission import Admission
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -22,19 +20,21 @@ from service.errors import (
     Unavailable,
     from_engine,
 )
-from service.keys import Principal
-from service.metrics import GatewayMetrics
-from service.oip import (
+from service.inference.oip import (
     EncodedResponse,
     ParsedRequest,
     encode_response,
     parse_infer_request,
 )
-from service.oip_bytes import BytesLimits
-from service.policy import RequestPolicy, request_policy
+from service.inference.oip_bytes import BytesLimits
+from service.inference.policy import RequestPolicy, request_policy
+from service.inference.versions import VersionResolver
+from service.metrics import GatewayMetrics
 from service.request_id import current_or_new
 from service.settings import Settings
-from service.versions import VersionResolver
+from service.tenancy import access
+from service.tenancy.admission import Admission
+from service.tenancy.api_keys import Principal
 from workers.contract.errors import EngineError
 from workers.contract.jsonlog import request_log
 from workers.contract.messages import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg

@@ -18,11 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 from model_store.errors import Conflict
-from service.cli import _free_port, curl_line, spawn
-from service.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
-from service.embedded import AlreadyServing, PrivateRedis, ServeLock
+from service.cli.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
+from service.cli.embedded import AlreadyServing, PrivateRedis, ServeLock
+from service.cli.main import _free_port, curl_line, spawn
+from service.cli.supervise import Supervisor
 from service.settings import Settings
-from service.supervise import Supervisor
 
 
 def _admin_key(settings: Settings) -> str | None:
@@ -31,7 +31,7 @@ def _admin_key(settings: Settings) -> str | None:
     from model_store.blobs import BlobStore
     from model_store.db import make_engine, make_sessionmaker
     from model_store.registry import Registry
-    from service import keys
+    from service.tenancy import api_keys as keys
 
     if settings.bootstrap_admin_key:
         return settings.bootstrap_admin_key

@@ -7,10 +7,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service import keys
 from service.cache import AsyncTTLCache
 from service.errors import Forbidden, Unauthorized
-from service.keys import Principal
+from service.tenancy import api_keys as keys
+from service.tenancy.api_keys import Principal
 
 _BEARER = "bearer "
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

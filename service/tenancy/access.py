@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from model_store.db import ApiKeyRow, utcnow
 from model_store.registry import Registry, ResolvedVersion
 from service.errors import Forbidden
-from service.keys import SCOPES, Principal
-from service.limits import Limits
+from service.tenancy.api_keys import SCOPES, Principal
+from service.tenancy.limits import Limits
 
 _CAPPED = ("rate_per_s", "max_concurrent", "monthly_requests", "monthly_compute_s")
 

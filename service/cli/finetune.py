@@ -1,4 +1,4 @@
-"""`kiln trainer` and `kiln finetune ...` (hooked into service/cli.py's parser by add_parsers)."""
+"""`kiln trainer` and `kiln finetune ...` (hooked into service/cli/main.py's parser by add_parsers)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 # client commands --------------------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Any:
-    from service.client import KilnClient
+    from service.cli.client import KilnClient
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return KilnClient(args.url, args.key)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from service.bundle_pack import pack_directory
+from service.cli.bundle_pack import pack_directory
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -26,9 +26,8 @@ from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, 
 from model_store.jobs import TERMINAL, JobStore, new_id, unix
 from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
-from service import access
 from service.errors import InvalidDataset, Unprocessable
-from service.finetune_schemas import (
+from service.finetune.schemas import (
     CheckpointPublic,
     DryRunPublic,
     EventPublic,
@@ -37,8 +36,9 @@ from service.finetune_schemas import (
     JobPublic,
     MetricsPublic,
 )
-from service.keys import Principal
 from service.state import AppState
+from service.tenancy import access
+from service.tenancy.api_keys import Principal
 from workers.contract.datasets import Dataset, Report, check_against, detect_format, label_set, parse
 from workers.contract.finetune_queue import dispatch
 from workers.contract.finetune_spec import JobSpec

@@ -22,12 +22,12 @@ from redis.exceptions import RedisError
 
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
-from service import access
 from service.errors import DeadlineExceeded, NotFound, Unavailable, from_engine
-from service.inference import InferenceService, build_message, check_reply
-from service.keys import Principal
-from service.oip import EncodedResponse, ParsedRequest, encode_response
-from service.policy import request_policy
+from service.inference.oip import EncodedResponse, ParsedRequest, encode_response
+from service.inference.policy import request_policy
+from service.inference.sync import InferenceService, build_message, check_reply
+from service.tenancy import access
+from service.tenancy.api_keys import Principal
 from workers.contract.errors import EngineError
 from workers.contract.messages import ContractError, InferReplyMsg
 

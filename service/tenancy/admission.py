@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 
 from service import ops_metrics
 from service.errors import RateLimited, Unavailable
-from service.keys import Principal
-from service.limits import Limits
+from service.tenancy.api_keys import Principal
+from service.tenancy.limits import Limits
 from workers.contract.usage import MONTH_TTL_S, month_key
 
 log = logging.getLogger("kiln.admission")

@@ -64,7 +64,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from model_store.blobs import BlobStore
     from model_store.db import make_engine, make_sessionmaker
     from model_store.registry import Registry
-    from service import keys
+    from service.tenancy import api_keys as keys
 
     settings = Settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
@@ -82,7 +82,7 @@ def _sessions() -> Any:
 
 
 def _tenant_id(sessions: Any, name: str | None) -> int:
-    from service import tenants
+    from service.tenancy import tenants
 
     return tenants.by_name(sessions, name or Settings().default_tenant).id
 
@@ -94,7 +94,7 @@ def _key_json(row: Any) -> dict[str, Any]:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from service import keys
+    from service.tenancy import api_keys as keys
 
     sessions = _sessions()
     for row in keys.list_keys(sessions, _tenant_id(sessions, args.tenant)):
@@ -103,7 +103,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from service import keys
+    from service.tenancy import api_keys as keys
 
     sessions = _sessions()
     print(json.dumps(_key_json(keys.revoke(sessions, _tenant_id(sessions, args.tenant), args.id))))
@@ -111,7 +111,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from service import keys
+    from service.tenancy import api_keys as keys
 
     sessions = _sessions()
     overlap = Settings().key_rotation_overlap_s if args.overlap is None else args.overlap
@@ -121,7 +121,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_create(args: argparse.Namespace) -> int:
-    from service import tenants
+    from service.tenancy import tenants
 
     row = tenants.create_tenant(_sessions(), args.name)
     print(json.dumps({"id": row.id, "name": row.name}))
@@ -129,7 +129,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_list(_args: argparse.Namespace) -> int:
-    from service import tenants
+    from service.tenancy import tenants
 
     for row in tenants.list_tenants(_sessions()):
         print(json.dumps({"id": row.id, "name": row.name, "limits": row.limits}))
@@ -161,8 +161,8 @@ def _add_tenant_commands(sub: Any) -> None:
 
 # models (over HTTP, like any client) ----------------------------------------------------------
 def cmd_models_push(args: argparse.Namespace) -> int:
-    from service.bundle_pack import NotPackable
-    from service.client import KilnClient, KilnError
+    from service.cli.bundle_pack import NotPackable
+    from service.cli.client import KilnClient, KilnError
 
     client = KilnClient(args.url, args.key)
     signature = _json_arg(args.signature)
@@ -278,7 +278,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.embedded_serve import serve
+    from service.cli.embedded_serve import serve
 
     return serve(args)
 
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--key", default=os.environ.get("KILN_API_KEY", ""))
     mp.set_defaults(func=cmd_models_push)
 
-    from service import cli_finetune
+    from service.cli import finetune as cli_finetune
 
     cli_finetune.add_parsers(sub)
     return p
@@ -364,7 +364,7 @@ def curl_line(url: str, key: str, model: str, body: dict[str, Any]) -> str:
 
 
 def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env=env)
+    return subprocess.Popen([sys.executable, "-m", "service.cli.main", *argv], env=env)
 
 
 if __name__ == "__main__":

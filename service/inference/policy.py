@@ -8,9 +8,9 @@ from typing import Any
 
 from model_store.registry import ResolvedVersion
 from service.errors import InvalidInput
-from service.keys import Principal
-from service.oip import request_timeout_s
+from service.inference.oip import request_timeout_s
 from service.settings import Settings
+from service.tenancy.api_keys import Principal
 from workers.contract.redis_keys import Keys
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_store.db import TenantRow
 from model_store.errors import Conflict, NotFound
 from model_store.names import check_tenant_name, is_tenant_name
-from service.limits import Limits
+from service.tenancy.limits import Limits
 
 
 def _limits_json(limits: Limits | None) -> dict[str, float] | None:

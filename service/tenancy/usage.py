@@ -6,8 +6,8 @@ from collections import defaultdict
 from datetime import date, timedelta
 from typing import Any
 
-from service.access_schemas import UsageReport, UsageRow
 from service.errors import InvalidInput
+from service.tenancy.access_schemas import UsageReport, UsageRow
 from workers.contract.usage import day_key, parse_field
 
 MAX_DAYS = 366

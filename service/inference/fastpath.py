@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import require_scope
 from service.routes.inference import _infer  # the same handler as the FastAPI route
+from service.tenancy.auth import require_scope
 
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 _BODY_UNREAD = frozenset({401, 403, 413})  # answered before (all of) the body was read

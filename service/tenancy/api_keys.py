@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.db import ApiKeyRow, TenantRow, utcnow
 from model_store.errors import NotFound
-from service.limits import Limits
+from service.tenancy.limits import Limits
 
 SCOPES = ("infer", "manage", "finetune", "admin")
 KEY_PREFIX = "kiln"

@@ -20,11 +20,11 @@ import orjson
 from model_store.registry import ResolvedVersion
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 from service.errors import InvalidInput, PayloadTooLarge
-from service.oip_bytes import BytesLimits, check_count, check_wire, from_json
+from service.inference.oip_bytes import BytesLimits, check_count, check_wire, from_json
 from workers.contract.messages import InferReplyMsg, TensorMeta
 from workers.contract.tensors import TensorDecodeError, element_count, from_bytes, to_bytes
 
-_KINDS: dict[str, str] = {"BOOL": "b"}  # BYTES: service/oip_bytes.py
+_KINDS: dict[str, str] = {"BOOL": "b"}  # BYTES: service/inference/oip_bytes.py
 _KINDS.update({dt: "iu" for dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")})
 _KINDS.update({dt: "iuf" for dt in ("FP16", "FP32", "FP64")})
 MAX_DIMS = 16

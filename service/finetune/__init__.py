@@ -1,0 +1,2 @@
+"""Fine-tuning jobs as the gateway sees them: creation, datasets, actions, public shapes. The trainer
+runs them (workers/finetune)."""
