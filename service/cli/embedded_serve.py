@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -14,13 +13,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from model_store.errors import Conflict
 from service.cli.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
 from service.cli.embedded import AlreadyServing, PrivateRedis, ServeLock
-from service.cli.main import _free_port, curl_line, spawn
+from service.cli.procs import curl_line, free_port, spawn
 from service.cli.supervise import Supervisor
 from service.settings import Settings
 
@@ -127,7 +127,16 @@ def _listen(host: str, port: int) -> socket.socket:
         raise AlreadyServing(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def serve(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str | None = None
+    workers: int = 1
+    demo: bool = False
+
+
+def serve(args: ServeOptions) -> int:
     data_dir = Path(args.data_dir or os.environ.get("KILN_DATA_DIR", ".kiln")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = ServeLock(data_dir)
@@ -145,7 +154,7 @@ def serve(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _serve_locked(args: argparse.Namespace, data_dir: Path, sock: socket.socket) -> int:
+def _serve_locked(args: ServeOptions, data_dir: Path, sock: socket.socket) -> int:
     import uvicorn
 
     from migrations.upgrade import upgrade
@@ -168,7 +177,7 @@ def _serve_locked(args: argparse.Namespace, data_dir: Path, sock: socket.socket)
         env = dict(os.environ)
         for i in range(max(1, args.workers)):
             children.add(
-                f"worker {i + 1}", lambda: spawn(["worker", "--metrics-port", str(_free_port())], env)
+                f"worker {i + 1}", lambda: spawn(["worker", "--metrics-port", str(free_port())], env)
             )
         children.add("trainer", lambda: spawn(["trainer"], env))  # fine-tune jobs
         children.start()  # restarts a child that dies, with backoff
