@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -20,7 +21,7 @@ from types import FrameType
 from model_store.errors import Conflict
 from service.cli.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
 from service.cli.embedded import AlreadyServing, PrivateRedis, ServeLock
-from service.cli.procs import curl_line, free_port, spawn
+from service.cli.procs import client_host, curl_line, free_port, kiln_command, spawn
 from service.cli.supervise import Supervisor
 from service.settings import Settings
 
@@ -100,19 +101,29 @@ def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float
     else:
         print(f"modelkiln at {url} is not ready after {timeout_s:.0f} s: {why}", file=sys.stderr, flush=True)
         return
+    print("\n".join(ready_lines(url, key, demo)), flush=True)
+
+
+def ready_lines(url: str, key: str | None, demo: bool) -> list[str]:
+    """What `kiln serve` says once it is up: the key, a curl line and the command line, each of
+    which pastes into a shell as it is."""
+    kiln = kiln_command()
     lines = [f"modelkiln is up at {url}"]
-    if key:
-        lines.append(f"admin key: {key}")
-    else:
+    if not key:
         lines.append(
             "admin key: not shown (this data directory's keys were made elsewhere); "
-            "make one with: kiln keys create --scope admin"
+            f"make one with: {kiln} keys create --scope admin"
         )
-    if demo and key:
+        return lines
+    lines.append(f"admin key: {key}")
+    if demo:
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": DEMO_INPUT[0]}]}
         lines.append("try it:")
         lines.append(curl_line(url, key, DEMO_MODEL, body))  # pastes as it is
-    print("\n".join(lines), flush=True)
+    lines.append("the command line (kiln --help for more):")
+    lines.append(f"export KILN_URL={shlex.quote(url)} KILN_API_KEY={shlex.quote(key)}")
+    lines.append(f"{kiln} models list")
+    return lines
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -184,7 +195,7 @@ def _serve_locked(args: ServeOptions, data_dir: Path, sock: socket.socket) -> in
         # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
         # cleanup below (workers, the private redis-server) always runs
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        url = f"http://{args.host}:{args.port}"
+        url = f"http://{client_host(args.host)}:{args.port}"
         threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
         config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])

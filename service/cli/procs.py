@@ -6,9 +6,11 @@ from __future__ import annotations
 import gc
 import json
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -38,3 +40,28 @@ def curl_line(url: str, key: str, model: str, body: dict[str, Any]) -> str:
 def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """`kiln ARGV...` as a child process of this Python."""
     return subprocess.Popen([sys.executable, "-m", "service.cli.main", *argv], env=env)
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine uses for a server listening on `host`."""
+    if host in ("", "0.0.0.0"):  # a listening address: clients use loopback
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def kiln_command() -> str:
+    """How to run `kiln` from here: `kiln` when it is on PATH, else the script installed next
+    to this Python (e.g. `.venv/bin/kiln` after `make run`), else `python -m service.cli`."""
+    script = Path(sys.executable).parent / "kiln"
+    on_path = shutil.which("kiln")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "kiln"
+    if script.exists():
+        with_venv = script.absolute()
+        try:
+            return shlex.quote(str(with_venv.relative_to(Path.cwd())))
+        except ValueError:
+            return shlex.quote(str(with_venv))
+    return f"{shlex.quote(sys.executable)} -m service.cli"
