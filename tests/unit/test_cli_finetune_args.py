@@ -32,7 +32,8 @@ def test_suffix_and_target_model_exclude_each_other() -> None:
 
 
 def test_the_command_refuses_both_before_any_request(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["finetune", "create", "--model", "m", "--training-file", "f", "--suffix", "a", "--target-model", "b"]
+    argv = ["finetune", "create", "--model", "m", "--training-file", "f"]
+    argv += ["--suffix", "a", "--target-model", "b"]
     # the URL answers nothing: a usage error must come before any connection
     assert main([*argv, "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
