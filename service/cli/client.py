@@ -44,6 +44,17 @@ def _reason(exc: httpx.TransportError) -> str:
     return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().lower() or "connection failed"
 
 
+def _error_message(r: httpx.Response) -> str:
+    """The server's `{"error": ...}`; for anything else (a proxy's HTML page), its short text or
+    the reason phrase."""
+    try:
+        body = r.json()
+    except ValueError:
+        text = " ".join(r.text.split())
+        return text if text and len(text) <= 200 and "<" not in text else r.reason_phrase or "error"
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+
+
 class _Counted:
     """A binary file whose reads report their size (the upload progress bar)."""
 
@@ -88,11 +99,7 @@ class KilnClient:
 
     def _check(self, r: httpx.Response, *ok: int) -> Any:
         if r.status_code not in (ok or (200,)):
-            try:
-                message = r.json().get("error", r.text)
-            except ValueError:
-                message = r.text
-            raise KilnError(r.status_code, str(message))
+            raise KilnError(r.status_code, _error_message(r))
         return r.json()
 
     def create_model(self, name: str, description: str = "") -> dict[str, Any]:
