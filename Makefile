@@ -1,5 +1,6 @@
 # modelkiln: `make run` starts the whole platform embedded; `make test` runs every gate.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,16 +10,24 @@ DATA_DIR ?= .kiln
 
 .PHONY: run test lint typecheck install services prometheus clean gpu-check
 
+# pip, quiet: no page of setuptools notices about editable installs (PYTHONWARNINGS reaches the
+# build backend), nor of "is ignored" lines for a pip.conf index location absent on this machine
+# (pipefail keeps pip's own exit status)
+PIP := PYTHONWARNINGS=ignore $(BIN)/pip install -q
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@$(PIP) --upgrade pip $(QUIET_PIP)
 
 # torch first, pinned: that pin is a CPU build already on disk; an open-ended torch
 # requirement would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "installing torch (CPU build) and modelkiln into $(VENV) ..."
+	@$(PIP) torch==2.13.0 $(QUIET_PIP)
+	@$(PIP) -e '.[test]' $(QUIET_PIP)
+	@touch $(STAMP)
+	@echo "installed; the command line is $(BIN)/kiln (or: source $(BIN)/activate, then kiln --help)"
 
 install: $(STAMP)
 

@@ -4,10 +4,11 @@ OIP: any KServe v2 / Triton HTTP client works)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -16,15 +17,72 @@ from service.cli.bundle_pack import pack_directory
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+Progress = Callable[[int], None]  # called with each chunk's size as an upload is sent
+
+
 class KilnError(RuntimeError):
+    """The server answered with an error: its HTTP status and message."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.message = message
+
+
+class Unreachable(RuntimeError):
+    """No answer from the server at all (refused, unknown host, timed out)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {url} ({reason})")
+        self.url = url
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().lower() or "connection failed"
+
+
+def _error_message(r: httpx.Response) -> str:
+    """The server's `{"error": ...}`; for anything else (a proxy's HTML page), its short text or
+    the reason phrase."""
+    try:
+        body = r.json()
+    except ValueError:
+        text = " ".join(r.text.split())
+        return text if text and len(text) <= 200 and "<" not in text else r.reason_phrase or "error"
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+
+
+class _Counted:
+    """A binary file whose reads report their size (the upload progress bar)."""
+
+    def __init__(self, f: IO[bytes], progress: Progress) -> None:
+        self._f, self._progress = f, progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._f.read(size)
+        self._progress(len(chunk))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+class _Http(httpx.Client):
+    """httpx.Client that raises Unreachable instead of httpx's transport errors."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return super().send(request, **kwargs)
+        except httpx.TransportError as e:
+            raise Unreachable(str(self.base_url).rstrip("/"), _reason(e)) from None
 
 
 class KilnClient:
     def __init__(self, url: str, key: str, timeout: float = 120.0) -> None:
-        self._http = httpx.Client(
+        self._http = _Http(
             base_url=url.rstrip("/"),
             timeout=timeout,
             headers={"Authorization": f"Bearer {key}"} if key else {},
@@ -41,11 +99,7 @@ class KilnClient:
 
     def _check(self, r: httpx.Response, *ok: int) -> Any:
         if r.status_code not in (ok or (200,)):
-            try:
-                message = r.json().get("error", r.text)
-            except ValueError:
-                message = r.text
-            raise KilnError(r.status_code, str(message))
+            raise KilnError(r.status_code, _error_message(r))
         return r.json()
 
     def create_model(self, name: str, description: str = "") -> dict[str, Any]:
@@ -54,6 +108,9 @@ class KilnClient:
 
     def get_model(self, name: str) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/models/{name}")))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/models"))["data"])
 
     def push_model(
         self,
@@ -64,10 +121,11 @@ class KilnClient:
         signature: Any = None,
         config: Any = None,
         description: str = "",
+        progress: Callable[[int], Progress] | None = None,
     ) -> dict[str, Any]:
         """Upload `path` (a file, or a directory packed as a tar bundle) as the model's next
         version; the model is created with it, in the same request, if it does not exist, so a
-        refused upload leaves nothing behind."""
+        refused upload leaves nothing behind. `progress(total_bytes)` gives the per-chunk callback."""
         form = {"format": fmt, "create": "true", "description": description}
         if signature is not None:
             form["signature"] = json.dumps(signature)
@@ -76,13 +134,24 @@ class KilnClient:
         packed = pack_directory(path) if path.is_dir() else None
         try:
             upload = packed or path
-            with upload.open("rb") as f:
-                filename = f"{path.name}.tar" if packed else path.name
-                r = self._http.post(f"/v1/models/{name}/versions", data=form, files={"file": (filename, f)})
+            filename = f"{path.name}.tar" if packed else path.name
+            r = self._upload(f"/v1/models/{name}/versions", upload, filename, form, progress)
         finally:
             if packed is not None:
                 packed.unlink(missing_ok=True)
         return dict(self._check(r, 201))
+
+    def _upload(
+        self,
+        url: str,
+        path: Path,
+        filename: str,
+        form: dict[str, str],
+        progress: Callable[[int], Progress] | None,
+    ) -> httpx.Response:
+        with path.open("rb") as f:
+            body: Any = _Counted(f, progress(path.stat().st_size)) if progress else f
+            return self._http.post(url, data=form, files={"file": (filename, body)})
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         r = self._http.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version})
@@ -97,12 +166,24 @@ class KilnClient:
     def get_version(self, name: str, version: str | int) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/models/{name}/versions/{version}")))
 
+    def usage(
+        self, start: str | None = None, end: str | None = None, group_by: str = "model"
+    ) -> dict[str, Any]:
+        params = {"group_by": group_by, **({"from": start} if start else {}), **({"to": end} if end else {})}
+        return dict(self._check(self._http.get("/v1/usage", params=params)))
+
     # fine-tuning: files --------------------------------------------------------------------------
-    def upload_file(self, path: Path, purpose: str = "fine-tune") -> dict[str, Any]:
+    def upload_file(
+        self, path: Path, purpose: str = "fine-tune", progress: Callable[[int], Progress] | None = None
+    ) -> dict[str, Any]:
         """Upload a JSONL or CSV dataset; a bad one raises KilnError 422 naming lines and fields."""
-        with Path(path).open("rb") as fh:
-            r = self._http.post("/v1/files", data={"purpose": purpose}, files={"file": (Path(path).name, fh)})
-        return dict(self._check(r, 201))
+        path = Path(path)
+        return dict(
+            self._check(self._upload("/v1/files", path, path.name, {"purpose": purpose}, progress), 201)
+        )
+
+    def list_files(self) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/files"))["data"])
 
     def get_file(self, file_id: str) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/files/{file_id}")))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -14,13 +14,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from model_store.errors import Conflict
 from service.cli.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
 from service.cli.embedded import AlreadyServing, PrivateRedis, ServeLock
-from service.cli.main import _free_port, curl_line, spawn
+from service.cli.procs import client_host, curl_line, free_port, kiln_command, spawn
 from service.cli.supervise import Supervisor
 from service.settings import Settings
 
@@ -100,19 +101,29 @@ def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float
     else:
         print(f"modelkiln at {url} is not ready after {timeout_s:.0f} s: {why}", file=sys.stderr, flush=True)
         return
+    print("\n".join(ready_lines(url, key, demo)), flush=True)
+
+
+def ready_lines(url: str, key: str | None, demo: bool) -> list[str]:
+    """What `kiln serve` says once it is up: the key, a curl line and the command line, each of
+    which pastes into a shell as it is."""
+    kiln = kiln_command()
     lines = [f"modelkiln is up at {url}"]
-    if key:
-        lines.append(f"admin key: {key}")
-    else:
+    if not key:
         lines.append(
             "admin key: not shown (this data directory's keys were made elsewhere); "
-            "make one with: kiln keys create --scope admin"
+            f"make one with: {kiln} keys create --scope admin"
         )
-    if demo and key:
+        return lines
+    lines.append(f"admin key: {key}")
+    if demo:
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": DEMO_INPUT[0]}]}
         lines.append("try it:")
         lines.append(curl_line(url, key, DEMO_MODEL, body))  # pastes as it is
-    print("\n".join(lines), flush=True)
+    lines.append("the command line (kiln --help for more):")
+    lines.append(f"export KILN_URL={shlex.quote(url)} KILN_API_KEY={shlex.quote(key)}")
+    lines.append(f"{kiln} models list")
+    return lines
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -127,7 +138,16 @@ def _listen(host: str, port: int) -> socket.socket:
         raise AlreadyServing(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def serve(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str | None = None
+    workers: int = 1
+    demo: bool = False
+
+
+def serve(args: ServeOptions) -> int:
     data_dir = Path(args.data_dir or os.environ.get("KILN_DATA_DIR", ".kiln")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = ServeLock(data_dir)
@@ -145,7 +165,7 @@ def serve(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _serve_locked(args: argparse.Namespace, data_dir: Path, sock: socket.socket) -> int:
+def _serve_locked(args: ServeOptions, data_dir: Path, sock: socket.socket) -> int:
     import uvicorn
 
     from migrations.upgrade import upgrade
@@ -168,14 +188,14 @@ def _serve_locked(args: argparse.Namespace, data_dir: Path, sock: socket.socket)
         env = dict(os.environ)
         for i in range(max(1, args.workers)):
             children.add(
-                f"worker {i + 1}", lambda: spawn(["worker", "--metrics-port", str(_free_port())], env)
+                f"worker {i + 1}", lambda: spawn(["worker", "--metrics-port", str(free_port())], env)
             )
         children.add("trainer", lambda: spawn(["trainer"], env))  # fine-tune jobs
         children.start()  # restarts a child that dies, with backoff
         # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
         # cleanup below (workers, the private redis-server) always runs
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        url = f"http://{args.host}:{args.port}"
+        url = f"http://{client_host(args.host)}:{args.port}"
         threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
         config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])

@@ -1,108 +1,83 @@
-"""`kiln trainer` and `kiln finetune ...` (hooked into service/cli/main.py's parser by add_parsers)."""
+"""`kiln finetune ...`: fine-tune jobs over HTTP (create, list, get, cancel, ..., plot)."""
 
-from __future__ import annotations
-
-import argparse
 import json
-import logging
-import os
 import sys
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from service.settings import Settings
+import typer
 
+from service.cli.files import when
+from service.cli.output import note, print_json, table
+from service.cli.remote import DEFAULT_URL, AsJson, Key, Url, connect
 
-# trainer process --------------------------------------------------------------------------------
-def cmd_trainer(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    import redis
-    import torch
-
-    from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
-    from model_store.jobs import JobStore
-    from model_store.registry import Registry
-    from workers.contract.redis_keys import Keys
-    from workers.finetune.fence import FenceLimits
-    from workers.finetune.metrics import TrainerMetrics
-    from workers.finetune.trainer import Trainer, TrainerConfig
-
-    settings = Settings()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, addr=args.metrics_host)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    blobs = BlobStore(settings.blob_dir)
-    client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5)
-    trainer = Trainer(
-        client,
-        Keys(settings.redis_prefix),
-        Registry(sessions, blobs, settings.upload_check),
-        blobs,
-        JobStore(sessions),
-        TrainerConfig(
-            lease_s=settings.trainer_lease_s,
-            renew_interval_s=settings.trainer_renew_interval_s,
-            reconcile_interval_s=settings.trainer_reconcile_interval_s,
-            claim_idle_ms=settings.trainer_claim_idle_ms,
-            limits=replace(FenceLimits.from_settings(settings), threads=args.threads),
-        ),
-        TrainerMetrics(),
-    )
-    trainer.install_signal_handlers()
-    trainer.run()
-    return 0
+finetune_app = typer.Typer(help="fine-tune jobs (over HTTP)", no_args_is_help=True)
 
 
-# client commands --------------------------------------------------------------------------------
-def _client(args: argparse.Namespace) -> Any:
-    from service.cli.client import KilnClient
+class Task(StrEnum):
+    classification = "classification"
+    regression = "regression"
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return KilnClient(args.url, args.key)
+
+@dataclass(slots=True)
+class JobRequest:
+    """`kiln finetune create`'s options, before they become the job's JSON body."""
+
+    model: str
+    training_file: str
+    task: str = "classification"
+    validation_file: str | None = None
+    validation_split: float | None = None
+    suffix: str | None = None
+    target_model: str | None = None
+    seed: int | None = None
+    promote: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    hyperparameters: str | None = None
 
 
 def _file_id(client: Any, ref: str | None) -> str | None:
     if ref is None or not Path(ref).is_file():
         return ref
     uploaded = client.upload_file(Path(ref))
-    print(f"uploaded {ref} as {uploaded['id']} ({uploaded['stats'].get('rows')} rows)", file=sys.stderr)
+    note(f"uploaded {ref} as {uploaded['id']} ({uploaded['stats'].get('rows')} rows)")
     return str(uploaded["id"])
 
 
-def _job_body(args: argparse.Namespace, client: Any) -> dict[str, Any]:
-    hp: dict[str, Any] = json.loads(args.hyperparameters) if args.hyperparameters else {}
-    for key in ("epochs", "batch_size", "learning_rate", "optimizer"):
-        value = getattr(args, key)
-        if value is not None:
-            hp[key] = value
+def job_body(req: JobRequest, client: Any) -> dict[str, Any]:
+    """The JSON body of POST /v1/fine_tuning/jobs; local dataset paths are uploaded first."""
+    if req.suffix is not None and req.target_model is not None:
+        raise typer.BadParameter("give --suffix or --target-model, not both")
+    hp: dict[str, Any] = json.loads(req.hyperparameters) if req.hyperparameters else {}
+    for name in ("epochs", "batch_size", "learning_rate", "optimizer"):
+        if (value := getattr(req, name)) is not None:
+            hp[name] = value
     body: dict[str, Any] = {
-        "model": args.model,
-        "training_file": _file_id(client, args.training_file),
-        "task": args.task,
+        "model": req.model,
+        "training_file": _file_id(client, req.training_file),
+        "task": req.task,
         "hyperparameters": hp,
     }
     optional = {
-        "validation_file": _file_id(client, args.validation_file),
-        "suffix": args.suffix,
-        "target_model": args.target_model,
-        "seed": args.seed,
-        "validation_split": args.validation_split,
-        "promote": args.promote,
+        "validation_file": _file_id(client, req.validation_file),
+        "suffix": req.suffix,
+        "target_model": req.target_model,
+        "seed": req.seed,
+        "validation_split": req.validation_split,
+        "promote": req.promote,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
-    named = args.model.split(":", 1)[0]
-    if args.promote and args.target_model is None:
-        result = f"{named}-{args.suffix or 'ft'}"
-        print(
-            f"note: --promote moves the alias {args.promote!r} of the result model {result!r}, not of "
-            f"{named!r}; give --target-model {named} to make the result a version of {named!r}",
-            file=sys.stderr,
+    named = req.model.split(":", 1)[0]
+    if req.promote and req.target_model is None:
+        result = f"{named}-{req.suffix or 'ft'}"
+        note(
+            f"note: --promote moves the alias {req.promote!r} of the result model {result!r}, not of "
+            f"{named!r}; give --target-model {named} to make the result a version of {named!r}"
         )
     return body
 
@@ -116,33 +91,102 @@ def progress_line(job: dict[str, Any], width: int = 30) -> str:
     return f"\r[{bar}] {frac:4.0%} step {step}/{total} epoch {p.get('epoch', 0)}{loss} {job['status']:<10}"
 
 
-def cmd_finetune_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.create_job(
-            dry_run=args.dry_run, idempotency_key=args.idempotency_key, **_job_body(args, client)
-        )
-        if args.dry_run or not args.watch:
-            print(json.dumps(job, indent=2))
-            return 0
+Opt = typer.Option
+
+
+@finetune_app.command("create")
+def create(
+    model: Annotated[str, Opt(help="name, name:version or name:alias")],
+    training_file: Annotated[str, Opt(help="a file id or a local JSONL/CSV path")],
+    validation_file: Annotated[str | None, Opt()] = None,
+    validation_split: Annotated[float | None, Opt()] = None,
+    task: Annotated[Task, Opt()] = Task.classification,
+    suffix: Annotated[str | None, Opt(help="the result is a new model MODEL-SUFFIX (default: -ft)")] = None,
+    target_model: Annotated[str | None, Opt(help="the result is the next version of this model")] = None,
+    seed: Annotated[int | None, Opt()] = None,
+    promote: Annotated[
+        str | None,
+        Opt(help="alias of the result's model to move to the result if it beats what it serves now"),
+    ] = None,
+    epochs: Annotated[int | None, Opt()] = None,
+    batch_size: Annotated[int | None, Opt()] = None,
+    learning_rate: Annotated[float | None, Opt()] = None,
+    optimizer: Annotated[str | None, Opt()] = None,
+    hyperparameters: Annotated[str | None, Opt(help="JSON object of further hyperparameters")] = None,
+    idempotency_key: Annotated[str | None, Opt()] = None,
+    dry_run: Annotated[bool, Opt("--dry-run")] = False,
+    watch: Annotated[bool, Opt("--watch", help="show a progress bar until the job finishes")] = False,
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+) -> None:
+    """create a fine-tune job (file paths are uploaded first)"""
+    req = JobRequest(
+        model, training_file, task.value, validation_file, validation_split, suffix, target_model, seed,
+        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters,
+    )  # fmt: skip
+    with connect(url, key) as client:
+        job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))
+        if dry_run or not watch:
+            print_json(job)
+            return
         job = client.wait_job(job["id"], on_update=lambda j: print(progress_line(j), end="", file=sys.stderr))
-        print(file=sys.stderr)
-        print(json.dumps(job, indent=2))
-        return 0 if job["status"] == "succeeded" else 1
+    print(file=sys.stderr)
+    print_json(job)
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
 
 
-def cmd_finetune_get(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        calls = {
-            "get": client.get_job,
-            "cancel": client.cancel_job,
-            "pause": client.pause_job,
-            "resume": client.resume_job,
-            "events": client.events,
-            "checkpoints": client.checkpoints,
-            "metrics": client.metrics,
-        }
-        print(json.dumps(calls[args.ft_cmd](args.job), indent=2))
-    return 0
+@finetune_app.command("list")
+def list_jobs(
+    limit: Annotated[int, Opt(help="at most this many (newest first)")] = 20,
+    after: Annotated[str | None, Opt(help="the page after this job id")] = None,
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+    as_json: AsJson = False,
+) -> None:
+    """the tenant's fine-tune jobs"""
+    with connect(url, key) as client:
+        page = client.list_jobs(after, limit)
+    if as_json:
+        print_json(page)
+        return
+    rows = [
+        (
+            j["id"],
+            j["model"],
+            j["status"],
+            j.get("fine_tuned_model"),
+            when(j["created_at"]),
+            when(j.get("finished_at")),
+        )
+        for j in page["data"]
+    ]
+    table("fine-tune jobs", ["id", "model", "status", "result", "created", "finished"], rows)
+    if page.get("has_more") and page["data"]:
+        print(f"more: kiln finetune list --after {page['data'][-1]['id']}")
+
+
+_JOB_CALLS = {
+    "get": "get_job",
+    "cancel": "cancel_job",
+    "pause": "pause_job",
+    "resume": "resume_job",
+    "events": "events",
+    "checkpoints": "checkpoints",
+    "metrics": "metrics",
+}
+
+
+def _job_command(name: str, method: str) -> None:
+    def command(job: str, url: Url = DEFAULT_URL, key: Key = "") -> None:
+        with connect(url, key) as client:
+            print_json(getattr(client, method)(job))
+
+    finetune_app.command(name, help=f"{name} a job")(command)
+
+
+for _name, _method in _JOB_CALLS.items():
+    _job_command(_name, _method)
 
 
 def plot_curves(metrics: dict[str, Any], out: Path, title: str = "") -> None:
@@ -169,62 +213,14 @@ def plot_curves(metrics: dict[str, Any], out: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def cmd_finetune_plot(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        plot_curves(client.metrics(args.job), Path(args.output), title=args.job)
-    print(args.output)
-    return 0
-
-
-def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("KILN_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--key", default=os.environ.get("KILN_API_KEY", ""))
-
-
-def _create_parser(ft: Any) -> None:
-    c = ft.add_parser("create", help="create a fine-tune job (file paths are uploaded first)")
-    c.add_argument("--model", required=True, help="name, name:version or name:alias")
-    c.add_argument("--training-file", required=True, help="a file id or a local JSONL/CSV path")
-    c.add_argument("--validation-file")
-    c.add_argument("--validation-split", type=float)
-    c.add_argument("--task", default="classification", choices=["classification", "regression"])
-    names = c.add_mutually_exclusive_group()
-    names.add_argument("--suffix", help="the result is a new model {model}-{suffix} (default: -ft)")
-    names.add_argument("--target-model", help="the result is the next version of this model")
-    c.add_argument("--seed", type=int)
-    c.add_argument(
-        "--promote",
-        help="alias of the result's model to move to the result if it beats what the alias serves now "
-        "(on the job's validation data)",
-    )
-    c.add_argument("--epochs", type=int)
-    c.add_argument("--batch-size", type=int)
-    c.add_argument("--learning-rate", type=float)
-    c.add_argument("--optimizer")
-    c.add_argument("--hyperparameters", help="JSON object of further hyperparameters")
-    c.add_argument("--idempotency-key")
-    c.add_argument("--dry-run", action="store_true")
-    c.add_argument("--watch", action="store_true", help="show a progress bar until the job finishes")
-    _connection(c)
-    c.set_defaults(func=cmd_finetune_create)
-
-
-def add_parsers(sub: Any) -> None:
-    t = sub.add_parser("trainer", help="a fine-tune trainer (takes jobs from the queue)")
-    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
-    t.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0: off)")
-    t.add_argument("--metrics-host", default="127.0.0.1")
-    t.set_defaults(func=cmd_trainer)
-
-    ft = sub.add_parser("finetune", help="fine-tune jobs").add_subparsers(dest="ft_cmd", required=True)
-    _create_parser(ft)
-    for name in ("get", "cancel", "pause", "resume", "events", "checkpoints", "metrics"):
-        g = ft.add_parser(name, help=f"{name} a job")
-        g.add_argument("job")
-        _connection(g)
-        g.set_defaults(func=cmd_finetune_get)
-    p = ft.add_parser("plot", help="draw train and validation curves to a PNG")
-    p.add_argument("job")
-    p.add_argument("-o", "--output", default="curve.png")
-    _connection(p)
-    p.set_defaults(func=cmd_finetune_plot)
+@finetune_app.command("plot")
+def plot(
+    job: str,
+    output: Annotated[Path, Opt("-o", "--output")] = Path("curve.png"),
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+) -> None:
+    """draw train and validation curves to a PNG"""
+    with connect(url, key) as client:
+        plot_curves(client.metrics(job), output, title=job)
+    print(output)

@@ -1,0 +1,67 @@
+"""Small helpers shared by `kiln serve` and the process commands: child processes, free ports,
+the curl line that `kiln serve --demo` prints. Nothing here imports the command line itself."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated at start-up (torch alone is ~10^6 objects) out of the garbage
+    collector's reach: a full collection walking them stalls a process for ~100 ms, which showed
+    as a p99 ten times the p50 under load."""
+    gc.collect()
+    gc.freeze()
+
+
+def curl_line(url: str, key: str, model: str, body: dict[str, Any]) -> str:
+    """A curl command line that pastes into a POSIX shell as it is."""
+    return (
+        f"curl -s -H {shlex.quote('Authorization: Bearer ' + key)} "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))} "
+        f"{url}/v2/models/{model}/infer"
+    )
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`kiln ARGV...` as a child process of this Python."""
+    return subprocess.Popen([sys.executable, "-m", "service.cli.main", *argv], env=env)
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine uses for a server listening on `host`."""
+    if host in ("", "0.0.0.0"):  # a listening address: clients use loopback
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def kiln_command() -> str:
+    """How to run `kiln` from here: `kiln` when it is on PATH, else the script installed next
+    to this Python (e.g. `.venv/bin/kiln` after `make run`), else `python -m service.cli`."""
+    script = Path(sys.executable).parent / "kiln"
+    on_path = shutil.which("kiln")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "kiln"
+    if script.exists():
+        with_venv = script.absolute()
+        try:
+            return shlex.quote(str(with_venv.relative_to(Path.cwd())))
+        except ValueError:
+            return shlex.quote(str(with_venv))
+    return f"{shlex.quote(sys.executable)} -m service.cli"

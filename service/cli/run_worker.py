@@ -1,0 +1,59 @@
+"""`kiln worker`: build and run an inference worker. The only CLI module that imports
+workers.inference (lazily, so `kiln --help` and the client commands never load torch)."""
+
+from __future__ import annotations
+
+from service.cli.procs import freeze_startup_objects
+from service.settings import Settings
+
+
+def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
+    import redis
+    from prometheus_client import REGISTRY, start_http_server
+
+    from model_store.blobs import BlobStore
+    from model_store.db import make_engine, make_sessionmaker
+    from model_store.registry import Registry
+    from workers.contract.redis_keys import Keys
+    from workers.inference.gpu import GpuCollector
+    from workers.inference.runners import preload_runtimes
+    from workers.inference.worker import Worker, WorkerConfig
+
+    settings = Settings()
+    if metrics_port:
+        REGISTRY.register(GpuCollector())
+        start_http_server(metrics_port, addr=metrics_host)
+    blobs = BlobStore(settings.blob_dir)
+    registry = Registry(
+        make_sessionmaker(make_engine(settings.resolved_database_url)), blobs, settings.upload_check
+    )
+    client = redis.Redis.from_url(
+        settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+    )
+    worker = Worker(
+        client,
+        Keys(settings.redis_prefix),
+        registry,
+        blobs,
+        WorkerConfig(
+            read_count=settings.worker_read_count,
+            claim_idle_ms=settings.claim_idle_ms,
+            claim_interval_ms=settings.claim_interval_ms,
+            max_deliveries=settings.max_deliveries,
+            heartbeat_ttl_s=settings.heartbeat_ttl_s,
+            reply_ttl_s=settings.reply_ttl_s,
+            async_result_ttl_s=settings.async_result_ttl_s,
+            memory_budget_bytes=settings.worker_memory_budget_mb << 20,
+            fence=settings.fence,
+            model_memory_bytes=settings.model_memory_mb << 20,
+            hung_backoff_s=settings.hung_backoff_s,
+            threads=threads,
+            metrics_port=metrics_port,
+            artifact_limits=settings.artifact_limits,
+        ),
+    )
+    preload_runtimes()  # import torch/onnxruntime now, not on the first request
+    freeze_startup_objects()
+    worker.install_signal_handlers()
+    worker.run()
+    return 0
