@@ -24,12 +24,14 @@ import time
 import uuid
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
 from model_store.registry import Registry
+from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
 from workers.contract.redis_keys import Keys
 from workers.contract.usage import Charge
@@ -49,6 +51,8 @@ __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("kiln.worker")
 POLL_BELOW_S = 0.02
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ResponseError)
+BACKOFF = ExponentialBackoff(cap=2.0, base=0.025)  # 0.05 s after a first failure, doubling to 2 s
 
 
 class Worker:
@@ -105,19 +109,14 @@ class Worker:
         if self.config.fence != "off":
             # the runtimes' imports take seconds: in the background, while the loop heartbeats
             threading.Thread(target=start_fork_server, name="kiln-fork-server", daemon=True).start()
-        backoff = 0.05
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                backoff = 0.05
-            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
-                # NOGROUP: the client reconnected on its own to a Redis that lost our groups
-                log.warning("redis unavailable or reset (%s); retrying", type(exc).__name__)
-                self.queue.forget_groups()
-                self._next_refresh = 0.0
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+        run_until_stopped(self.tick, self._stop, REDIS_ERRORS, self._redis_lost, BACKOFF)
         self._shutdown()
+
+    def _redis_lost(self, exc: Exception) -> None:
+        # NOGROUP: the client reconnected on its own to a Redis that lost our groups
+        log.warning("redis unavailable or reset (%s); retrying", type(exc).__name__)
+        self.queue.forget_groups()
+        self._next_refresh = 0.0
 
     def _shutdown(self) -> None:
         """Finish what was already read, then leave; unread entries stay in the stream."""
@@ -241,9 +240,6 @@ class Worker:
             self.queue.keep(kept, self.config.async_result_ttl_s)
 
     # model versions ---------------------------------------------------------------------------
-    def unload(self, version_id: int) -> bool:
-        return self.cache.unload(version_id)
-
     def _condemn(self, loaded: Loaded, why: str) -> None:
         """From a pool thread: kill the version's children now; the loop unloads it."""
         if self.cache.condemn(loaded, why):
