@@ -185,6 +185,7 @@ class Worker:
             entries = self.queue.claim_stale(stream, self.config.claim_idle_ms, count=1)
             if not entries:
                 return
+            self.metrics.claimed.inc(len(entries))
             self._accept(entries)
 
     def _read_count(self) -> int:
