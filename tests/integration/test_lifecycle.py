@@ -60,7 +60,7 @@ async def test_memory_budget_unloads_least_recently_used(client, settings, redis
     for _ in range(3):
         assert (await register(client, "demo", data, "onnx")).status_code == 201
     w = WorkerThread(settings)
-    w.worker.cache.config = dataclasses.replace(w.worker.cache.config, memory_budget_bytes=2 * len(data) + 1)
+    w.worker.config = dataclasses.replace(w.worker.config, memory_budget_bytes=2 * len(data) + 1)
     w.start()
     try:
         body = infer_body("x", [1, 2, 3, 4], [1, 4])

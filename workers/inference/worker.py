@@ -67,7 +67,6 @@ class Worker:
     ) -> None:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = WorkQueue(client, keys, self.worker_id, config.reply_ttl_s)
-        self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.batcher = Batcher()
         self._stop = threading.Event()
@@ -94,6 +93,15 @@ class Worker:
         self.executor = Executor(
             self.worker_id, self.metrics, self.watchdog, self._condemn, self._why_condemned
         )
+
+    @property
+    def config(self) -> WorkerConfig:
+        """One config for the loop and its model cache (tests replace it before start)."""
+        return self.cache.config
+
+    @config.setter
+    def config(self, config: WorkerConfig) -> None:
+        self.cache.config = config
 
     # lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
