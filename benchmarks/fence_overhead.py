@@ -23,7 +23,8 @@ from model_store.blobs import sha256_of
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from workers.inference.fenced import FencedRunner
-from workers.inference.runners import Runner, load_local_runner
+from workers.inference.runners import load_local_runner
+from workers.inference.runtime import Runner
 
 SIG = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.inference.runners import Runner
+from workers.inference.runtime import Runner
 
 CRASH_EXIT_CODE = 86
 
@@ -53,7 +53,7 @@ class FaultRunner:
 
 
 def wrapping(load: Any, **faults: Any) -> Any:
-    """A drop-in for workers.worker.load_runner that wraps what it loads."""
+    """A drop-in for workers.inference.model_cache.load_runner that wraps what it loads."""
 
     def load_runner(*args: Any, **kwargs: Any) -> FaultRunner:
         return FaultRunner(load(*args, **kwargs), **faults)

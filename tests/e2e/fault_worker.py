@@ -9,7 +9,7 @@ import sys
 
 from service.cli import main as cli
 from tests.faults import wrapping
-from workers.inference import worker
+from workers.inference import model_cache
 
 
 def _float(name: str) -> float | None:
@@ -18,8 +18,8 @@ def _float(name: str) -> float | None:
 
 
 def main() -> int:
-    worker.load_runner = wrapping(  # type: ignore[assignment]
-        worker.load_runner,
+    model_cache.load_runner = wrapping(  # type: ignore[assignment]
+        model_cache.load_runner,
         crash_on=_float("KILN_TEST_CRASH_ON"),
         hang_on=_float("KILN_TEST_HANG_ON"),
         delay_s=float(os.environ.get("KILN_TEST_DELAY_MS", "0")) / 1000,

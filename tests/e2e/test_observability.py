@@ -209,7 +209,7 @@ def test_gateway_and_worker_log_lines_share_the_request_id(stack: Stack) -> None
 
 
 def _cuda() -> bool:
-    from workers.inference.runners import cuda_available
+    from workers.common.device import cuda_available
 
     return cuda_available()
 

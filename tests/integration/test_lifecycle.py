@@ -17,7 +17,7 @@ from tests.integration.test_reliability import _poll
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, demo_onnx_bytes, torchscript_bytes
 from tests.serving_models import WIDE_SIGNATURE, Wide
 from workers.contract.redis_keys import Keys
-from workers.inference import worker as worker_module
+from workers.inference import model_cache
 
 
 def _loaded(redis_client, settings, w: WorkerThread) -> list[int]:  # type: ignore[no-untyped-def]
@@ -26,7 +26,7 @@ def _loaded(redis_client, settings, w: WorkerThread) -> list[int]:  # type: igno
 
 
 async def test_failed_warmup_means_not_loaded(client, worker: WorkerThread, monkeypatch) -> None:
-    real = worker_module.load_runner
+    real = model_cache.load_runner
 
     def cold(*args, **kwargs):  # type: ignore[no-untyped-def]
         runner = real(*args, **kwargs)
@@ -40,7 +40,7 @@ async def test_failed_warmup_means_not_loaded(client, worker: WorkerThread, monk
         runner.run = run
         return runner
 
-    monkeypatch.setattr(worker_module, "load_runner", cold)
+    monkeypatch.setattr(model_cache, "load_runner", cold)
     r = await register(
         client, "picky", torchscript_bytes(FailsOnNegative()), "torchscript", signature=TIMES3_SIGNATURE
     )
@@ -126,6 +126,6 @@ async def test_load_waits_for_warm_and_unload_frees(
     assert _loaded(redis_client, settings, worker) == []
 
     async def gone() -> bool:
-        return worker.worker.models == {}
+        return worker.worker.cache.models == {}
 
     await _poll(gone, what="the runner dropped")

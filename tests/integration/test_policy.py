@@ -117,10 +117,10 @@ async def test_instances_run_batches_concurrently(client, settings, monkeypatch)
     """Two batches meet at a barrier inside the model: only two concurrent instances pass it."""
     import threading
 
-    from workers.inference import worker as worker_module
+    from workers.inference import model_cache
 
     barrier = threading.Barrier(2, timeout=15)
-    real = worker_module.load_runner
+    real = model_cache.load_runner
     runners: list[object] = []
 
     def meeting(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -136,7 +136,7 @@ async def test_instances_run_batches_concurrently(client, settings, monkeypatch)
         runner.run = run
         return runner
 
-    monkeypatch.setattr(worker_module, "load_runner", meeting)
+    monkeypatch.setattr(model_cache, "load_runner", meeting)
     await _register(client, max_batch_size=1, instances=2)
     w = WorkerThread(settings).start()
     try:

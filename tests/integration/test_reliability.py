@@ -18,7 +18,7 @@ from tests.faults import wrapping
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, demo_onnx_bytes, torchscript_bytes
 from workers.contract.redis_keys import GROUP, Keys
-from workers.inference import worker as worker_module
+from workers.inference import model_cache
 
 
 async def _poll(cond, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -35,7 +35,7 @@ def _record_batches(monkeypatch, oom_above: int | None = None, values: bool = Fa
     """Wrap the runner: record each batch's rows (or its first-column values); optionally fail
     big batches as CUDA OOM."""
     seen: list = []
-    real = worker_module.load_runner
+    real = model_cache.load_runner
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         runner = real(*args, **kwargs)
@@ -56,7 +56,7 @@ def _record_batches(monkeypatch, oom_above: int | None = None, values: bool = Fa
         runner.run = run
         return runner
 
-    monkeypatch.setattr(worker_module, "load_runner", recording)
+    monkeypatch.setattr(model_cache, "load_runner", recording)
     return seen
 
 
@@ -116,7 +116,7 @@ async def test_hung_runner_fails_at_deadline_and_worker_reports_not_ready(
 ) -> None:
     release = threading.Event()
     monkeypatch.setattr(
-        worker_module, "load_runner", wrapping(worker_module.load_runner, hang_on=-7.0, release=release)
+        model_cache, "load_runner", wrapping(model_cache.load_runner, hang_on=-7.0, release=release)
     )
     w = WorkerThread(settings).start()
     try:

@@ -86,7 +86,7 @@ def test_a_reading_a_device_does_not_support_is_skipped() -> None:
 
 
 def _cuda() -> bool:
-    from workers.inference.runners import cuda_available
+    from workers.common.device import cuda_available
 
     return cuda_available()
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from workers.contract.errors import EngineUnavailable, QueueFull, ReplyTimeout
@@ -21,6 +24,7 @@ from workers.contract.messages import ContractError, InferReplyMsg, InferRequest
 from workers.contract.redis_keys import Keys
 
 log = logging.getLogger("kiln.engine")
+_READER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.025)  # 0.05 s after a first failure, doubling to 1 s
 
 
 # XADD to KEYS[1] only while the streams KEYS[2..] hold fewer than ARGV[1] entries in all
@@ -47,7 +51,6 @@ class StreamsEngineClient:
         self.keys = keys
         self.gateway_id = uuid.uuid4().hex[:16]
         self.reply_stream = keys.reply_stream(self.gateway_id)
-        self._url = redis_url
         # a blocking pool: under a burst, requests wait for a free connection instead of failing
         pool = aioredis.BlockingConnectionPool.from_url(
             redis_url, max_connections=max_connections, timeout=10
@@ -187,9 +190,6 @@ class StreamsEngineClient:
         beats = await self._redis.mget(keys) if keys else []
         return [_worker_info(b) for b in beats if b]
 
-    def in_flight(self) -> int:
-        return len(self._pending)
-
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
         for fut in pending.values():
@@ -197,30 +197,30 @@ class StreamsEngineClient:
                 fut.set_exception(EngineUnavailable(reason))
 
     async def _read_replies(self) -> None:
-        last_id = "0-0"
-        backoff = 0.05
+        """Read replies until closed; while Redis is away, fail every waiter and retry with
+        backoff (reset by a read that succeeds)."""
+        last_id: Any = "0-0"
+        errors = (RedisError, OSError)  # redis-py types this as RedisError subclasses only
+        retry = Retry(_READER_BACKOFF, retries=-1, supported_errors=errors)  # type: ignore[arg-type]
         while not self._closed:
-            try:
-                if not self.connected:
-                    await self._reader.ping()
-                    self.connected = True
-                    backoff = 0.05
-                resp: Any = await self._reader.xread({self.reply_stream: last_id}, count=1024, block=1000)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if self.connected:
-                    log.warning("reply reader lost Redis: %s", type(exc).__name__)
-                self.connected = False
-                self._announced.clear()
-                self._fail_all("queue connection lost")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
+            resp = await retry.call_with_retry(functools.partial(self._read_once, last_id), self._lost)
             for _stream, entries in resp or ():
                 for entry_id, fields in entries:
                     last_id = entry_id
                     self._resolve(fields)
+
+    async def _read_once(self, last_id: Any) -> Any:
+        if not self.connected:
+            await self._reader.ping()
+            self.connected = True
+        return await self._reader.xread({self.reply_stream: last_id}, count=1024, block=1000)
+
+    async def _lost(self, exc: Exception) -> None:
+        if self.connected:
+            log.warning("reply reader lost Redis: %s", type(exc).__name__)
+        self.connected = False
+        self._announced.clear()
+        self._fail_all("queue connection lost")
 
     def _resolve(self, fields: dict[bytes, bytes]) -> None:
         try:

@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from workers.contract.groups import ensure_group, is_nogroup
 from workers.contract.redis_keys import Keys
 
 GROUP = "trainers"
@@ -35,12 +36,12 @@ class JobQueue:
         self._grouped = False
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.r, self.stream, GROUP)
         self._grouped = True
+
+    def forget_group(self) -> None:
+        """After a reconnect the server may be new: create the group again before reading."""
+        self._grouped = False
 
     def read(self, block_ms: int) -> list[tuple[bytes, str]]:
         if not self._grouped:
@@ -48,7 +49,7 @@ class JobQueue:
         try:
             resp: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=1, block=block_ms)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not is_nogroup(exc):
                 raise
             self._grouped = False
             return []

@@ -25,10 +25,6 @@ class Keys:
     def version_of(self, stream: str) -> int:
         return int(stream.rsplit(":req:", 1)[1].split(":", 1)[0])
 
-    def priority_of(self, stream: str) -> int:
-        tail = stream.rsplit(":req:", 1)[1].split(":", 1)
-        return int(tail[1][1:]) if len(tail) == 2 and tail[1].startswith("p") else 0
-
     @property
     def streams(self) -> str:
         """Set of request streams that gateways have written to; workers serve these."""

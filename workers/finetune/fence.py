@@ -30,6 +30,7 @@ from model_store.channel import FenceError
 from model_store.db import FileRow
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout
 from model_store.registry import ResolvedVersion
+from workers.common.device import pick_device
 from workers.finetune.messages import JOB_MESSAGE, Checked, Evaluated, plain_name
 
 _CHUNK = 1 << 20
@@ -69,9 +70,7 @@ class FenceLimits:
     def use_gpu(self) -> bool:
         if self.gpu is not None:
             return self.gpu
-        import torch
-
-        return bool(torch.cuda.is_available())
+        return pick_device("auto") == "cuda"
 
 
 class TrainingFailed(Exception):

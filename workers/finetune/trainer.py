@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
@@ -26,6 +27,7 @@ from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
+from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
 from workers.contract.finetune_queue import JobQueue
 from workers.contract.redis_keys import Keys
@@ -38,6 +40,7 @@ from workers.finetune.model import ModelNotTrainable
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
 _INFRA = (RedisError, OperationalError, OSError)
+_BACKOFF = ExponentialBackoff(cap=5.0, base=0.05)  # 0.1 s after a first failure, doubling to 5 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +102,12 @@ class Trainer:
         # the training child's module is imported once by the fork server, not by every job
         fence.preload("workers.common.fork_server_init", "workers.finetune.child")
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
-        backoff = 0.1
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                backoff = 0.1
-            except _INFRA as exc:
-                log.warning("queue or database unavailable (%s); retrying", type(exc).__name__)
-                self.queue._grouped = False
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        run_until_stopped(self.tick, self._stop, _INFRA, self._infra_lost, _BACKOFF)
         log.info("trainer %s stopped", self.trainer_id)
+
+    def _infra_lost(self, exc: Exception) -> None:
+        log.warning("queue or database unavailable (%s); retrying", type(exc).__name__)
+        self.queue.forget_group()
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -108,11 +108,6 @@ class Batcher:
                     break
                 yield version_id, self._take(q, head)
 
-    def drain(self) -> list[Item]:
-        out = [item for q in self._queues.values() for item in q.items]
-        self._queues.clear()
-        return out
-
     @staticmethod
     def _head(q: _Queue) -> Item:
         """The first item of the highest priority present (the oldest among equals)."""

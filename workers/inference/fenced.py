@@ -29,10 +29,12 @@ from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceSpec, FenceTimeout
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
+from workers.common.device import pick_device
 from workers.contract.errors import LoadError
 from workers.contract.tensors import TensorDecodeError
 from workers.inference import model_host
-from workers.inference.runners import InputRejected, Runner, cuda_available, load_local_runner
+from workers.inference.runners import load_local_runner
+from workers.inference.runtime import InputRejected, Runner
 
 FenceMode = Literal["required", "auto", "off"]
 MARGIN_S = 0.25  # past the batch's latest deadline before the child is killed
@@ -71,7 +73,7 @@ class FencedRunner:
         load_timeout_s: float = 300.0,
         limits: ArtifactLimits | None = None,
     ) -> None:
-        gpu = version.config.device != "cpu" and cuda_available()
+        gpu = pick_device(version.config.device) == "cuda"
         spec = FenceSpec(
             read=(str(path),), memory_bytes=0 if gpu else memory_bytes, gpu=gpu, require=mode == "required"
         )

@@ -16,6 +16,7 @@ from model_store.hf_encoder import bundle_signature, open_bundle
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers.common.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
+from workers.inference.runtime import InputRejected
 
 
 class HFEncoderRunner:
@@ -39,8 +40,6 @@ class HFEncoderRunner:
         self._tokenizer = make_tokenizer(bundle)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from workers.inference.runners import InputRejected
-
         torch = self._torch
         try:
             texts = [

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from workers.inference.runners import Runner
+from workers.inference.runtime import Runner
 
 log = logging.getLogger("kiln.instances")
 

@@ -64,6 +64,15 @@ class WorkerMetrics:
         )
         self.loaded = Gauge("kiln_loaded_versions", "Model versions loaded on this worker", registry=r)
         self.up = Gauge("kiln_worker_up", "1 while the worker loop runs", registry=r)
+        self.model_memory = Gauge(
+            "kiln_model_memory_bytes",
+            "Memory a loaded version took at load (device memory on CUDA, resident memory on CPU)",
+            (*labels, "device"),
+            registry=r,
+        )
+        self._tenant_metrics(r, max_tenant_labels)
+
+    def _tenant_metrics(self, r: CollectorRegistry, max_tenant_labels: int) -> None:
         self.tenant_labels = TenantLabels(max_tenant_labels)
         self.tenant_compute = Counter(
             "kiln_tenant_compute_seconds",
@@ -72,12 +81,6 @@ class WorkerMetrics:
             registry=r,
         )
         self.tenant_items = Counter("kiln_tenant_inference_count", "Items inferred", ("tenant",), registry=r)
-        self.model_memory = Gauge(
-            "kiln_model_memory_bytes",
-            "Memory a loaded version took at load (device memory on CUDA, resident memory on CPU)",
-            (*labels, "device"),
-            registry=r,
-        )
 
     def version_loaded(self, model: str, version: int, device: str, memory_bytes: int | None) -> None:
         """A version is loaded: its failure series start at 0, its memory is recorded."""

@@ -17,6 +17,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from workers.contract import usage
+from workers.contract.groups import ensure_group, is_nogroup
 from workers.contract.jsonlog import request_log
 from workers.contract.messages import InferReplyMsg
 from workers.contract.redis_keys import GROUP, Keys
@@ -46,11 +47,7 @@ class WorkQueue:
         return streams
 
     def ensure_group(self, stream: str) -> None:
-        try:
-            self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.r, stream, GROUP)
         self._grouped.add(stream)
 
     def forget_groups(self) -> None:
@@ -64,7 +61,7 @@ class WorkQueue:
                 GROUP, self.consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms or None
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not is_nogroup(exc):
                 raise
             self.forget_groups()
             for s in streams:

@@ -1,12 +1,13 @@
-"""Model runners: onnxruntime and TorchScript. CUDA first when present and asked for, CPU
-otherwise; the CUDA execution provider is requested only when a GPU is present."""
+"""Model runtimes, one per format behind the `Runner` interface (workers/inference/runtime.py),
+and the map from format to runtime: onnxruntime, TorchScript, hf-encoder (hf_runner.py). CUDA
+first when present and asked for, CPU otherwise; the CUDA execution provider is requested only
+when a GPU is present."""
 
 from __future__ import annotations
 
 import io
-import logging
-import re
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -16,66 +17,12 @@ from model_store.loading import run_torchscript
 from model_store.onnx_check import check_onnx_bytes
 from model_store.registry import ResolvedVersion
 from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
+from workers.common.device import cuda_available, pick_device
 from workers.contract.errors import LoadError
+from workers.inference.runtime import InputRejected, Runner
 
-log = logging.getLogger("kiln.runner")
-T = TypeVar("T")
-
-
-class InputRejected(ValueError):
-    """One item's input that this runtime cannot take (the item fails alone, as invalid input)."""
-
-
-_FRAME_STARTS = ("File ", "Traceback", "^", "~")
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\"'\\/:]+){2,}")
-
-
-def public_message(exc: BaseException, limit: int = 300) -> str:
-    """What a client may see of a model failure: the last line of the message, never a
-    traceback (TorchScript puts its interpreter traceback, with file names, in the message)."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    lines = [line for line in lines if line and not line.startswith(_FRAME_STARTS)]
-    text = lines[-1] if lines else type(exc).__name__
-    return _PATH.sub("<path>", text)[:limit]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA (torch) or onnxruntime allocation failure: the batch was too big, not bad input."""
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:
-        pass
-    text = str(exc).lower()
-    return "out of memory" in text or "failed to allocate memory" in text
-
-
-def release_cached_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception as exc:
-        log.warning("could not release cached device memory: %s", type(exc).__name__)
-
-
-def split_failed(exc: BaseException, items: list[T]) -> list[list[T]]:
-    """How to retry a failed batch: in halves after out-of-memory (device memory freed first),
-    else each item alone so that one bad item fails alone."""
-    if is_out_of_memory(exc) and len(items) > 1:
-        release_cached_memory()
-        half = len(items) // 2
-        return [items[:half], items[half:]]
-    return [[item] for item in items]
-
-
-class Runner(Protocol):
-    device: str
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+# (version, artifact bytes, device, threads, limits) -> a loaded runner
+RunnerFactory = Callable[[ResolvedVersion, bytes, str, int, ArtifactLimits], Runner]
 
 
 def preload_runtimes() -> None:
@@ -85,27 +32,10 @@ def preload_runtimes() -> None:
     cuda_available()
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
-def pick_device(preference: str) -> str:
-    if preference == "cpu":
-        return "cpu"
-    if cuda_available():
-        return "cuda"
-    if preference == "cuda":
-        raise LoadError("this version asks for CUDA and no GPU is present")
-    return "cpu"
-
-
 class OnnxRunner:
-    def __init__(self, version: ResolvedVersion, data: bytes, device: str, threads: int) -> None:
+    def __init__(
+        self, version: ResolvedVersion, data: bytes, device: str, threads: int, _limits: ArtifactLimits
+    ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -143,7 +73,9 @@ def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 class TorchScriptRunner:
-    def __init__(self, version: ResolvedVersion, data: bytes, device: str, threads: int) -> None:
+    def __init__(
+        self, version: ResolvedVersion, data: bytes, device: str, threads: int, _limits: ArtifactLimits
+    ) -> None:
         import torch
 
         if threads:
@@ -160,24 +92,34 @@ class TorchScriptRunner:
         return run_torchscript(self._module, self._sig, inputs, self._device)
 
 
+def _hf_encoder(
+    version: ResolvedVersion, data: bytes, device: str, threads: int, limits: ArtifactLimits
+) -> Runner:
+    from workers.inference.hf_runner import HFEncoderRunner  # torch and tokenizers: only when used
+
+    return HFEncoderRunner(version, data, device, threads, limits)
+
+
+RUNTIMES: dict[str, RunnerFactory] = {
+    "onnx": OnnxRunner,
+    "torchscript": TorchScriptRunner,
+    "hf-encoder": _hf_encoder,
+}
+
+
 def load_local_runner(
     version: ResolvedVersion, data: bytes, threads: int = 0, limits: ArtifactLimits | None = None
 ) -> Runner:
     """A runner in this process (in a fenced child, or with KILN_FENCE=off)."""
     device = pick_device(version.config.device)
+    factory = RUNTIMES.get(version.format)
+    if factory is None:
+        raise LoadError(f"no runner for format {version.format!r}")
     try:
-        if version.format == "onnx":
-            return OnnxRunner(version, data, device, threads)
-        if version.format == "torchscript":
-            return TorchScriptRunner(version, data, device, threads)
-        if version.format == "hf-encoder":
-            from workers.inference.hf_runner import HFEncoderRunner
-
-            return HFEncoderRunner(version, data, device, threads, limits or ArtifactLimits())
+        return factory(version, data, device, threads, limits or ArtifactLimits())
     except LoadError:
         raise
     except InvalidArtifact as exc:
         raise LoadError(f"refused {version.format} model: {exc}") from exc
     except Exception as exc:
         raise LoadError(f"could not load {version.format} model: {type(exc).__name__}") from exc
-    raise LoadError(f"no runner for format {version.format!r}")
