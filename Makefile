@@ -17,7 +17,7 @@ $(BIN)/python:
 # requirement would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[worker,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
