@@ -42,6 +42,7 @@ from workers.contract.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.contract.usage import Charge, split_compute
 from workers.inference import memory
 from workers.inference.batcher import Batcher, BatchPolicy, Item
+from workers.inference.check_server import start_check_server
 from workers.inference.fenced import (
     MARGIN_S,
     FenceMode,
@@ -149,6 +150,10 @@ class Worker:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
         self.watchdog.start()
+        # model checks for gateways without the runtimes (KILN_CHECKS; workers/inference/check_server.py)
+        start_check_server(
+            self.queue.r, self.queue.keys, self.blobs, self.config.fence, self.worker_id, self._stop
+        )
         if self.config.fence != "off":
             # the runtimes' imports take seconds: in the background, while the loop heartbeats
             threading.Thread(target=start_fork_server, name="kiln-fork-server", daemon=True).start()
