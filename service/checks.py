@@ -49,7 +49,10 @@ _REPLY_TTL_S = 60
 
 def importable(modules: tuple[str, ...]) -> bool:
     """Whether this environment has these packages (found, not imported)."""
-    return all(importlib.util.find_spec(m) is not None for m in modules)
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
 
 
 def runs_locally(mode: str, what: str) -> bool:
