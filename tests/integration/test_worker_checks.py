@@ -5,6 +5,7 @@ message cannot name a path outside the worker's pending area."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from pathlib import Path
@@ -91,8 +92,16 @@ async def test_no_worker_is_a_503_within_the_limit_and_nothing_is_registered(
     check = client.app.state.kiln.registry.check  # type: ignore[attr-defined]
     check.local = dataclasses.replace(check.local, timeout_s=1.0)
     t0 = time.monotonic()
-    r = await register(client, "lonely", demo_onnx_bytes(), "onnx")
+    upload = asyncio.create_task(register(client, "lonely", demo_onnx_bytes(), "onnx"))
+    health: list[float] = []
+    while not upload.done():  # the wait for a worker holds a thread, never the event loop
+        h0 = time.monotonic()
+        assert (await client.get("/v2/health/live")).status_code == 200
+        health.append(time.monotonic() - h0)
+        await asyncio.sleep(0.02)
+    r = await upload
     elapsed = time.monotonic() - t0
+    assert len(health) > 10 and max(health) < 0.5, health
     assert r.status_code == 503, r.text
     assert "no worker answered the model check within 1 s" in r.json()["error"]
     assert elapsed < 1 + 3, elapsed
