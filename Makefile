@@ -25,7 +25,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing torch (CPU build) and modelkiln into $(VENV) ..."
 	@$(PIP) torch==2.13.0 $(QUIET_PIP)
-	@$(PIP) -e '.[test]' $(QUIET_PIP)
+	@$(PIP) -e '.[worker,test]' $(QUIET_PIP)
 	@touch $(STAMP)
 	@echo "installed; the command line is $(BIN)/kiln (or: source $(BIN)/activate, then kiln --help)"
 

@@ -27,3 +27,7 @@ class ArtifactTooLarge(StoreError):
 
 class IntegrityFailure(StoreError):
     """Stored bytes no longer match the sha256 recorded at registration."""
+
+
+class CheckUnavailable(StoreError):
+    """No one could run the model check in time (no worker answered); nothing was registered."""

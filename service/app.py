@@ -17,6 +17,7 @@ from model_store.blobs import BlobStore
 from model_store.db import make_engine, make_sessionmaker
 from model_store.registry import Registry
 from service import __version__, errors, openapi, ops_metrics
+from service.checks import GatewayCheck, WorkerChecks, any_local
 from service.inference.fastpath import InferFastPath
 from service.inference.sync import InferenceService
 from service.inference.versions import VersionResolver
@@ -70,8 +71,9 @@ def build_state(settings: Settings) -> AppState:
     engine_db = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine_db)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(sessions, blobs, settings.upload_check)
     redis_keys = Keys(settings.redis_prefix)
+    checks = WorkerChecks(settings.resolved_redis_url, redis_keys)
+    registry = Registry(sessions, blobs, GatewayCheck(settings.upload_check, settings.checks, blobs, checks))
     engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
     resolver = VersionResolver(registry, settings.version_cache_ttl_s)
     metrics = gateway_metrics()
@@ -93,6 +95,7 @@ def build_state(settings: Settings) -> AppState:
             metrics,
             Admission.from_url(settings.resolved_redis_url, settings.redis_prefix),
         ),
+        checks=checks,
     )
 
 
@@ -103,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings)
         await run_in_threadpool(bootstrap_admin, settings, state.registry, state.sessions)
-        if settings.fence != "off":  # upload checks run in fenced children: start their fork server now
+        if settings.fence != "off" and any_local(settings.checks):
+            # checks run in this gateway's fenced children: start their fork server now
             threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         await state.engine.start()
         app.state.kiln = state
@@ -111,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.engine.close()
+            if state.checks is not None:
+                state.checks.close()
             if state.inference.admission is not None:
                 await state.inference.admission.close()
             state.engine_db.dispose()

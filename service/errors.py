@@ -106,6 +106,7 @@ _STORE_MAP: dict[type[store.StoreError], type[KilnError]] = {
     store.InvalidArtifact: Unprocessable,
     store.ArtifactTooLarge: PayloadTooLarge,
     store.IntegrityFailure: Unavailable,
+    store.CheckUnavailable: Unavailable,
 }
 
 

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     hung_backoff_s: float = Field(default=30.0, ge=0, le=86_400)  # a version that hung reloads after
     check_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # an upload's check, wall clock
     check_memory_mb: int = Field(default=4096, ge=256)  # an upload's check, address space
+    # where model checks (uploads, a fine-tune job's base model) run: `local` in the gateway's own
+    # fenced children (needs torch / onnx / tokenizers installed here), `worker` on a worker asked
+    # over Redis (the gateway waits check_timeout_s), `auto` local where the gateway can import
+    # what the check needs, else a worker (service/checks.py)
+    checks: Literal["auto", "local", "worker"] = "auto"
 
     @field_validator("log_level", mode="before")
     @classmethod

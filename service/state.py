@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.blobs import BlobStore
 from model_store.registry import Registry
+from service.checks import WorkerChecks
 from service.inference.sync import InferenceService
 from service.settings import Settings
 from service.tenancy.auth import Authenticator
@@ -25,3 +26,4 @@ class AppState:
     auth: Authenticator
     engine: StreamsEngineClient
     inference: InferenceService
+    checks: WorkerChecks | None = None  # model checks a worker runs for this gateway (service/checks.py)

@@ -26,6 +26,7 @@ from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, 
 from model_store.jobs import TERMINAL, JobStore, new_id, unix
 from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
+from service.checks import finetune_check
 from service.errors import InvalidDataset, Unprocessable
 from service.finetune.schemas import (
     CheckpointPublic,
@@ -43,14 +44,7 @@ from workers.contract.datasets import Dataset, Report, check_against, detect_for
 from workers.contract.finetune_queue import dispatch
 from workers.contract.finetune_spec import JobSpec
 from workers.contract.redis_keys import Keys
-from workers.finetune.fence import (
-    CheckFailed,
-    FenceLimits,
-    check_model,
-    file_ref,
-    readable_paths,
-    version_ref,
-)
+from workers.finetune.fence import CheckFailed, FenceLimits, file_ref, version_ref
 
 log = logging.getLogger("kiln.finetune")
 PURPOSE = "fine-tune"
@@ -257,7 +251,7 @@ class FinetuneService:
             train = self.store.get_file(prep.tenant_id, body.training_file)
             args["train"] = file_ref(self.state.blobs, train)
         try:
-            return check_model(args, readable_paths(args), self.limits)
+            return finetune_check(self.state.settings.checks, self.state.checks, args, self.limits)
         except CheckFailed as exc:
             raise Unprocessable(str(exc)) from exc
 

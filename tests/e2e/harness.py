@@ -80,7 +80,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.worker_ports: dict[str, int] = {}
 
-    def start_gateway(self, processes: int = 1) -> Proc:
+    def start_gateway(self, processes: int = 1, module: str = "service.cli.main") -> Proc:
         p = Proc(
             "gateway",
             [
@@ -94,6 +94,7 @@ class Stack:
             ],
             self.env,
             self.log_dir,
+            module,
         )
         self.procs.append(p)
         # ready but for its workers: a gateway is ready only once a worker is (none started yet)

@@ -170,6 +170,72 @@ class InferReplyMsg:
         return cls(request_id=request_id, ok=False, error_code=code, error=message, worker=worker)
 
 
+CHECK_KINDS = ("upload", "finetune")
+
+
+@dataclass(slots=True)
+class CheckRequestMsg:
+    """A model check a gateway asks a worker to run (the gateway cannot import the runtime).
+    `upload`: args name the spooled upload (a file name in the blob store's pending area), its
+    format, signature and the check's limits; `finetune`: a job's model check, with blobs named
+    by digest. The worker resolves every path itself, under its own blob store."""
+
+    check_id: str
+    kind: str
+    reply_to: str
+    deadline_ms: int  # wall-clock epoch milliseconds
+    args: dict[str, Any]
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        header = {
+            "id": self.check_id,
+            "kind": self.kind,
+            "reply": self.reply_to,
+            "deadline": self.deadline_ms,
+            "args": self.args,
+        }
+        return {b"v": CONTRACT_VERSION, b"h": orjson.dumps(header)}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> CheckRequestMsg:
+        if fields.get(b"v") != CONTRACT_VERSION:
+            raise ContractError(f"unsupported contract version {fields.get(b'v')!r}")
+        try:
+            h = orjson.loads(fields[b"h"])
+            msg = cls(str(h["id"]), str(h["kind"]), str(h["reply"]), int(h["deadline"]), dict(h["args"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed check message: {exc}") from exc
+        if msg.kind not in CHECK_KINDS:
+            raise ContractError(f"unknown check kind {msg.kind!r}")
+        return msg
+
+
+@dataclass(slots=True)
+class CheckReplyMsg:
+    """A check's verdict: `ok` with its result (an upload's signature, a job's parameter counts),
+    or the reason it was refused."""
+
+    check_id: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    worker: str = ""
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        header = {"id": self.check_id, "ok": self.ok, "result": self.result, "error": self.error}
+        return {b"v": CONTRACT_VERSION, b"h": orjson.dumps(header | {"w": self.worker})}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> CheckReplyMsg:
+        if fields.get(b"v") != CONTRACT_VERSION:
+            raise ContractError(f"unsupported contract version {fields.get(b'v')!r}")
+        try:
+            h = orjson.loads(fields[b"h"])
+            return cls(str(h["id"]), bool(h["ok"]), dict(h.get("result") or {}), str(h.get("error", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed check reply: {exc}") from exc
+
+
 class EngineClient(Protocol):
     """The one boundary between the gateway and GPU work (implemented on Redis Streams)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "workers"
+CHECK_GROUP = "checkers"  # the workers that run model checks for gateways without the runtimes
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,12 @@ class Keys:
     @property
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    @property
+    def checks(self) -> str:
+        """Stream of model checks a gateway asks a worker to run (messages.CheckRequestMsg)."""
+        return f"{self.prefix}:checks"
+
+    def check_reply(self, check_id: str) -> str:
+        """The stream one check's verdict is written to (messages.CheckReplyMsg)."""
+        return f"{self.prefix}:check:{check_id}"

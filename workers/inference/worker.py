@@ -36,6 +36,7 @@ from workers.common.signals import stop_on_signals
 from workers.contract.redis_keys import Keys
 from workers.contract.usage import Charge
 from workers.inference.batcher import Batcher, Item
+from workers.inference.check_server import start_check_server
 from workers.inference.config import WorkerConfig
 from workers.inference.execution import Executor
 from workers.inference.fenced import start_fork_server
@@ -69,6 +70,7 @@ class Worker:
         self.queue = WorkQueue(client, keys, self.worker_id, config.reply_ttl_s)
         self.metrics = metrics or WorkerMetrics()
         self.batcher = Batcher()
+        self.blobs = blobs
         self._stop = threading.Event()
         self._streams: list[str] = []
         self._next_refresh = 0.0
@@ -114,6 +116,10 @@ class Worker:
         log.info("worker %s starting", self.worker_id)
         self.metrics.up.set(1)
         self.watchdog.start()
+        # model checks for gateways without the runtimes (KILN_CHECKS; workers/inference/check_server.py)
+        start_check_server(
+            self.queue.r, self.queue.keys, self.blobs, self.config.fence, self.worker_id, self._stop
+        )
         if self.config.fence != "off":
             # the runtimes' imports take seconds: in the background, while the loop heartbeats
             threading.Thread(target=start_fork_server, name="kiln-fork-server", daemon=True).start()
