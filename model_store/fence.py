@@ -159,6 +159,16 @@ def _mapped_bytes() -> int:
         return 0
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a GPU here: the one place that asks (workers.common.device too)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
 def _open_cuda() -> None:
     """Create this child's CUDA context before the fence closes. Measured on an H100 (driver 580,
     CUDA 13): the driver's first call (cudaGetDeviceCount) fails with error 304 under the seccomp

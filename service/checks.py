@@ -30,9 +30,9 @@ from model_store.blobs import BlobStore
 from model_store.checks import FencedCheck
 from model_store.errors import CheckUnavailable, InvalidArtifact
 from model_store.signature import Signature
+from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
 from workers.contract.redis_keys import Keys
-from workers.finetune.fence import CheckFailed, FenceLimits, check_model, readable_paths
 
 log = logging.getLogger("kiln.checks")
 

@@ -16,8 +16,8 @@ def run_trainer(threads: int, metrics_port: int, metrics_host: str) -> int:
     from model_store.db import make_engine, make_sessionmaker
     from model_store.jobs import JobStore
     from model_store.registry import Registry
+    from workers.contract.finetune_check import FenceLimits
     from workers.contract.redis_keys import Keys
-    from workers.finetune.fence import FenceLimits
     from workers.finetune.metrics import TrainerMetrics
     from workers.finetune.trainer import Trainer, TrainerConfig
 

@@ -41,10 +41,10 @@ from service.state import AppState
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from workers.contract.datasets import Dataset, Report, check_against, detect_format, label_set, parse
+from workers.contract.finetune_check import CheckFailed, FenceLimits, file_ref, version_ref
 from workers.contract.finetune_queue import dispatch
 from workers.contract.finetune_spec import JobSpec
 from workers.contract.redis_keys import Keys
-from workers.finetune.fence import CheckFailed, FenceLimits, file_ref, version_ref
 
 log = logging.getLogger("kiln.finetune")
 PURPOSE = "fine-tune"

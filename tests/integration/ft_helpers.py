@@ -17,8 +17,8 @@ from model_store.registry import Registry
 from service.settings import Settings
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.integration.helpers import register
+from workers.contract.finetune_check import FenceLimits
 from workers.contract.redis_keys import Keys
-from workers.finetune.fence import FenceLimits
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.trainer import Trainer, TrainerConfig
 

@@ -21,8 +21,9 @@ from service.settings import Settings
 from tests.ft_data import jsonl, rows
 from tests.ft_hostile import LoopsOnLoad, ReadsInForward, ReadsOnLoad, WritesWhileTraining, plant
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
+from workers.contract import finetune_check
+from workers.contract.finetune_check import CheckFailed, FenceLimits
 from workers.finetune import fence as ft_fence
-from workers.finetune.fence import CheckFailed, FenceLimits
 from workers.finetune.job import evaluate_in_fence
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
@@ -33,7 +34,7 @@ def unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fenced children skip the load-time static checks (which refuse these models by their
     ops), so that what the fence alone does is seen."""
     monkeypatch.setattr(ft_fence, "TRAIN_TARGET", "tests.fence_targets:train_unchecked")
-    monkeypatch.setattr(ft_fence, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
+    monkeypatch.setattr(finetune_check, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
 
 
 @pytest.fixture

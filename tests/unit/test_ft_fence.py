@@ -18,18 +18,18 @@ from model_store.signature import Signature, VersionConfig
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.ft_hostile import ReadsInForward
 from tests.models import torchscript_bytes
-from workers.finetune import fence as ft_fence
-from workers.finetune.fence import (
+from workers.contract import finetune_check
+from workers.contract.finetune_check import (
     CheckFailed,
     FenceLimits,
     check_model,
     evaluate_version,
     file_ref,
-    open_child_file,
     readable_paths,
     version_ref,
 )
-from workers.finetune.messages import JOB_MESSAGE, Step
+from workers.contract.finetune_messages import JOB_MESSAGE, Step
+from workers.finetune.fence import open_child_file
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
 LIMITS = FenceLimits(check_timeout_s=60)
@@ -65,7 +65,7 @@ def test_check_counts_parameters_in_a_fence(tmp_path: Path) -> None:
 def test_evaluating_a_version_runs_its_code_only_in_a_fence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ft_fence, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
+    monkeypatch.setattr(finetune_check, "EVALUATE_TARGET", "tests.fence_targets:evaluate_unchecked")
     args = _args(tmp_path, mlp_bytes())
     metrics = evaluate_version(args, readable_paths(args), LIMITS)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["valid_loss"] > 0

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from model_store.fence import cuda_available
 from workers.contract.errors import LoadError
 
+__all__ = ["Device", "cuda_available", "pick_device"]
+
 Device = Literal["cpu", "cuda"]
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
 
 
 def pick_device(preference: str) -> Device:

@@ -3,7 +3,7 @@
 These functions run only inside a fenced child (model_store.fence, started by workers/finetune/fence.py):
 it can read the base version's blob, the dataset files and the checkpoint it resumes from, and
 write only its own temporary directory ($TMPDIR). It owns no database, lease or blob store; it
-reports over its channel with the messages of workers/finetune/messages.py, and the trainer (the
+reports over its channel with the messages of workers/contract/finetune_messages.py, and the trainer (the
 parent) records them. Checkpoints and the exported result are files in $TMPDIR, named in the
 messages; the parent reads, hashes and stores them.
 """
@@ -26,9 +26,10 @@ from model_store.channel import Channel
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from workers.contract.datasets import Dataset, parse
+from workers.contract.finetune_messages import VERSION, checkpoint_name
 from workers.contract.finetune_spec import JobSpec
 from workers.finetune.build import Built, build
-from workers.finetune.messages import VERSION, checkpoint_name, describe_error
+from workers.finetune.errors import describe_error
 from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
 from workers.finetune.promote import evaluate_loaded
 from workers.finetune.training import Run, split

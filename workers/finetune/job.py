@@ -3,7 +3,7 @@
 The model work (building, training, evaluating, exporting) runs in a fenced child
 (workers/finetune/child.py via workers/finetune/fence.py) that reads only this job's files; this side keeps
 the database, the lease, events, metrics and the blob store, and acts on the child's messages
-(workers/finetune/messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
+(workers/contract/finetune_messages.py). Closing the child (hand-back, cancel, lease lost) stops its work.
 
 Every epoch ends with one database transaction holding its step metrics, validation metrics and
 checkpoint row (the checkpoint bytes are already in the blob store), so a trainer killed mid-epoch
@@ -32,18 +32,17 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature
-from workers.contract.finetune_spec import JobSpec
-from workers.finetune.child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
-from workers.finetune.fence import (
+from workers.contract.finetune_check import (
     FenceLimits,
-    TrainingFailed,
-    TrainingProcess,
     evaluate_version,
     file_ref,
     readable_paths,
     version_ref,
 )
-from workers.finetune.messages import Done, Epoch, Error, Started, Step
+from workers.contract.finetune_messages import Done, Epoch, Error, Started, Step
+from workers.contract.finetune_spec import JobSpec
+from workers.finetune.child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
+from workers.finetune.fence import TrainingFailed, TrainingProcess
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 

@@ -29,11 +29,12 @@ from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
+from workers.contract.finetune_check import FenceLimits
 from workers.contract.finetune_queue import JobQueue
 from workers.contract.redis_keys import Keys
-from workers.finetune.fence import FenceLimits, TrainingFailed
+from workers.finetune.errors import describe_error
+from workers.finetune.fence import TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
-from workers.finetune.messages import describe_error
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.model import ModelNotTrainable
 

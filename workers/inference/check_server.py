@@ -29,9 +29,9 @@ from model_store.checks import FencedCheck, FenceMode
 from model_store.errors import InvalidArtifact, NotFound
 from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
+from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
 from workers.contract.redis_keys import CHECK_GROUP, Keys
-from workers.finetune.fence import CheckFailed, FenceLimits, check_model, readable_paths
 
 log = logging.getLogger("kiln.worker.checks")
 _UPLOAD = re.compile(r"upload-[A-Za-z0-9_]{1,64}")
