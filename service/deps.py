@@ -77,7 +77,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 InferenceDep = Annotated[InferenceService, Depends(_inference)]
 
 
-def _finetune(state: StateDep) -> FinetuneService:
+async def _finetune(state: StateDep) -> FinetuneService:
     return FinetuneService(state)
 
 

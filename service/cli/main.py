@@ -62,12 +62,12 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> int:
 # keys -----------------------------------------------------------------------------------------
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
     from service.tenancy import api_keys as keys
 
     settings = Settings()
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
     registry = Registry(sessions, BlobStore(settings.blob_dir))
     tenant = registry.ensure_tenant(args.tenant or settings.default_tenant)
     row, secret = keys.create_key(sessions, tenant, args.scope, name=args.name or "")
@@ -76,9 +76,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _sessions() -> Any:
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(Settings().resolved_database_url))
+    return make_sessionmaker(make_db_engine(Settings().resolved_database_url))
 
 
 def _tenant_id(sessions: Any, name: str | None) -> int:
@@ -88,7 +88,7 @@ def _tenant_id(sessions: Any, name: str | None) -> int:
 
 
 def _key_json(row: Any) -> dict[str, Any]:
-    from service.routes.keys import key_public
+    from service.tenancy.key_admin import key_public
 
     return key_public(row).model_dump(mode="json")
 
@@ -197,9 +197,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from prometheus_client import REGISTRY, start_http_server
 
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
-    from workers.contract.redis_keys import Keys
+    from workers.contract.redis_keys import RedisKeys
     from workers.inference.gpu import GpuCollector
     from workers.inference.runners import preload_runtimes
     from workers.inference.worker import Worker, WorkerConfig
@@ -210,14 +210,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr=args.metrics_host)
     blobs = BlobStore(settings.blob_dir)
     registry = Registry(
-        make_sessionmaker(make_engine(settings.resolved_database_url)), blobs, settings.upload_check
+        make_sessionmaker(make_db_engine(settings.resolved_database_url)), blobs, settings.upload_check
     )
     client = redis.Redis.from_url(
         settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
     )
     worker = Worker(
         client,
-        Keys(settings.redis_prefix),
+        RedisKeys(settings.redis_prefix),
         registry,
         blobs,
         WorkerConfig(
@@ -246,11 +246,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _gateway_metrics(settings: Settings, host: str, port: int) -> None:
     """/metrics on the operators' port, in this (parent) process; never on the public port."""
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from service import metrics
     from service.ops_metrics import FineTuneJobsCollector
 
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
     metrics.serve(host, port, FineTuneJobsCollector(sessions))
 
 

@@ -58,7 +58,7 @@ def not_ready_reasons(engine: dict[str, Any], db_ok: bool, min_workers: int) -> 
 
 def _db_ok(state: StateDep) -> bool:
     try:
-        with state.engine_db.connect() as conn:
+        with state.db_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
     except Exception:

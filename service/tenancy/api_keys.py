@@ -38,9 +38,6 @@ class Principal:
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 
-    def may_use(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
-
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,4 +1,5 @@
-"""Redis key names, all under one configurable prefix."""
+"""Redis key names, all under one configurable prefix: every key the gateway, the workers and
+the trainers use is built here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ GROUP = "workers"
 
 
 @dataclass(frozen=True, slots=True)
-class Keys:
+class RedisKeys:
     prefix: str = "kiln"
 
     def request_stream(self, version_id: int, priority: int = 0) -> str:
@@ -24,10 +25,6 @@ class Keys:
 
     def version_of(self, stream: str) -> int:
         return int(stream.rsplit(":req:", 1)[1].split(":", 1)[0])
-
-    def priority_of(self, stream: str) -> int:
-        tail = stream.rsplit(":req:", 1)[1].split(":", 1)
-        return int(tail[1][1:]) if len(tail) == 2 and tail[1].startswith("p") else 0
 
     @property
     def streams(self) -> str:
@@ -59,3 +56,26 @@ class Keys:
     @property
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    # fine-tuning ------------------------------------------------------------------------------
+    @property
+    def finetune_jobs(self) -> str:
+        """The stream of fine-tune job ids that trainers consume (workers/contract/finetune_queue)."""
+        return f"{self.prefix}:ft:jobs"
+
+    # limits and usage (service/tenancy/admission.py, workers/contract/usage.py) -------------------
+    def rate_bucket(self, scope: str, ident: int) -> str:
+        """Token bucket of a key (scope "k") or tenant ("t")."""
+        return f"{self.prefix}:rl:{scope}:{ident}"
+
+    def in_flight(self, scope: str, ident: int) -> str:
+        """Sorted set of a key's or tenant's requests in flight (request id -> deadline ms)."""
+        return f"{self.prefix}:cc:{scope}:{ident}"
+
+    def quota_month(self, scope: str, ident: int, month: str) -> str:
+        """Monthly counters of a key (scope "k") or tenant ("t"); `month` is YYYYMM."""
+        return f"{self.prefix}:quota:{scope}:{ident}:{month}"
+
+    def usage_day(self, tenant_id: int, day: str) -> str:
+        """A tenant's per-day usage hash; `day` is YYYYMMDD."""
+        return f"{self.prefix}:usage:{tenant_id}:{day}"

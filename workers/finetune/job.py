@@ -32,8 +32,8 @@ from model_store.errors import Conflict
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature
-from workers.contract.finetune_spec import JobSpec
-from workers.finetune.child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
+from workers.finetune.child import DatasetUnusable
 from workers.finetune.fence import (
     FenceLimits,
     TrainingFailed,

@@ -28,7 +28,7 @@ from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
 from workers.common.signals import stop_on_signals
 from workers.contract.finetune_queue import JobQueue
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.finetune.fence import FenceLimits, TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
 from workers.finetune.messages import describe_error
@@ -61,7 +61,7 @@ class Trainer:
     def __init__(
         self,
         client: redis.Redis,
-        keys: Keys,
+        keys: RedisKeys,
         registry: Registry,
         blobs: BlobStore,
         store: JobStore,

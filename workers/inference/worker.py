@@ -37,7 +37,7 @@ from model_store.registry import Registry, ResolvedVersion
 from workers.common.signals import stop_on_signals
 from workers.contract.errors import LoadError
 from workers.contract.messages import ContractError, ErrorCode, InferReplyMsg, InferRequestMsg, TensorMeta
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.contract.tensors import TensorDecodeError, from_bytes, to_bytes
 from workers.contract.usage import Charge, split_compute
 from workers.inference import memory
@@ -113,7 +113,7 @@ class Worker:
     def __init__(
         self,
         client: redis.Redis,
-        keys: Keys,
+        keys: RedisKeys,
         registry: Registry,
         blobs: BlobStore,
         config: WorkerConfig,
