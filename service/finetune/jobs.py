@@ -11,7 +11,6 @@ answers 422 with a line-numbered report.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -48,7 +47,6 @@ from workers.finetune.fence import (
     version_ref,
 )
 
-log = logging.getLogger("kiln.finetune")
 PURPOSE = "fine-tune"
 _CHUNK = 1 << 20
 

@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
-from model_store.errors import StoreError
+from model_store.errors import StoreError, public_message
 from model_store.fence import FenceDied, FenceTimeout
 from model_store.limits import ArtifactLimits
 from model_store.registry import Registry, ResolvedVersion
@@ -57,7 +57,7 @@ from workers.inference.lifecycle import Commands, lru_victims, measured, release
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.quarantine import Quarantine
 from workers.inference.queue import Entry, WorkQueue
-from workers.inference.runners import InputRejected, Runner, public_message, split_failed
+from workers.inference.runners import InputRejected, Runner, split_failed
 from workers.inference.watchdog import Watchdog
 
 log = logging.getLogger("kiln.worker")
