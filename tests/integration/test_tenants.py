@@ -172,7 +172,7 @@ def test_cli_tenants_and_keys(settings, monkeypatch, capsys) -> None:
     from migrations.upgrade import upgrade
 
     # the root logger must not keep a handler on pytest's captured (later closed) stderr
-    monkeypatch.setattr("service.cli._setup_logging", lambda: None)
+    monkeypatch.setattr("service.cli.main._setup_logging", lambda: None)
     monkeypatch.setenv("KILN_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("KILN_DATA_DIR", str(settings.data_dir))
     upgrade(settings.database_url)
