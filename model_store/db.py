@@ -137,14 +137,14 @@ class ModelShareRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-def make_engine(url: str) -> Engine:
+def make_db_engine(url: str) -> Engine:
     """An engine for PostgreSQL (psycopg 3) or SQLite (embedded mode, WAL, foreign keys on)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        db_engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
-        @event.listens_for(engine, "connect")
+        @event.listens_for(db_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -152,7 +152,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-        return engine
+        return db_engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model_store.errors import InvalidArtifact
+from model_store.errors import InvalidArtifact, public_message
 from model_store.limits import ArtifactLimits
 from model_store.onnx_check import check_onnx_model
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
@@ -143,10 +143,9 @@ def _smoke_run_torchscript(path: Path, sig: Signature) -> None:
     try:
         outputs = run_torchscript(module, sig, sample, torch.device("cpu"))
     except Exception as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # no traceback
         raise InvalidArtifact(
             "TorchScript model failed on a sample input of the declared signature: "
-            f"{(lines[-1] if lines else type(exc).__name__)[:200]}"
+            f"{public_message(exc, 200)}"
         ) from exc
     for spec in sig.outputs:
         arr = outputs[spec.name]

@@ -77,6 +77,20 @@ def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
 Check = Callable[[str, Path, Signature | None], Signature]
 
 
+def create_tenant(
+    sessions: sessionmaker[Session], name: str, limits: dict[str, float] | None = None
+) -> TenantRow:
+    """Add tenant `name` (Conflict if it exists): the one place a tenant is created."""
+    with sessions() as s:
+        row = TenantRow(name=name, limits=limits)
+        s.add(row)
+        try:
+            s.commit()
+        except IntegrityError as exc:
+            raise Conflict(f"tenant {name!r} already exists") from exc
+        return row
+
+
 class Registry:
     """`check` validates an uploaded file and returns its signature; by default in a fenced
     child process (model_store.checks), so no model code runs in the caller."""
@@ -88,18 +102,16 @@ class Registry:
 
     # tenants -------------------------------------------------------------------------------
     def ensure_tenant(self, name: str) -> int:
+        """The id of tenant `name`, created if it does not exist (safe against a concurrent create)."""
         with self.sessions() as s:
-            row = s.scalar(select(TenantRow).where(TenantRow.name == name))
-            if row is not None:
-                return row.id
-            row = TenantRow(name=name)
-            s.add(row)
-            try:
-                s.commit()
-            except IntegrityError:
-                s.rollback()
+            found = s.scalar(select(TenantRow.id).where(TenantRow.name == name))
+        if found is not None:
+            return found
+        try:
+            return create_tenant(self.sessions, name).id
+        except Conflict:
+            with self.sessions() as s:
                 return s.scalars(select(TenantRow.id).where(TenantRow.name == name)).one()
-            return row.id
 
     # models --------------------------------------------------------------------------------
     def create_model(self, tenant_id: int, name: str, description: str = "") -> ModelRow:

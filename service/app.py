@@ -14,11 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from model_store import fence
 from model_store.blobs import BlobStore
-from model_store.db import make_engine, make_sessionmaker
+from model_store.db import make_db_engine, make_sessionmaker
 from model_store.registry import Registry
 from service import __version__, errors, openapi, ops_metrics
+from service.catalog import ModelCatalog
 from service.checks import GatewayCheck, WorkerChecks, any_local
-from service.inference.fastpath import InferFastPath
+from service.inference.async_jobs import AsyncInference
+from service.inference.repository import ModelRepository
 from service.inference.sync import InferenceService
 from service.inference.versions import VersionResolver
 from service.json_body import JsonBodyContentType
@@ -27,15 +29,17 @@ from service.request_id import RequestIdMiddleware
 from service.routes import async_results, files, finetune, health, inference, models, repository
 from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
+from service.routes.fastpath import InferFastPath
 from service.settings import Settings
 from service.state import AppState
 from service.tenancy import api_keys as keys
 from service.tenancy.admission import Admission
 from service.tenancy.auth import Authenticator
 from service.tenancy.guard import RequestGuard
+from service.tenancy.key_admin import KeyAdmin
 from workers.contract import jsonlog
 from workers.contract.client import StreamsEngineClient
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.gateway")
 _METRICS: GatewayMetrics | None = None
@@ -68,10 +72,10 @@ def bootstrap_admin(settings: Settings, registry: Registry, sessions: sessionmak
 
 
 def build_state(settings: Settings) -> AppState:
-    engine_db = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine_db)
+    db_engine = make_db_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(db_engine)
     blobs = BlobStore(settings.blob_dir)
-    redis_keys = Keys(settings.redis_prefix)
+    redis_keys = RedisKeys(settings.redis_prefix)
     checks = WorkerChecks(settings.resolved_redis_url, redis_keys)
     registry = Registry(sessions, blobs, GatewayCheck(settings.upload_check, settings.checks, blobs, checks))
     engine = StreamsEngineClient(settings.resolved_redis_url, redis_keys)
@@ -79,22 +83,27 @@ def build_state(settings: Settings) -> AppState:
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
     ops_metrics.TENANT_LABELS.limit = settings.metrics_max_tenants
+    inference = InferenceService(
+        settings,
+        resolver,
+        engine,
+        redis_keys,
+        metrics,
+        Admission.from_url(settings.resolved_redis_url, redis_keys),
+    )
     return AppState(
         settings=settings,
-        engine_db=engine_db,
+        db_engine=db_engine,
         sessions=sessions,
         blobs=blobs,
         registry=registry,
         auth=Authenticator(sessions, settings.key_cache_ttl_s),
         engine=engine,
-        inference=InferenceService(
-            settings,
-            resolver,
-            engine,
-            redis_keys,
-            metrics,
-            Admission.from_url(settings.resolved_redis_url, settings.redis_prefix),
-        ),
+        inference=inference,
+        async_inference=AsyncInference(inference, settings.async_result_ttl_s),
+        repository=ModelRepository(registry, resolver, engine, settings.request_timeout_s),
+        catalog=ModelCatalog(registry, blobs, resolver, settings.max_upload_bytes),
+        key_admin=KeyAdmin(sessions),
         checks=checks,
     )
 
@@ -119,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.checks.close()
             if state.inference.admission is not None:
                 await state.inference.admission.close()
-            state.engine_db.dispose()
+            state.db_engine.dispose()
 
     app = FastAPI(
         title="modelkiln",

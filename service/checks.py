@@ -3,7 +3,7 @@
 A check loads model code (model_store.checks, workers/finetune/fence.py), always in a fenced child
 process. `local`: the gateway's own fenced children, which import torch, onnx or tokenizers from
 the gateway's environment. `worker`: the gateway asks an inference worker over Redis Streams
-(workers/contract: Keys.checks, CheckRequestMsg) to run the same check and waits for the verdict
+(workers/contract: RedisKeys.checks, CheckRequestMsg) to run the same check and waits for the verdict
 (workers/inference/check_server.py); an upload travels as its spooled file in the blob store's
 pending area (tmp/, never servable), which the gateway deletes whatever the verdict. `auto`: local
 where the gateway's environment has what the check needs, else a worker.
@@ -32,7 +32,7 @@ from model_store.errors import CheckUnavailable, InvalidArtifact
 from model_store.signature import Signature
 from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.checks")
 
@@ -72,7 +72,7 @@ class WorkerChecks:
     """Asks a worker to run a check and waits for its verdict (a sync Redis client: callers run
     in the thread pool)."""
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
+    def __init__(self, redis_url: str, keys: RedisKeys) -> None:
         self.redis_url = redis_url
         self.keys = keys
         self._client: redis.Redis | None = None

@@ -14,7 +14,6 @@ from fastapi import Depends, Request
 from model_store.registry import Registry
 from service.errors import PayloadTooLarge
 from service.finetune.jobs import FinetuneService
-from service.inference.sync import InferenceService
 from service.settings import Settings
 from service.state import AppState
 from service.tenancy import access
@@ -68,16 +67,11 @@ async def _settings(state: StateDep) -> Settings:
     return state.settings
 
 
-async def _inference(state: StateDep) -> InferenceService:
-    return state.inference
-
-
 RegistryDep = Annotated[Registry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-InferenceDep = Annotated[InferenceService, Depends(_inference)]
 
 
-def _finetune(state: StateDep) -> FinetuneService:
+async def _finetune(state: StateDep) -> FinetuneService:
     return FinetuneService(state)
 
 

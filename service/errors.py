@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from starlette.responses import Response
 
 from model_store import errors as store
 from service.responses import JSONBody
-from workers.contract import errors as engine
+from workers.contract import errors as contract_errors
 
 log = logging.getLogger("kiln.errors")
 
@@ -117,12 +118,13 @@ def from_store(exc: store.StoreError) -> KilnError:
     return KilnError("internal error")
 
 
-def from_engine(exc: engine.EngineError) -> KilnError:
-    if isinstance(exc, engine.ReplyTimeout):
+def from_engine(exc: contract_errors.EngineError) -> KilnError:
+    """The typed error an EngineClient error stands for."""
+    if isinstance(exc, contract_errors.ReplyTimeout):
         return DeadlineExceeded("request deadline exceeded")
-    if isinstance(exc, engine.QueueFull):
+    if isinstance(exc, contract_errors.QueueFull):
         return QueueFull("the model's queue is full; retry later", retry_after=1)
-    if isinstance(exc, engine.EngineUnavailable):
+    if isinstance(exc, contract_errors.EngineUnavailable):
         return Unavailable("inference queue is unavailable", retry_after=1)
     return KilnError("internal error")
 
@@ -137,48 +139,80 @@ def _body(
     return JSONBody({"error": message, "code": code, **(details or {})}, status_code=status, headers=headers)
 
 
+async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
+    return _body(exc.status, exc.code, exc.message, exc.headers, exc.details)
+
+
+async def _store(_req: Request, exc: store.StoreError) -> JSONBody:
+    mapped = from_store(exc)
+    return _body(mapped.status, mapped.code, mapped.message)
+
+
+async def _engine(_req: Request, exc: contract_errors.EngineError) -> JSONBody:
+    mapped = from_engine(exc)
+    return _body(mapped.status, mapped.code, mapped.message, mapped.headers)
+
+
+async def _validation(_req: Request, exc: RequestValidationError) -> JSONBody:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+        if err.get("type") == "json_invalid":  # say where: FastAPI puts the offset in loc
+            parts[-1] = f"body is not valid JSON: {err.get('ctx', {}).get('error', '')} (char {loc})"
+        elif tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
+            parts[-1] = "the body must be a JSON object: send it with Content-Type: application/json"
+    return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
+
+
+async def _data(_req: Request, _exc: DataError) -> JSONBody:
+    # the database refused a value (a NUL character, a number out of range): the client's input
+    return _body(422, "unprocessable", "a value has characters or a range the store cannot hold")
+
+
+async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
+    detail = exc.detail if isinstance(exc.detail, str) else "error"
+    return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
+
+
+async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
+    return Response(status_code=499)  # nobody is listening; nothing to log
+
+
+async def _unexpected(_req: Request, exc: Exception) -> JSONBody:
+    log.exception("unhandled error", exc_info=exc)
+    return _body(500, "internal", "internal error")
+
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+HANDLERS: dict[type[Exception], Handler] = {
+    KilnError: _kiln,
+    store.StoreError: _store,
+    contract_errors.EngineError: _engine,
+    RequestValidationError: _validation,
+    DataError: _data,
+    StarletteHTTPException: _http,
+    ClientDisconnect: _gone,
+    Exception: _unexpected,
+}
+
+
+def handler_for(exc: Exception) -> Handler:
+    """The handler of the nearest class of `exc` (its MRO, as Starlette looks it up): the one
+    lookup, for the fast path (service/routes/fastpath.py); the app gets the same table."""
+    for kind in type(exc).__mro__:
+        handler = HANDLERS.get(kind)
+        if handler is not None:
+            return handler
+    return _unexpected
+
+
+async def respond(request: Request, exc: Exception) -> Response:
+    """The error response for `exc`, as the app's exception handlers write it."""
+    return await handler_for(exc)(request, exc)
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(KilnError)
-    async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
-        return _body(exc.status, exc.code, exc.message, exc.headers, exc.details)
-
-    @app.exception_handler(store.StoreError)
-    async def _store(_req: Request, exc: store.StoreError) -> JSONBody:
-        mapped = from_store(exc)
-        return _body(mapped.status, mapped.code, mapped.message)
-
-    @app.exception_handler(engine.EngineError)
-    async def _engine(_req: Request, exc: engine.EngineError) -> JSONBody:
-        mapped = from_engine(exc)
-        return _body(mapped.status, mapped.code, mapped.message, mapped.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(req: Request, exc: RequestValidationError) -> JSONBody:
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
-            if err.get("type") == "json_invalid":  # say where: FastAPI puts the offset in loc
-                parts[-1] = f"body is not valid JSON: {err.get('ctx', {}).get('error', '')} (char {loc})"
-            elif tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
-                parts[-1] = "the body must be a JSON object: send it with Content-Type: application/json"
-        return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(DataError)
-    async def _data(_req: Request, _exc: DataError) -> JSONBody:
-        # the database refused a value (a NUL character, a number out of range): the client's input
-        return _body(422, "unprocessable", "a value has characters or a range the store cannot hold")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
-        detail = exc.detail if isinstance(exc.detail, str) else "error"
-        return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
-        return Response(status_code=499)  # nobody is listening; nothing to log
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_req: Request, exc: Exception) -> JSONBody:
-        log.exception("unhandled error", exc_info=exc)
-        return _body(500, "internal", "internal error")
+    """Every handler of HANDLERS on the app."""
+    for kind, handler in HANDLERS.items():
+        app.add_exception_handler(kind, handler)

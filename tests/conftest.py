@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from migrations.upgrade import upgrade
 from model_store.blobs import BlobStore
-from model_store.db import make_engine, make_sessionmaker
+from model_store.db import make_db_engine, make_sessionmaker
 from model_store.registry import Registry
 from service.app import create_app
 from service.settings import Settings
 from service.tenancy import api_keys as keys
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.worker import Worker, WorkerConfig
 
@@ -115,9 +115,9 @@ def settings(tmp_path: Path, pg_url: str, redis_prefix: str) -> Settings:
 
 @pytest.fixture
 def registry(settings: Settings) -> Iterator[Registry]:
-    engine = make_engine(settings.resolved_database_url)
-    yield Registry(make_sessionmaker(engine), BlobStore(settings.blob_dir))
-    engine.dispose()
+    db_engine = make_db_engine(settings.resolved_database_url)
+    yield Registry(make_sessionmaker(db_engine), BlobStore(settings.blob_dir))
+    db_engine.dispose()
 
 
 @pytest.fixture
@@ -137,13 +137,13 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def make_key(settings: Settings, scopes: list[str], tenant: str | None = None) -> str:
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
+    db_engine = make_db_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(db_engine)
     tenant_id = Registry(sessions, BlobStore(settings.blob_dir)).ensure_tenant(
         tenant or settings.default_tenant
     )
     _row, secret = keys.create_key(sessions, tenant_id, scopes)
-    engine.dispose()
+    db_engine.dispose()
     return secret
 
 
@@ -152,13 +152,13 @@ class WorkerThread:
 
     def __init__(self, settings: Settings) -> None:
         self.metrics_registry = CollectorRegistry()
-        engine = make_engine(settings.resolved_database_url)
-        self._engine = engine
+        db_engine = make_db_engine(settings.resolved_database_url)
+        self._db_engine = db_engine
         blobs = BlobStore(settings.blob_dir)
         self.worker = Worker(
             redis.Redis.from_url(settings.resolved_redis_url),
-            Keys(settings.redis_prefix),
-            Registry(make_sessionmaker(engine), blobs),
+            RedisKeys(settings.redis_prefix),
+            Registry(make_sessionmaker(db_engine), blobs),
             blobs,
             WorkerConfig(
                 claim_idle_ms=settings.claim_idle_ms,
@@ -177,7 +177,7 @@ class WorkerThread:
     def stop(self) -> None:
         self.worker.stop()
         self.thread.join(10)
-        self._engine.dispose()
+        self._db_engine.dispose()
 
     def sample(self, name: str) -> float:
         total = 0.0

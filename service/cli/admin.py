@@ -24,9 +24,9 @@ Tenant = Annotated[str | None, typer.Option(help="tenant name (default: the defa
 
 
 def _sessions() -> Any:
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(Settings().resolved_database_url))
+    return make_sessionmaker(make_db_engine(Settings().resolved_database_url))
 
 
 def _tenant_id(sessions: Any, name: str | None) -> int:
@@ -36,7 +36,7 @@ def _tenant_id(sessions: Any, name: str | None) -> int:
 
 
 def _key_json(row: Any) -> dict[str, Any]:
-    from service.routes.keys import key_public
+    from service.tenancy.key_admin import key_public
 
     return key_public(row).model_dump(mode="json")
 

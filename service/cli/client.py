@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -223,17 +223,6 @@ class KilnClient:
     def events(self, job_id: str, after: str | None = None, limit: int = 100) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
         return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params)))
-
-    def stream_events(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """The job's events as server-sent events, until the job finishes."""
-        url = f"/v1/fine_tuning/jobs/{job_id}/events"
-        with self._http.stream("GET", url, params={"stream": "true"}, timeout=None) as r:
-            if r.status_code != 200:
-                r.read()
-                self._check(r)
-            for line in r.iter_lines():
-                if line.startswith("data: ") and line != "data: {}":
-                    yield json.loads(line[6:])
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")))

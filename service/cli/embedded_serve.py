@@ -30,15 +30,15 @@ def _admin_key(settings: Settings) -> str | None:
     """The admin key to show: the bootstrap key, one made now for an empty database, or the
     one this data directory made before. Stored 0600 in the data directory."""
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
     from service.tenancy import api_keys as keys
 
     if settings.bootstrap_admin_key:
         return settings.bootstrap_admin_key
     key_file = settings.data_dir / "admin.key"
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
+    db_engine = make_db_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(db_engine)
     try:
         if keys.count_keys(sessions) == 0:
             tenant = Registry(sessions, BlobStore(settings.blob_dir)).ensure_tenant(settings.default_tenant)
@@ -49,18 +49,18 @@ def _admin_key(settings: Settings) -> str | None:
             return secret
         return key_file.read_text().strip() if key_file.exists() else None
     finally:
-        engine.dispose()
+        db_engine.dispose()
 
 
 def register_demo(settings: Settings) -> None:
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
     from model_store.signature import VersionConfig
 
-    engine = make_engine(settings.resolved_database_url)
+    db_engine = make_db_engine(settings.resolved_database_url)
     blobs = BlobStore(settings.blob_dir)
-    registry = Registry(make_sessionmaker(engine), blobs, settings.upload_check)
+    registry = Registry(make_sessionmaker(db_engine), blobs, settings.upload_check)
     tenant = registry.ensure_tenant(settings.default_tenant)
     with contextlib.suppress(Conflict):
         registry.create_model(tenant, DEMO_MODEL, "demo: y = tanh(x @ W + b)")
@@ -81,7 +81,7 @@ def register_demo(settings: Settings) -> None:
             VersionConfig(max_batch_size=64),
         )
         registry.set_alias(tenant, DEMO_MODEL, "production", row.version)
-    engine.dispose()
+    db_engine.dispose()
 
 
 def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float = 60) -> None:

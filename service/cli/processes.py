@@ -32,11 +32,11 @@ def serve(
 
 def _gateway_metrics(settings: Settings, host: str, port: int) -> None:
     """/metrics on the operators' port, in this (parent) process; never on the public port."""
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from service import metrics
     from service.ops_metrics import FineTuneJobsCollector
 
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
     metrics.serve(host, port, FineTuneJobsCollector(sessions))
 
 

@@ -13,11 +13,11 @@ def run_trainer(threads: int, metrics_port: int, metrics_host: str) -> int:
     import torch
 
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.jobs import JobStore
     from model_store.registry import Registry
     from workers.contract.finetune_check import FenceLimits
-    from workers.contract.redis_keys import Keys
+    from workers.contract.redis_keys import RedisKeys
     from workers.finetune.metrics import TrainerMetrics
     from workers.finetune.trainer import Trainer, TrainerConfig
 
@@ -28,12 +28,12 @@ def run_trainer(threads: int, metrics_port: int, metrics_host: str) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=metrics_host)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
     blobs = BlobStore(settings.blob_dir)
     client = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5)
     trainer = Trainer(
         client,
-        Keys(settings.redis_prefix),
+        RedisKeys(settings.redis_prefix),
         Registry(sessions, blobs, settings.upload_check),
         blobs,
         JobStore(sessions),

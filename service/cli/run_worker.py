@@ -12,9 +12,9 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
     from prometheus_client import REGISTRY, start_http_server
 
     from model_store.blobs import BlobStore
-    from model_store.db import make_engine, make_sessionmaker
+    from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
-    from workers.contract.redis_keys import Keys
+    from workers.contract.redis_keys import RedisKeys
     from workers.inference.gpu import GpuCollector
     from workers.inference.runners import preload_runtimes
     from workers.inference.worker import Worker, WorkerConfig
@@ -25,14 +25,14 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
         start_http_server(metrics_port, addr=metrics_host)
     blobs = BlobStore(settings.blob_dir)
     registry = Registry(
-        make_sessionmaker(make_engine(settings.resolved_database_url)), blobs, settings.upload_check
+        make_sessionmaker(make_db_engine(settings.resolved_database_url)), blobs, settings.upload_check
     )
     client = redis.Redis.from_url(
         settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
     )
     worker = Worker(
         client,
-        Keys(settings.redis_prefix),
+        RedisKeys(settings.redis_prefix),
         registry,
         blobs,
         WorkerConfig(

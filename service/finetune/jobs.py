@@ -1,5 +1,6 @@
-"""Fine-tuning on the gateway side: dataset files, job creation (validation, dry run, idempotency),
-job actions, and the public shapes. Routes call this; the trainer (workers/) runs the jobs.
+"""Fine-tuning on the gateway side: dataset upload and job creation (validation, dry run,
+idempotency). Routes call this; reading and job actions are in records.py, the public shapes in
+public.py; the trainer (workers/) runs the jobs.
 
 Everything a job needs is checked before anything queues: the base model (TorchScript, or an
 hf-encoder trained on text rows with a linear head; ONNX is inference-only), the files (this
@@ -9,9 +10,7 @@ answers 422 with a line-numbered report.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -19,36 +18,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import UploadFile
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, JobMetricRow
-from model_store.jobs import TERMINAL, JobStore, new_id, unix
+from model_store.db import FileRow, FineTuneJobRow
+from model_store.jobs import JobStore, new_id
 from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
 from service.checks import finetune_check
 from service.errors import InvalidDataset, Unprocessable
+from service.finetune.public import file_public, job_public
+from service.finetune.records import FinetuneRecords, dispatch
 from service.finetune.schemas import (
-    CheckpointPublic,
     DryRunPublic,
-    EventPublic,
     FilePublic,
     JobCreate,
     JobPublic,
-    MetricsPublic,
 )
 from service.state import AppState
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from workers.contract.datasets import Dataset, Report, check_against, detect_format, label_set, parse
 from workers.contract.finetune_check import CheckFailed, FenceLimits, file_ref, version_ref
-from workers.contract.finetune_queue import dispatch
-from workers.contract.finetune_spec import JobSpec
-from workers.contract.redis_keys import Keys
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 
-log = logging.getLogger("kiln.finetune")
 PURPOSE = "fine-tune"
-DEFAULT_SPLIT = 0.2
 _CHUNK = 1 << 20
 
 
@@ -66,8 +59,8 @@ class FinetuneService:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.store = JobStore(state.sessions)
-        self.keys = Keys(state.settings.redis_prefix)
         self.limits = FenceLimits.from_settings(state.settings)
+        self.records = FinetuneRecords(self.store, state.blobs, state.engine)
 
     # files ---------------------------------------------------------------------------------------
     async def upload(self, tenant_id: int, upload: UploadFile, purpose: str) -> FilePublic:
@@ -120,15 +113,8 @@ class FinetuneService:
             if idem is not None:
                 await run_in_threadpool(self.store.release_key, *idem)
             raise
-        await self.dispatch(row.id)
+        await dispatch(self.state.engine, row.id)
         return job_public(row)
-
-    async def dispatch(self, job_id: str) -> None:
-        """Tell the trainers; if Redis is down, the trainers' reconciler finds the job later."""
-        try:
-            await dispatch(self.state.engine.redis, self.keys, job_id)
-        except (RedisError, OSError) as exc:
-            log.warning("job %s queued in the database, not dispatched (%s)", job_id, type(exc).__name__)
 
     def _create_row(
         self, principal: Principal, body: JobCreate, idem: tuple[int, str] | None
@@ -207,7 +193,7 @@ class FinetuneService:
             if not report.valid:
                 reports["validation_file"] = report.as_dict()
             return len(valid), None
-        split = body.validation_split or DEFAULT_SPLIT
+        split = body.validation_split or DEFAULT_VALIDATION_SPLIT
         n_valid = max(1, round(len(train) * split))
         if n_valid >= len(train):
             reports["training_file"] = Report(stats={"rows": len(train)}).as_dict() | {
@@ -274,26 +260,6 @@ class FinetuneService:
             },
         )
 
-    # reading -------------------------------------------------------------------------------------
-    async def events_stream(self, tenant_id: int, job_id: str, after: int) -> AsyncIterator[bytes]:
-        """Server-sent events: every new event, until the job is finished."""
-        idle = 0
-        while True:
-            rows, _more = await run_in_threadpool(self.store.events, tenant_id, job_id, after, 100)
-            for ev in rows:
-                after = ev.id
-                data = event_public(ev).model_dump_json()
-                yield f"id: {ev.id}\nevent: {ev.type}\ndata: {data}\n\n".encode()
-            if not rows:
-                job = await run_in_threadpool(self.store.get_job, tenant_id, job_id)
-                if job.status in TERMINAL:
-                    yield b"event: done\ndata: {}\n\n"
-                    return
-                idle += 1
-                if idle % 30 == 0:
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(0.5)
-
 
 def _needs_model_check(base: ResolvedVersion, body: JobCreate) -> bool:
     """Whether creating the job must load the model: a TorchScript head to resize or a freeze list
@@ -333,80 +299,3 @@ def _summary(report: dict[str, Any]) -> str:
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(_CHUNK):
         yield chunk
-
-
-# public shapes -----------------------------------------------------------------------------------
-def file_public(row: FileRow) -> FilePublic:
-    return FilePublic(
-        id=row.id,
-        bytes=row.size_bytes,
-        created_at=unix(row.created_at) or 0,
-        filename=row.filename,
-        purpose=row.purpose,
-        format=row.format,
-        sha256=row.sha256,
-        stats=row.stats,
-    )
-
-
-def job_public(row: FineTuneJobRow) -> JobPublic:
-    spec = JobSpec.model_validate(row.spec)
-    return JobPublic(
-        id=row.id,
-        created_at=unix(row.created_at) or 0,
-        started_at=unix(row.started_at),
-        finished_at=unix(row.finished_at),
-        model=row.model,
-        fine_tuned_model=row.fine_tuned_model,
-        status=row.status,
-        error=row.error,
-        task=spec.task,
-        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
-        training_file=row.training_file,
-        validation_file=row.validation_file,
-        validation_split=spec.validation_split,
-        seed=row.seed,
-        metadata=spec.metadata,
-        promote=spec.promote,
-        progress=row.progress,
-        result=row.result,
-        result_files=list((row.result or {}).get("result_files", [])),
-    )
-
-
-def event_public(row: JobEventRow) -> EventPublic:
-    return EventPublic(
-        id=f"ftevent-{row.id}",
-        created_at=unix(row.created_at) or 0,
-        level=row.level,
-        message=row.message,
-        type=row.type,
-        data=row.data,
-    )
-
-
-def checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
-    return CheckpointPublic(
-        id=f"ftckpt-{row.id}",
-        created_at=unix(row.created_at) or 0,
-        fine_tuning_job_id=row.job_id,
-        epoch=row.epoch,
-        step_number=row.step_number,
-        sha256=row.sha256,
-        metrics=row.metrics,
-    )
-
-
-def metrics_public(rows: list[JobMetricRow]) -> MetricsPublic:
-    train = [{**r.values, "step": r.step, "epoch": r.epoch} for r in rows if r.kind == "train"]
-    valid = [{**r.values, "step": r.step, "epoch": r.epoch} for r in rows if r.kind == "valid"]
-    return MetricsPublic(train=train, valid=valid)
-
-
-def parse_event_after(after: str | None) -> int:
-    if not after:
-        return 0
-    raw = after.removeprefix("ftevent-")
-    if not raw.isdigit():
-        raise Unprocessable("after must be an event id")
-    return int(raw)

@@ -9,7 +9,6 @@ restart loses nothing; they expire after `async_result_ttl_s`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
@@ -17,15 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from service.errors import DeadlineExceeded, NotFound, Unavailable, from_engine
 from service.inference.oip import EncodedResponse, ParsedRequest, encode_response
-from service.inference.policy import request_policy
-from service.inference.sync import InferenceService, build_message, check_reply
+from service.inference.sync import InferenceService, Stage, check_reply
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from workers.contract.errors import EngineError
@@ -46,61 +42,57 @@ def wants_async(prefer: str | None) -> bool:
 
 
 class AsyncInference:
-    def __init__(self, service: InferenceService, redis: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, service: InferenceService, ttl_s: int) -> None:
         self.service = service
-        self.redis = redis
         self.ttl_s = ttl_s
 
     async def submit(
         self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None
     ) -> Accepted:
-        svc = self.service
-        access.check_model(principal, model)  # the same checks as the synchronous path
-        version = await svc.resolver.resolve(principal.tenant_id, model, ref)
-        if svc.admission is not None:  # rate limits and quotas count it; nothing is held open
-            await svc.admission.release(await svc.admission.admit(principal, svc.settings.request_timeout_s))
-        parsed = await svc.parse(body, version.signature, header_len)
-        policy = request_policy(version, parsed.parameters, principal, svc.keys, svc.settings)
-        request_id = uuid.uuid4().hex
-        result = svc.keys.async_result(request_id)
-        msg = build_message(principal, parsed, policy, result, request_id)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                record = _record(principal, model, version, parsed, msg.deadline_ms)
-                pipe.xadd(result, {b"record": record})
-                pipe.expire(result, self.ttl_s)
-                await pipe.execute()
-            await svc.engine.submit(policy.stream, msg, bound=policy.bound)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("inference queue is unavailable", retry_after=1) from exc
-        except EngineError as exc:
-            with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(result)
-            raise from_engine(exc) from exc
-        finally:
-            await svc.engine.cancel(request_id)  # nobody waits here: the reply goes to the stream
-        return Accepted(request_id, f"/v1/async/{request_id}")
+        """The synchronous path's checks and admission (InferenceService.admitted), then enqueue
+        with the reply going to the request's own result stream; nothing is held open."""
+        return await self.service.admitted(principal, model, ref, body, header_len, self._stage(model))
+
+    def _stage(self, asked: str) -> Stage[Accepted]:
+        async def accept(
+            principal: Principal, version: ResolvedVersion, body: bytes, header_len: int | None
+        ) -> Accepted:
+            svc = self.service
+            parsed = await svc.parse(body, version.signature, header_len)
+            request_id = uuid.uuid4().hex
+            policy, msg = svc.message(
+                principal, version, parsed, svc.keys.async_result(request_id), request_id
+            )
+            record = _record(principal, asked, version, parsed, msg.deadline_ms)
+            try:
+                await svc.engine.submit_async(policy.stream, msg, record, self.ttl_s, bound=policy.bound)
+            except EngineError as exc:
+                raise from_engine(exc) from exc
+            return Accepted(request_id, f"/v1/async/{request_id}")
+
+        return accept
 
     async def result(self, principal: Principal, request_id: str) -> EncodedResponse | None:
         """The encoded response; None while pending; NotFound if unknown, expired or not ours."""
         if not _ID.match(request_id):
             raise NotFound("no such request")
         try:
-            entries: Any = await self.redis.xrange(self.service.keys.async_result(request_id), count=2)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("inference queue is unavailable", retry_after=1) from exc
-        if not entries or b"record" not in entries[0][1]:
+            found = await self.service.engine.async_result(request_id)
+        except EngineError as exc:
+            raise from_engine(exc) from exc
+        if found is None:
             raise NotFound("no such request (or its result has expired)")
-        record = orjson.loads(entries[0][1][b"record"])
+        raw_record, raw_reply = found
+        record = orjson.loads(raw_record)
         if record["tenant"] != principal.tenant_id:
             raise NotFound("no such request (or its result has expired)")
         access.check_model(principal, record.get("asked", record["model"]))
-        if len(entries) < 2:
+        if raw_reply is None:
             if time.time() * 1000 > record["deadline"] + _GRACE_MS:  # no worker ever answered
                 raise DeadlineExceeded("request deadline exceeded")
             return None
         try:
-            reply = InferReplyMsg.from_fields(entries[1][1])
+            reply = InferReplyMsg.from_fields(raw_reply)
         except ContractError as exc:
             raise Unavailable("the stored result is unreadable") from exc
         check_reply(reply)

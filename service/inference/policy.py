@@ -11,7 +11,7 @@ from service.errors import InvalidInput
 from service.inference.oip import request_timeout_s
 from service.settings import Settings
 from service.tenancy.api_keys import Principal
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,11 @@ def _requested_priority(params: dict[str, Any]) -> int:
 
 
 def request_policy(
-    version: ResolvedVersion, params: dict[str, Any], principal: Principal, keys: Keys, settings: Settings
+    version: ResolvedVersion,
+    params: dict[str, Any],
+    principal: Principal,
+    keys: RedisKeys,
+    settings: Settings,
 ) -> RequestPolicy:
     cfg = version.config
     requested = _requested_priority(params)

@@ -1,4 +1,5 @@
-"""The OIP model repository extension: index, load, unload; and readiness per version.
+"""The OIP model repository extension: index, load, unload; readiness, metadata and config per
+version.
 
 A version is ready when a ready worker reports it loaded (and so warmed up). Load and unload
 are commands left in Redis for every worker (workers/inference/lifecycle.py); the calls wait, as
@@ -9,40 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from model_store.registry import Registry
-from service.errors import Unavailable, Unprocessable
+from service.errors import NotReady, Unavailable, Unprocessable
+from service.inference.oip import model_config, model_metadata
 from service.inference.versions import VersionResolver
-from workers.contract.client import StreamsEngineClient
-from workers.contract.redis_keys import Keys
+from service.tenancy import access
+from service.tenancy.api_keys import Principal
+from workers.contract.messages import EngineClient
 
 
 class ModelRepository:
+    """Engine errors (queue unavailable) propagate as EngineError: service/errors.py maps them."""
+
     def __init__(
-        self,
-        registry: Registry,
-        resolver: VersionResolver,
-        engine: StreamsEngineClient,
-        keys: Keys,
-        wait_s: float,
+        self, registry: Registry, resolver: VersionResolver, engine: EngineClient, wait_s: float
     ) -> None:
         self.registry = registry
         self.resolver = resolver
         self.engine = engine
-        self.keys = keys
         self.wait_s = wait_s
 
     async def _loaded(self) -> tuple[set[int], dict[int, str]]:
         """Versions loaded on some ready worker; load failures any worker reports."""
-        try:
-            infos = await self.engine.worker_infos()
-        except (RedisError, OSError) as exc:
-            raise Unavailable("inference queue is unavailable", retry_after=1) from exc
+        infos = await self.engine.worker_infos()
         loaded: set[int] = set()
         failed: dict[int, str] = {}
         for info in infos:
@@ -55,9 +49,35 @@ class ModelRepository:
         loaded, _failed = await self._loaded()
         return version_id in loaded
 
+    async def ready(self, tenant_id: int, model: str, ref: str | None) -> dict[str, Any]:
+        """The OIP readiness body; NotReady (OIP: a 4xx, as Triton's 400) when no ready worker
+        has the version loaded."""
+        resolved = await self.resolver.resolve(tenant_id, model, ref)
+        if not await self.version_ready(resolved.version_id):
+            raise NotReady(f"version {resolved.version} of model {resolved.model!r} is not ready")
+        return {"name": resolved.model, "version": str(resolved.version), "ready": True}
+
+    async def metadata(self, tenant_id: int, model: str, ref: str | None) -> dict[str, object]:
+        """OIP model metadata of the version `ref` names (the default version: None)."""
+        resolved = await self.resolver.resolve(tenant_id, model, ref)
+        versions = await run_in_threadpool(self._visible_versions, tenant_id, model)
+        return model_metadata(resolved, versions)
+
+    async def config(self, tenant_id: int, model: str, ref: str | None) -> dict[str, object]:
+        """The serving config of the version `ref` names."""
+        return model_config(await self.resolver.resolve(tenant_id, model, ref))
+
+    def _visible_versions(self, tenant_id: int, model: str) -> list[int]:
+        row = self.registry.get_visible_model(tenant_id, model)
+        return [v.version for v in self.registry.list_versions(row.id)]
+
+    async def index_allowed(self, principal: Principal) -> list[dict[str, Any]]:
+        """The index, limited to the models the key's allowlist admits."""
+        return [m for m in await self.index(principal.tenant_id) if access.may_use(principal, m["name"])]
+
     async def index(self, tenant_id: int) -> list[dict[str, Any]]:
         loaded, failed = await self._loaded()
-        commands = await self._commands()
+        commands = await self.engine.lifecycle_commands()
         rows = await run_in_threadpool(self._versions, tenant_id)
         out = []
         for name, version, vid in rows:
@@ -71,6 +91,9 @@ class ModelRepository:
             out.append({"name": name, "version": str(version), "state": state, "reason": reason})
         return out
 
+    def _version_ids(self, tenant_id: int, model: str) -> list[int]:
+        return [v.id for v in self.registry.list_versions(self.registry.get_model(tenant_id, model).id)]
+
     def _versions(self, tenant_id: int) -> list[tuple[str, int, int]]:
         return [
             (m.name, v.version, v.id)
@@ -78,25 +101,9 @@ class ModelRepository:
             for v in self.registry.list_versions(m.id)
         ]
 
-    async def _commands(self) -> dict[int, str]:
-        try:
-            raw: Any = await self.engine.redis.hgetall(self.keys.lifecycle)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("inference queue is unavailable", retry_after=1) from exc
-        return {int(k): v.decode() for k, v in (raw or {}).items()}
-
-    async def _command(self, version_ids: list[int], action: str) -> None:
-        nonce = uuid.uuid4().hex[:12]
-        try:
-            await self.engine.redis.hset(
-                self.keys.lifecycle, mapping={str(v): f"{action}:{nonce}" for v in version_ids}
-            )
-        except (RedisError, OSError) as exc:
-            raise Unavailable("inference queue is unavailable", retry_after=1) from exc
-
     async def load(self, tenant_id: int, model: str, ref: str | None) -> None:
         version = await self.resolver.resolve(tenant_id, model, ref)
-        await self._command([version.version_id], "load")
+        await self.engine.command_lifecycle([version.version_id], "load")
         deadline = time.monotonic() + self.wait_s
         while time.monotonic() < deadline:
             loaded, failed = await self._loaded()
@@ -108,11 +115,10 @@ class ModelRepository:
         raise Unavailable("no worker loaded the model in time", retry_after=5)
 
     async def unload(self, tenant_id: int, model: str) -> None:
-        row = await run_in_threadpool(self.registry.get_model, tenant_id, model)
-        ids = [v.id for v in await run_in_threadpool(self.registry.list_versions, row.id)]
+        ids = await run_in_threadpool(self._version_ids, tenant_id, model)
         if not ids:
             return
-        await self._command(ids, "unload")
+        await self.engine.command_lifecycle(ids, "unload")
         deadline = time.monotonic() + self.wait_s
         while time.monotonic() < deadline:
             loaded, _failed = await self._loaded()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -38,7 +40,11 @@ from service.tenancy.api_keys import Principal
 from workers.contract.errors import EngineError
 from workers.contract.jsonlog import request_log
 from workers.contract.messages import EngineClient, ErrorCode, InferReplyMsg, InferRequestMsg
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
+
+T = TypeVar("T")
+# the last stage of a request, once its model is checked, its version resolved and it is admitted
+Stage = Callable[[Principal, ResolvedVersion, bytes, int | None], Awaitable[T]]
 
 _REPLY_ERRORS: dict[str, type[KilnError]] = {
     ErrorCode.INVALID_INPUT: InvalidInput,
@@ -51,12 +57,15 @@ _REPLY_ERRORS: dict[str, type[KilnError]] = {
 
 
 class InferenceService:
+    """One submit path for synchronous and asynchronous requests (service/inference/async_jobs.py):
+    `admitted` checks, resolves and admits; `message` builds what goes on the queue."""
+
     def __init__(
         self,
         settings: Settings,
         resolver: VersionResolver,
         engine: EngineClient,
-        keys: Keys,
+        keys: RedisKeys,
         metrics: GatewayMetrics,
         admission: Admission | None = None,
     ) -> None:
@@ -83,19 +92,45 @@ class InferenceService:
     async def infer(
         self, principal: Principal, model: str, ref: str | None, body: bytes, header_len: int | None = None
     ) -> EncodedResponse:
+        """Run a request and wait for its reply."""
+        return await self.admitted(principal, model, ref, body, header_len, self._infer)
+
+    async def admitted(
+        self,
+        principal: Principal,
+        model: str,
+        ref: str | None,
+        body: bytes,
+        header_len: int | None,
+        stage: Stage[T],
+    ) -> T:
+        """Check the key's allowlist, resolve the version, admit (rate limits, concurrency,
+        quotas), then run `stage`; the admission is held until it returns."""
         access.check_model(principal, model)  # here too: the fast path skips the route dependencies
         version = await self.resolver.resolve(principal.tenant_id, model, ref)
         if self.admission is None:
-            return await self._infer(principal, version, body, header_len)
+            return await stage(principal, version, body, header_len)
         try:
             ticket = await self.admission.admit(principal, self.settings.request_timeout_s)
         except KilnError as exc:  # 429 (or 503: the limiter's Redis is down)
             self.metrics.failed(version.model, version.version, exc.code, principal.tenant_id)
             raise
         try:
-            return await self._infer(principal, version, body, header_len)
+            return await stage(principal, version, body, header_len)
         finally:
             await self.admission.release(ticket)
+
+    def message(
+        self,
+        principal: Principal,
+        version: ResolvedVersion,
+        parsed: ParsedRequest,
+        reply_to: str,
+        request_id: str,
+    ) -> tuple[RequestPolicy, InferRequestMsg]:
+        """Where the request goes (stream, bound, timeout, priority) and the message itself."""
+        policy = request_policy(version, parsed.parameters, principal, self.keys, self.settings)
+        return policy, build_message(principal, parsed, policy, reply_to, request_id)
 
     async def _infer(
         self, principal: Principal, version: ResolvedVersion, body: bytes, header_len: int | None
@@ -116,8 +151,7 @@ class InferenceService:
     async def _roundtrip(
         self, principal: Principal, version: ResolvedVersion, parsed: ParsedRequest, request_id: str
     ) -> InferReplyMsg:
-        policy = request_policy(version, parsed.parameters, principal, self.keys, self.settings)
-        msg = build_message(principal, parsed, policy, self.engine.reply_stream, request_id)
+        policy, msg = self.message(principal, version, parsed, self.engine.reply_stream, request_id)
         self.metrics.pending.inc()
         try:
             await self.engine.submit(policy.stream, msg, bound=policy.bound)

@@ -6,14 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from service.deps import InferPrincipal, StateDep
-from service.inference.async_jobs import AsyncInference
 from service.responses import JSONBody
 
 router = APIRouter(prefix="/v1/async", tags=["inference"])
-
-
-def async_inference(state: StateDep) -> AsyncInference:
-    return AsyncInference(state.inference, state.engine.redis, state.settings.async_result_ttl_s)
 
 
 @router.get(
@@ -21,7 +16,7 @@ def async_inference(state: StateDep) -> AsyncInference:
     responses={202: {"description": "not finished yet"}, 404: {"description": "unknown or expired"}},
 )
 async def async_result(request_id: str, principal: InferPrincipal, state: StateDep) -> Response:
-    out = await async_inference(state).result(principal, request_id)
+    out = await state.async_inference.result(principal, request_id)
     if out is None:
         return JSONBody({"id": request_id, "status": "queued"}, status_code=202, headers={"Retry-After": "1"})
     return Response(out.body, media_type=out.media_type, headers=out.headers)

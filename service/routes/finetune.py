@@ -6,16 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from service.deps import FinetuneDep, FinetunePrincipal
-from service.finetune.jobs import (
-    checkpoint_public,
-    event_public,
-    job_public,
-    metrics_public,
-    parse_event_after,
-)
+from service.finetune.public import parse_event_after
 from service.finetune.schemas import (
     CheckpointList,
     DryRunPublic,
@@ -45,43 +38,27 @@ async def create_job(
 async def list_jobs(
     principal: FinetunePrincipal, svc: FinetuneDep, after: str | None = None, limit: Limit = 20
 ) -> JobList:
-    rows, more = await run_in_threadpool(svc.store.list_jobs, principal.tenant_id, after, limit)
-    return JobList(data=[job_public(r) for r in rows], has_more=more)
+    return await svc.records.list_jobs(principal.tenant_id, after, limit)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 async def get_job(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> JobPublic:
-    return job_public(await run_in_threadpool(svc.store.get_job, principal.tenant_id, job_id))
-
-
-_ACTIONS = {
-    "cancel": (("validating_files", "queued", "running", "paused"), "cancelled", "job cancelled"),
-    "pause": (("queued", "running"), "paused", "job paused; resume to continue from the last checkpoint"),
-    "resume": (("paused",), "queued", "job resumed; queued"),
-}
-
-
-async def _act(svc: FinetuneDep, tenant_id: int, job_id: str, action: str) -> JobPublic:
-    allowed, to, message = _ACTIONS[action]
-    row = await run_in_threadpool(svc.store.transition, tenant_id, job_id, allowed, to, message)
-    if to == "queued":
-        await svc.dispatch(job_id)
-    return job_public(row)
+    return await svc.records.get_job(principal.tenant_id, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 async def cancel_job(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> JobPublic:
-    return await _act(svc, principal.tenant_id, job_id, "cancel")
+    return await svc.records.act(principal.tenant_id, job_id, "cancel")
 
 
 @router.post("/{job_id}/pause", response_model=JobPublic)
 async def pause_job(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> JobPublic:
-    return await _act(svc, principal.tenant_id, job_id, "pause")
+    return await svc.records.act(principal.tenant_id, job_id, "pause")
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
 async def resume_job(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> JobPublic:
-    return await _act(svc, principal.tenant_id, job_id, "resume")
+    return await svc.records.act(principal.tenant_id, job_id, "resume")
 
 
 @router.get("/{job_id}/events", response_model=EventList)
@@ -96,22 +73,19 @@ async def list_events(
 ) -> EventList | StreamingResponse:
     start = parse_event_after(after)
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        await run_in_threadpool(svc.store.get_job, principal.tenant_id, job_id)  # 404 before streaming
         return StreamingResponse(
-            svc.events_stream(principal.tenant_id, job_id, start),
+            await svc.records.events_stream(principal.tenant_id, job_id, start),  # 404 before streaming
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    rows, more = await run_in_threadpool(svc.store.events, principal.tenant_id, job_id, start, limit)
-    return EventList(data=[event_public(r) for r in rows], has_more=more)
+    return await svc.records.events(principal.tenant_id, job_id, start, limit)
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 async def list_checkpoints(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> CheckpointList:
-    rows = await run_in_threadpool(svc.store.checkpoints, principal.tenant_id, job_id)
-    return CheckpointList(data=[checkpoint_public(r) for r in rows])
+    return await svc.records.checkpoints(principal.tenant_id, job_id)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)
 async def get_metrics(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> MetricsPublic:
-    return metrics_public(await run_in_threadpool(svc.store.metrics, principal.tenant_id, job_id))
+    return await svc.records.metrics(principal.tenant_id, job_id)

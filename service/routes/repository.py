@@ -9,21 +9,10 @@ from fastapi import APIRouter, Request
 
 from service.deps import InferPrincipal, ManagePrincipal, StateDep, read_body
 from service.errors import InvalidInput
-from service.inference.repository import ModelRepository
 from service.responses import JSONBody
 
 router = APIRouter(prefix="/v2/repository", tags=["repository"])
 _MAX_BODY = 64 << 10
-
-
-def repository(state: StateDep) -> ModelRepository:
-    return ModelRepository(
-        state.registry,
-        state.inference.resolver,
-        state.engine,
-        state.inference.keys,
-        state.settings.request_timeout_s,
-    )
 
 
 async def _parameters(request: Request) -> dict[str, Any]:
@@ -42,8 +31,7 @@ async def _parameters(request: Request) -> dict[str, Any]:
 
 @router.post("/index")
 async def index(principal: InferPrincipal, state: StateDep) -> JSONBody:
-    models = await repository(state).index(principal.tenant_id)
-    return JSONBody([m for m in models if principal.may_use(m["name"])])  # the key's allowlist
+    return JSONBody(await state.repository.index_allowed(principal))
 
 
 @router.post("/models/{model}/load")
@@ -54,12 +42,12 @@ async def load(model: str, request: Request, principal: ManagePrincipal, state: 
     version = params.get("version")
     if version is not None and not isinstance(version, str | int):
         raise InvalidInput("'version' must be a string or an integer")
-    await repository(state).load(principal.tenant_id, model, None if version is None else str(version))
+    await state.repository.load(principal.tenant_id, model, None if version is None else str(version))
     return JSONBody({})
 
 
 @router.post("/models/{model}/unload")
 async def unload(model: str, request: Request, principal: ManagePrincipal, state: StateDep) -> JSONBody:
     await _parameters(request)  # unload_dependents: there are no dependents here
-    await repository(state).unload(principal.tenant_id, model)
+    await state.repository.unload(principal.tenant_id, model)
     return JSONBody({})

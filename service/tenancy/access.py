@@ -148,15 +148,21 @@ def minted_power(
 
 
 # models ------------------------------------------------------------------------------------------
+def may_use(principal: Principal, model: str) -> bool:
+    """Whether the key's model allowlist admits `model` (as the caller names it; no allowlist:
+    every model the tenant can see). The one allowlist test: every path calls this."""
+    return principal.allowed_models is None or model in principal.allowed_models
+
+
 def check_model(principal: Principal, model: str) -> None:
     """403 when the key's model allowlist does not name `model` (as the caller names it)."""
-    if not principal.may_use(model):
+    if not may_use(principal, model):
         raise Forbidden(f"this key may not use model {model[:64]!r}")
 
 
 def allowed(principal: Principal, names: Iterable[str]) -> list[str]:
     """The names the key's allowlist admits, in order."""
-    return [n for n in names if principal.may_use(n)]
+    return [n for n in names if may_use(principal, n)]
 
 
 def model_of(ref: str) -> str:

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import Timestamp
+from service.tenancy.api_keys import Scope
 from service.tenancy.limits import Limits
 
-Scope = Literal["infer", "manage", "finetune", "admin"]
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no NUL or control characters (PostgreSQL refuses NUL)
 
 

@@ -2,11 +2,11 @@
 and monthly quotas, decided by one atomic Lua script in Redis (one round trip per request, none
 when neither the key nor its tenant has a limit).
 
-Keys (all under the Redis prefix):
-    {p}:rl:{t|k}:{id}           token bucket (hash: tk = tokens, ts = ms of the last refill)
-    {p}:cc:{t|k}:{id}           requests in flight (sorted set: request id -> deadline ms)
-    {p}:quota:{t|k}:{id}:{YYYYMM}  monthly counters (r: admitted requests, c: compute seconds,
-                                   written by the workers, see workers/contract/usage.py)
+Redis keys (named in workers/contract/redis_keys.py), per key (k) and per tenant (t):
+    RedisKeys.rate_bucket   token bucket (hash: tk = tokens, ts = ms of the last refill)
+    RedisKeys.in_flight     requests in flight (sorted set: request id -> deadline ms)
+    RedisKeys.quota_month   monthly counters (r: admitted requests, c: compute seconds,
+                            written by the workers, see workers/contract/usage.py)
 An in-flight entry is removed when the request finishes, and in any case at its deadline, so a
 gateway that dies never leaks concurrency.
 """
@@ -20,14 +20,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service import ops_metrics
 from service.errors import RateLimited, Unavailable
 from service.tenancy.api_keys import Principal
 from service.tenancy.limits import Limits
-from workers.contract.usage import MONTH_TTL_S, month_key
+from workers.contract.redis_conn import connect_async
+from workers.contract.redis_keys import RedisKeys
+from workers.contract.usage import MONTH_TTL_S
 
 log = logging.getLogger("kiln.admission")
 
@@ -119,17 +120,16 @@ def seconds_to_month_end(now: float) -> float:
 
 
 class Admission:
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, keys: RedisKeys) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys
         self._script = redis.register_script(_ADMIT)
         self._refused: dict[int, tuple[float, str, str]] = {}  # key id -> (until, kind, limit)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> Admission:
+    def from_url(cls, url: str, keys: RedisKeys) -> Admission:
         """Its own blocking pool: a burst of requests waits for a connection, never fails."""
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
-        return cls(aioredis.Redis(connection_pool=pool), prefix)
+        return cls(connect_async(url, max_connections=64, wait_s=5), keys)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -195,8 +195,12 @@ class Admission:
         keys: list[str] = []
         args: list[Any] = [len(scopes), "", 0, MONTH_TTL_S, int(seconds_to_month_end(now) * 1000)]
         for kind, ident, lim in scopes:
-            p = self._prefix
-            keys += [f"{p}:rl:{kind}:{ident}", f"{p}:cc:{kind}:{ident}", month_key(p, kind, ident, month)]
+            rk = self._keys
+            keys += [
+                rk.rate_bucket(kind, ident),
+                rk.in_flight(kind, ident),
+                rk.quota_month(kind, ident, month),
+            ]
             args += [
                 lim.rate_per_s,
                 lim.bucket,

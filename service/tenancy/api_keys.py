@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +20,8 @@ from model_store.db import ApiKeyRow, TenantRow, utcnow
 from model_store.errors import NotFound
 from service.tenancy.limits import Limits
 
-SCOPES = ("infer", "manage", "finetune", "admin")
+Scope = Literal["infer", "manage", "finetune", "admin"]  # the one list of scopes
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 KEY_PREFIX = "kiln"
 
 
@@ -37,9 +39,6 @@ class Principal:
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
-
-    def may_use(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
 
 
 def digest(secret: str) -> str:

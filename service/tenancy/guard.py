@@ -9,7 +9,7 @@ gateway read 400 MB of JSON or spool a 2 GiB upload before it is answered 401. H
   its path is public (health, metrics, docs), and the route still checks scopes as before;
 - a declared Content-Length over the route class's limit is answered 413 at once; a chunked
   body is counted as the route reads it and cut at the limit (413).
-A request without a body passes through untouched. The inference fast path (service/inference/fastpath.py)
+A request without a body passes through untouched. The inference fast path (service/routes/fastpath.py)
 sits in front of this middleware and does the same for its route itself (it authenticates before
 it reads, and reads with the inference body limit), so the hot path costs nothing here.
 Early answers carry `Connection: close`, so the server does not go on reading the unread body.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from model_store import registry
 from model_store.db import TenantRow
-from model_store.errors import Conflict, NotFound
+from model_store.errors import NotFound
 from model_store.names import check_tenant_name, is_tenant_name
 from service.tenancy.limits import Limits
 
@@ -18,14 +18,7 @@ def _limits_json(limits: Limits | None) -> dict[str, float] | None:
 
 def create_tenant(sessions: sessionmaker[Session], name: str, limits: Limits | None = None) -> TenantRow:
     check_tenant_name(name)
-    with sessions() as s:
-        row = TenantRow(name=name, limits=_limits_json(limits))
-        s.add(row)
-        try:
-            s.commit()
-        except IntegrityError as exc:
-            raise Conflict(f"tenant {name!r} already exists") from exc
-        return row
+    return registry.create_tenant(sessions, name, _limits_json(limits))
 
 
 def list_tenants(sessions: sessionmaker[Session]) -> list[TenantRow]:

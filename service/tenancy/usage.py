@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, from_engine
 from service.tenancy.access_schemas import UsageReport, UsageRow
-from workers.contract.usage import day_key, parse_field
+from workers.contract.errors import EngineError
+from workers.contract.messages import EngineClient
+from workers.contract.usage import parse_field
 
 MAX_DAYS = 366
 _METRICS = {"r": "requests", "i": "items", "c": "compute_s"}
@@ -32,13 +34,17 @@ def _group(group_by: str, day: date, model: str, key_id: int) -> tuple[Any, ...]
 
 
 async def report(
-    redis: Any, prefix: str, tenant_id: int, start: date, end: date, group_by: str
+    engine: EngineClient, tenant_id: int, start: date | None, end: date | None, group_by: str
 ) -> UsageReport:
+    """The tenant's usage from `start` (default: the first of `end`'s month) to `end` (default:
+    today, UTC), grouped by model, key or day."""
+    end = end or datetime.now(UTC).date()
+    start = start or end.replace(day=1)
     days = days_between(start, end)
-    async with redis.pipeline(transaction=False) as pipe:
-        for d in days:
-            pipe.hgetall(day_key(prefix, tenant_id, d.strftime("%Y%m%d")))
-        hashes = await pipe.execute()
+    try:
+        hashes = await engine.usage_days(tenant_id, [d.strftime("%Y%m%d") for d in days])
+    except EngineError as exc:
+        raise from_engine(exc) from exc
     sums: dict[tuple[Any, ...], dict[str, float]] = defaultdict(lambda: dict.fromkeys(_METRICS.values(), 0.0))
     for d, fields in zip(days, hashes, strict=True):
         for raw_field, raw_value in fields.items():

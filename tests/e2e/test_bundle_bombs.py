@@ -16,7 +16,7 @@ import psutil
 from sqlalchemy import select
 
 from model_store.blobs import BlobStore
-from model_store.db import ModelRow, ModelVersionRow, make_engine, make_sessionmaker
+from model_store.db import ModelRow, ModelVersionRow, make_db_engine, make_sessionmaker
 from model_store.hf_encoder import encoder_signature
 from tests import bombs
 from tests.e2e.conftest import AUTH
@@ -69,8 +69,8 @@ def _infer(c: httpx.Client, version: int) -> httpx.Response:
 def _plant(env: dict[str, str], data: bytes, version: int) -> None:
     """Store bytes and register them as a version directly, as if validation had been skipped."""
     sha, _ = BlobStore(Path(env["KILN_DATA_DIR"]) / "artifacts").put_bytes(data)
-    engine = make_engine(env["KILN_DATABASE_URL"])
-    with make_sessionmaker(engine)() as s:
+    db_engine = make_db_engine(env["KILN_DATABASE_URL"])
+    with make_sessionmaker(db_engine)() as s:
         model = s.scalars(select(ModelRow).where(ModelRow.name == "enc")).one()
         s.add(
             ModelVersionRow(
@@ -84,7 +84,7 @@ def _plant(env: dict[str, str], data: bytes, version: int) -> None:
             )
         )
         s.commit()
-    engine.dispose()
+    db_engine.dispose()
     assert hashlib.sha256(data).hexdigest() == sha
 
 

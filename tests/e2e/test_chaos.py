@@ -19,7 +19,7 @@ from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, poll, register_http
 from tests.e2e.harness import Stack
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.contract.redis_keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, RedisKeys
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 1000
@@ -116,7 +116,7 @@ def test_thousand_requests_while_workers_are_killed(make_stack, redis_prefix) ->
     )
 
     r = redis.Redis.from_url(REDIS_URL)
-    stream = Keys(redis_prefix).request_stream(1)
+    stream = RedisKeys(redis_prefix).request_stream(1)
     poll(
         lambda: r.xpending(stream, GROUP)["pending"] == 0 and r.xlen(stream) == 0,
         timeout=60,

@@ -17,7 +17,7 @@ from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, FAULT_WORKER, poll, register_http
 from tests.faults import CRASH_EXIT_CODE
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.contract.redis_keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, RedisKeys
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ def test_request_that_crashes_its_workers_is_dead_lettered(make_stack, redis_pre
     assert crashes == 2  # delivered twice (each delivery killed a worker), then dead-lettered
     assert all(p.alive() for p in workers.values())
     r = redis.Redis.from_url(REDIS_URL)
-    keys = Keys(redis_prefix)
+    keys = RedisKeys(redis_prefix)
     dead = r.xrange(keys.dead_letter)
     assert len(dead) == 1 and dead[0][1][b"deliveries"] == b"3"
     assert r.xpending(keys.request_stream(1), GROUP)["pending"] == 0
@@ -88,7 +88,7 @@ def test_sigterm_finishes_what_was_read_and_loses_nothing(make_stack, redis_pref
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(60)]
     r = redis.Redis.from_url(REDIS_URL)
-    stream = Keys(redis_prefix).request_stream(1)
+    stream = RedisKeys(redis_prefix).request_stream(1)
     with ThreadPoolExecutor(60) as pool:
         futs = [pool.submit(_infer, stack.url, x) for x in xs]
         poll(lambda: sum(f.done() for f in futs) >= 8, what="some answers")
@@ -119,7 +119,7 @@ def test_redis_restart_fails_in_flight_fast_and_everything_reconnects(make_stack
         x = np.ones((1, 4), np.float32)
         _check_ok(_infer(stack.url, x), x)
         r = redis.Redis(unix_socket_path=str(server.socket))
-        stream = Keys(stack.env["KILN_REDIS_PREFIX"]).request_stream(1)
+        stream = RedisKeys(stack.env["KILN_REDIS_PREFIX"]).request_stream(1)
         slow = np.array([[-5, 1, 1, 1]], np.float32)
         with ThreadPoolExecutor(4) as pool:
             futs = [pool.submit(_infer, stack.url, slow) for _ in range(4)]

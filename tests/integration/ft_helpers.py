@@ -11,14 +11,14 @@ import httpx
 import redis
 
 from model_store.blobs import BlobStore
-from model_store.db import make_engine, make_sessionmaker
+from model_store.db import make_db_engine, make_sessionmaker
 from model_store.jobs import JobStore
 from model_store.registry import Registry
 from service.settings import Settings
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.integration.helpers import register
 from workers.contract.finetune_check import FenceLimits
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.trainer import Trainer, TrainerConfig
 
@@ -33,12 +33,12 @@ class TrainerThread:
         metrics: TrainerMetrics | None = None,
         limits: FenceLimits | None = None,
     ) -> None:
-        self._engine = make_engine(settings.resolved_database_url)
-        sessions = make_sessionmaker(self._engine)
+        self._db_engine = make_db_engine(settings.resolved_database_url)
+        sessions = make_sessionmaker(self._db_engine)
         blobs = BlobStore(settings.blob_dir)
         self.trainer = Trainer(
             redis.Redis.from_url(settings.resolved_redis_url),
-            Keys(settings.redis_prefix),
+            RedisKeys(settings.redis_prefix),
             Registry(sessions, blobs),
             blobs,
             JobStore(sessions),
@@ -61,7 +61,7 @@ class TrainerThread:
     def stop(self) -> None:
         self.trainer.stop()
         self.thread.join(30)
-        self._engine.dispose()
+        self._db_engine.dispose()
 
 
 async def upload(

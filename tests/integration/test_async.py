@@ -9,7 +9,7 @@ from tests.conftest import WorkerThread, make_key
 from tests.integration.helpers import infer_body, register
 from tests.integration.test_reliability import _poll
 from tests.models import demo_onnx_bytes, demo_reference
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -25,7 +25,7 @@ async def test_respond_async_then_fetch(client, settings, redis_client) -> None:
     assert r.headers["location"] == f"/v1/async/{rid}" and r.headers["preference-applied"] == "respond-async"
     pending = await client.get(r.headers["location"])  # no worker yet
     assert pending.status_code == 202 and pending.json()["status"] == "queued"
-    ttl = redis_client.ttl(Keys(settings.redis_prefix).async_result(rid))
+    ttl = redis_client.ttl(RedisKeys(settings.redis_prefix).async_result(rid))
     assert 0 < ttl <= settings.async_result_ttl_s
 
     w = WorkerThread(settings).start()

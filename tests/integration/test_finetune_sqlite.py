@@ -8,7 +8,7 @@ from pathlib import Path
 
 from migrations.upgrade import upgrade
 from model_store.blobs import BlobStore, sha256_of
-from model_store.db import FineTuneJobRow, make_engine, make_sessionmaker, utcnow
+from model_store.db import FineTuneJobRow, make_db_engine, make_sessionmaker, utcnow
 from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
 from model_store.signature import Signature, VersionConfig
@@ -18,8 +18,8 @@ from tests.ft_data import MLP_SIGNATURE, mlp_bytes
 def test_claim_renew_and_requeue_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'kiln.db'}"
     upgrade(url)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
+    db_engine = make_db_engine(url)
+    sessions = make_sessionmaker(db_engine)
     blobs = BlobStore(tmp_path / "blobs")
     registry = Registry(sessions, blobs)
     tenant = registry.ensure_tenant("t")
@@ -66,4 +66,4 @@ def test_claim_renew_and_requeue_on_sqlite(tmp_path: Path) -> None:
     except LeaseLost:
         pass
     assert store.queued_job_ids() == ["ftjob-1"] and store.claim("ftjob-1", "b", 30)
-    engine.dispose()
+    db_engine.dispose()

@@ -16,12 +16,12 @@ from tests.integration.helpers import infer_body, register
 from tests.integration.test_reliability import _poll
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, demo_onnx_bytes, torchscript_bytes
 from tests.serving_models import WIDE_SIGNATURE, Wide
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.inference import model_cache
 
 
 def _loaded(redis_client, settings, w: WorkerThread) -> list[int]:  # type: ignore[no-untyped-def]
-    raw = redis_client.get(Keys(settings.redis_prefix).worker(w.worker.worker_id))
+    raw = redis_client.get(RedisKeys(settings.redis_prefix).worker(w.worker.worker_id))
     return orjson.loads(raw)["loaded"] if raw else []
 
 

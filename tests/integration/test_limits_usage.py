@@ -16,6 +16,7 @@ from tests.conftest import REDIS_URL, WorkerThread
 from tests.integration.helpers import infer_body, operator_metrics, register
 from tests.integration.tenancy import eventually, new_key, new_tenant
 from tests.models import demo_onnx_bytes
+from workers.contract.redis_keys import RedisKeys
 
 BODY = infer_body("x", [1, 2, 3, 4], [1, 4])
 
@@ -54,7 +55,7 @@ async def test_tenant_rate_limit_is_429_with_headers(client, worker: WorkerThrea
 async def test_token_bucket_is_atomic_and_refills(redis_prefix) -> None:
     r = aioredis.from_url(REDIS_URL)
     try:
-        admission = Admission(r, redis_prefix)
+        admission = Admission(r, RedisKeys(redis_prefix))
         slow = Principal(1, 1, frozenset({"infer"}), "p", key_limits=Limits(rate_per_s=0.001, burst=5))
         results = await asyncio.gather(
             *(admission.admit(slow, 30) for _ in range(20)), return_exceptions=True
@@ -107,7 +108,7 @@ async def test_monthly_compute_quota(client, worker: WorkerThread) -> None:
 async def test_concurrency_limit_is_atomic_and_released(redis_prefix) -> None:
     r = aioredis.from_url(REDIS_URL)
     try:
-        admission = Admission(r, redis_prefix)
+        admission = Admission(r, RedisKeys(redis_prefix))
         p = Principal(1, 1, frozenset({"infer"}), "p", tenant_limits=Limits(max_concurrent=3))
         results = await asyncio.gather(*(admission.admit(p, 30) for _ in range(10)), return_exceptions=True)
         tickets = [t for t in results if not isinstance(t, BaseException)]

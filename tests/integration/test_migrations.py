@@ -8,16 +8,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from migrations.upgrade import upgrade
-from model_store.db import Base, make_engine
+from model_store.db import Base, make_db_engine
 
 
 def _diff(url: str) -> list[object]:
-    engine = make_engine(url)
+    db_engine = make_db_engine(url)
     try:
-        with engine.connect() as conn:
+        with db_engine.connect() as conn:
             return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
     finally:
-        engine.dispose()
+        db_engine.dispose()
 
 
 def test_postgres_schema_matches_the_code(pg_template: str) -> None:

@@ -9,7 +9,7 @@ from tests.conftest import WorkerThread
 from tests.integration.helpers import infer_body, register
 from tests.integration.test_reliability import _poll, _record_batches
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, torchscript_bytes
-from workers.contract.redis_keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, RedisKeys
 
 
 async def _register(client, **config) -> None:  # type: ignore[no-untyped-def]
@@ -31,7 +31,7 @@ def _post(client, value: float, **params):  # type: ignore[no-untyped-def]
 
 async def test_queue_bound_gives_503_with_retry_after(client, settings, redis_client) -> None:
     await _register(client, max_queue_size=3)
-    stream = Keys(settings.redis_prefix).request_stream(1)
+    stream = RedisKeys(settings.redis_prefix).request_stream(1)
     queued = [_post(client, i + 1) for i in range(3)]
 
     async def full() -> bool:
@@ -55,7 +55,7 @@ async def test_queue_bound_gives_503_with_retry_after(client, settings, redis_cl
 async def test_higher_priority_is_served_first(client, settings, redis_client, monkeypatch) -> None:
     await _register(client, max_batch_size=2, max_queue_delay_ms=1, priority_levels=3)
     seen = _record_batches(monkeypatch, values=True)
-    keys = Keys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix)
     low = [_post(client, 10 + i) for i in range(4)]  # default level: 3, the lowest
 
     async def queued(stream: str, n: int):  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ async def test_timeouts_fail_with_504_and_spend_no_compute(
         "/v2/models/m/infer", json=infer_body("x", [[8, 8]], [1, 2], parameters={"timeout": 200_000})
     )
     assert r.status_code == 504
-    stream = Keys(settings.redis_prefix).request_stream(1)
+    stream = RedisKeys(settings.redis_prefix).request_stream(1)
     assert int(redis_client.xlen(stream)) == 2
     w = WorkerThread(settings).start()  # the worker finds both expired and drops them
     try:

@@ -17,7 +17,7 @@ from tests.conftest import WorkerThread
 from tests.faults import wrapping
 from tests.integration.helpers import infer_body, register
 from tests.models import TIMES3_SIGNATURE, FailsOnNegative, demo_onnx_bytes, torchscript_bytes
-from workers.contract.redis_keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, RedisKeys
 from workers.inference import model_cache
 
 
@@ -82,7 +82,7 @@ async def _queued_then_served(client, settings, redis_client, model: str, xs: li
 
 
 def _stream(settings, version_id: int = 1) -> str:  # type: ignore[no-untyped-def]
-    return Keys(settings.redis_prefix).request_stream(version_id)
+    return RedisKeys(settings.redis_prefix).request_stream(version_id)
 
 
 async def test_one_bad_item_fails_alone_inside_a_batch(client, settings, redis_client, monkeypatch) -> None:
@@ -129,7 +129,7 @@ async def test_hung_runner_fails_at_deadline_and_worker_reports_not_ready(
         r = await client.post("/v2/models/demo/infer", json=hung)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
 
-        key = Keys(settings.redis_prefix).worker(w.worker.worker_id)
+        key = RedisKeys(settings.redis_prefix).worker(w.worker.worker_id)
 
         async def not_ready() -> bool:
             raw = redis_client.get(key)

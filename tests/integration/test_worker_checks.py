@@ -25,7 +25,7 @@ from tests.integration.ft_helpers import job_body, setup_classifier
 from tests.integration.helpers import register
 from tests.models import FailsOnNegative, torchscript_bytes
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.inference.check_server import CheckServer
 
 pytestmark = pytest.mark.skipif(not fence_available(), reason="Landlock is not available on this kernel")
@@ -109,13 +109,13 @@ async def test_no_worker_is_a_503_within_the_limit_and_nothing_is_registered(
     assert _stored(settings) == ([], [])
     r = redis.Redis.from_url(REDIS_URL)
     try:
-        assert r.xlen(Keys(settings.redis_prefix).checks) == 0  # the unanswered request was withdrawn
+        assert r.xlen(RedisKeys(settings.redis_prefix).checks) == 0  # the unanswered request was withdrawn
     finally:
         r.close()
 
 
 def test_a_check_message_cannot_name_a_path(settings: Settings, redis_prefix: str) -> None:
-    keys = Keys(redis_prefix)
+    keys = RedisKeys(redis_prefix)
     blobs = BlobStore(settings.blob_dir)
     r = redis.Redis.from_url(REDIS_URL)
     server = CheckServer(r, keys, blobs, "required", "t")

@@ -10,6 +10,7 @@ from service.errors import RateLimited
 from service.tenancy import admission as admission_mod
 from service.tenancy.admission import Admission
 from tests.conftest import REDIS_URL
+from workers.contract.redis_keys import RedisKeys
 
 
 class Clock:
@@ -28,7 +29,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 async def test_rate_refusal_is_remembered_until_its_reset(clock: Clock) -> None:
-    adm = Admission(aioredis.from_url(REDIS_URL), "unused")
+    adm = Admission(aioredis.from_url(REDIS_URL), RedisKeys("unused"))
     adm._refuse_if_recently_refused(7)  # nothing remembered: no error
     adm._remember_refusal(7, "rate", "5", 400)
     with pytest.raises(RateLimited) as exc:
@@ -42,7 +43,7 @@ async def test_rate_refusal_is_remembered_until_its_reset(clock: Clock) -> None:
 
 
 async def test_long_resets_are_capped_and_concurrency_is_not_remembered(clock: Clock) -> None:
-    adm = Admission(aioredis.from_url(REDIS_URL), "unused")
+    adm = Admission(aioredis.from_url(REDIS_URL), RedisKeys("unused"))
     adm._remember_refusal(1, "monthly_requests", "100", 86_400_000)
     clock.t += 1.01  # at most 1 s: a raised quota shows quickly
     adm._refuse_if_recently_refused(1)

@@ -160,12 +160,12 @@ def test_keda_scaled_object_scales_workers_on_the_redis_stream() -> None:
 
 
 def test_stream_names_and_group_match_the_code() -> None:
-    from workers.contract.redis_keys import GROUP, Keys
+    from workers.contract.redis_keys import GROUP, RedisKeys
 
     so = _kinds()[("ScaledObject", "kiln-worker")]
     meta = next(t for t in so["spec"]["triggers"] if t["type"] == "redis-streams")["metadata"]
     assert meta["consumerGroup"] == GROUP
-    assert Keys("kiln").request_stream(1) == meta["stream"]
+    assert RedisKeys("kiln").request_stream(1) == meta["stream"]
 
 
 def test_kustomization_lists_every_manifest_and_env_names_are_settings() -> None:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from model_store.db import make_engine, make_sessionmaker
+from model_store.db import make_db_engine, make_sessionmaker
 from service import metrics, ops_metrics
 from service.metrics import FAILURE_REASONS, GatewayMetrics
 from service.ops_metrics import FineTuneJobsCollector
@@ -70,16 +70,16 @@ def test_scrape_time_collectors_are_rendered_once(
 
 
 def test_jobs_collector_never_raises_when_the_database_is_down() -> None:
-    engine = make_engine("postgresql://postgres@127.0.0.1:1/nowhere")
+    db_engine = make_db_engine("postgresql://postgres@127.0.0.1:1/nowhere")
     try:
-        collector = FineTuneJobsCollector(make_sessionmaker(engine))
+        collector = FineTuneJobsCollector(make_sessionmaker(db_engine))
         assert collector.counts() is None
         families = list(collector.collect())
         assert [f.name for f in families] == ["kiln_finetune_jobs"] and families[0].samples == []
         body, _ = metrics.render(collector)
         assert b"kiln_finetune_jobs" in body
     finally:
-        engine.dispose()
+        db_engine.dispose()
 
 
 def test_gateway_failure_series_start_at_zero_and_tenants_are_counted() -> None:

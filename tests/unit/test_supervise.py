@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from service.cli.supervise import Supervisor, backoff
-from service.routes.health import not_ready_reasons
+from service.readiness import not_ready_reasons
 
 
 def test_backoff_doubles_and_is_capped() -> None:

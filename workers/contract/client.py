@@ -1,7 +1,9 @@
 """The gateway side of the queue: submit to a version's stream, one reply reader per process.
 
 One connection pool for writes, one dedicated connection for the blocking reply reader, one
-future per in-flight request. No polling, no per-request connection.
+future per in-flight request. No polling, no per-request connection. Everything else the gateway
+keeps in Redis (asynchronous results, lifecycle commands, usage hashes, fine-tune dispatches)
+goes through this class too: the gateway holds no Redis client of its own for the queue.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import uuid
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from workers.contract.errors import EngineUnavailable, QueueFull, ReplyTimeout
+from workers.contract.errors import EngineError, EngineUnavailable, QueueFull, ReplyTimeout
+from workers.contract.finetune_queue import dispatch
 from workers.contract.messages import ContractError, InferReplyMsg, InferRequestMsg
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_conn import connect_async, connect_async_single
+from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.engine")
 _READER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.025)  # 0.05 s after a first failure, doubling to 1 s
@@ -44,19 +47,21 @@ def _worker_info(raw: bytes | str) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-class StreamsEngineClient:
-    """EngineClient implemented on Redis Streams."""
+def _unavailable(exc: BaseException) -> EngineUnavailable:
+    log.warning("queue call failed: %s: %s", type(exc).__name__, exc)
+    return EngineUnavailable("queue is unavailable")
 
-    def __init__(self, redis_url: str, keys: Keys, *, max_connections: int = 64) -> None:
+
+class StreamsEngineClient:
+    """EngineClient implemented on Redis Streams (workers/contract/messages.py documents each call)."""
+
+    def __init__(self, redis_url: str, keys: RedisKeys, *, max_connections: int = 64) -> None:
         self.keys = keys
         self.gateway_id = uuid.uuid4().hex[:16]
         self.reply_stream = keys.reply_stream(self.gateway_id)
         # a blocking pool: under a burst, requests wait for a free connection instead of failing
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=10
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
-        self._reader = aioredis.from_url(redis_url, max_connections=1)
+        self._redis = connect_async(redis_url, max_connections=max_connections, wait_s=10)
+        self._reader = connect_async_single(redis_url)
         self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
         self._announced: set[str] = set()
         self._outbox: list[tuple[str, dict[bytes, bytes], asyncio.Future[None]]] = []
@@ -66,10 +71,6 @@ class StreamsEngineClient:
         self._bounded_xadd = self._redis.register_script(_BOUNDED_XADD)
         self._closed = False
         self.connected = False
-
-    @property
-    def redis(self) -> aioredis.Redis:
-        return self._redis
 
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -92,23 +93,51 @@ class StreamsEngineClient:
     async def submit(
         self, stream: str, msg: InferRequestMsg, *, bound: tuple[list[str], int] | None = None
     ) -> None:
-        """Register the waiter, then enqueue (one round trip; the stream is announced once).
-        With `bound` = (the version's streams, max_queue_size), the entry is added only while
-        their total length is under the bound, checked and added atomically (QueueFull if not)."""
+        """Register the waiter, then enqueue (one round trip; the stream is announced once)."""
         if not self.connected:
             raise EngineUnavailable("queue is unavailable")
         fut: asyncio.Future[InferReplyMsg] = asyncio.get_running_loop().create_future()
         self._pending[msg.request_id] = fut
         try:
+            await self._enqueue(stream, msg, bound)
+        except BaseException:
+            self._pending.pop(msg.request_id, None)
+            raise
+
+    async def submit_async(
+        self,
+        stream: str,
+        msg: InferRequestMsg,
+        record: bytes,
+        ttl_s: int,
+        *,
+        bound: tuple[list[str], int] | None = None,
+    ) -> None:
+        """Write `record` to the request's own result stream (msg.reply_to), then enqueue; no waiter."""
+        if not self.connected:
+            raise EngineUnavailable("queue is unavailable")
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(msg.reply_to, {b"record": record})
+                pipe.expire(msg.reply_to, ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            await self._enqueue(stream, msg, bound)
+        except EngineError:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(msg.reply_to)
+            raise
+
+    async def _enqueue(self, stream: str, msg: InferRequestMsg, bound: tuple[list[str], int] | None) -> None:
+        try:
             if bound is None:
                 await self._add(stream, msg)
             elif not await self._add_bounded(stream, msg, *bound):
-                self._pending.pop(msg.request_id, None)
                 raise QueueFull("queue is full")
         except (RedisError, OSError) as exc:
-            self._pending.pop(msg.request_id, None)
-            log.warning("enqueue failed: %s: %s", type(exc).__name__, exc)
-            raise EngineUnavailable("queue is unavailable") from exc
+            raise _unavailable(exc) from exc
 
     async def _add(self, stream: str, msg: InferRequestMsg) -> None:
         """Enqueue through the outbox: every entry added during one turn of the event loop goes
@@ -178,7 +207,7 @@ class StreamsEngineClient:
     async def health(self) -> dict[str, Any]:
         try:
             await self._redis.ping()
-            infos = await self.worker_infos()
+            infos = await self._worker_infos()
         except (RedisError, OSError):
             return {"redis": False, "workers": 0, "workers_not_ready": 0}
         ready = sum(1 for i in infos if i.get("ready", True))
@@ -186,9 +215,61 @@ class StreamsEngineClient:
 
     async def worker_infos(self) -> list[dict[str, Any]]:
         """The heartbeats of live workers (what each has loaded, whether it is ready)."""
+        try:
+            return await self._worker_infos()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _worker_infos(self) -> list[dict[str, Any]]:
         keys = [k async for k in self._redis.scan_iter(match=self.keys.worker_pattern, count=100)]
         beats = await self._redis.mget(keys) if keys else []
         return [_worker_info(b) for b in beats if b]
+
+    async def async_result(self, request_id: str) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+        """(record, the reply's fields or None while pending) of an asynchronous request."""
+        try:
+            entries: Any = await self._redis.xrange(self.keys.async_result(request_id), count=2)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        if not entries or b"record" not in entries[0][1]:
+            return None
+        return entries[0][1][b"record"], entries[1][1] if len(entries) > 1 else None
+
+    async def lifecycle_commands(self) -> dict[int, str]:
+        """Version id -> the latest load/unload command for it."""
+        try:
+            raw: Any = await self._redis.hgetall(self.keys.lifecycle)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return {int(k): v.decode() for k, v in (raw or {}).items()}
+
+    async def command_lifecycle(self, version_ids: list[int], action: str) -> None:
+        """Leave `action` ("load" or "unload") for every worker, for each of `version_ids`."""
+        nonce = uuid.uuid4().hex[:12]
+        try:
+            await self._redis.hset(
+                self.keys.lifecycle, mapping={str(v): f"{action}:{nonce}" for v in version_ids}
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def usage_days(self, tenant_id: int, days: list[str]) -> list[dict[bytes, bytes]]:
+        """A tenant's usage hash of each day (YYYYMMDD), in order (one round trip)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(self.keys.usage_day(tenant_id, day))
+                hashes: list[dict[bytes, bytes]] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return hashes
+
+    async def dispatch_finetune(self, job_id: str) -> None:
+        """Tell the trainers about a queued fine-tune job."""
+        try:
+            await dispatch(self._redis, self.keys, job_id)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}

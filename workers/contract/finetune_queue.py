@@ -15,23 +15,19 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from workers.contract.groups import ensure_group, is_nogroup
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 GROUP = "trainers"
 
 
-def job_stream(keys: Keys) -> str:
-    return f"{keys.prefix}:ft:jobs"
-
-
-async def dispatch(client: aioredis.Redis, keys: Keys, job_id: str) -> None:
-    await client.xadd(job_stream(keys), {b"job": job_id.encode()})
+async def dispatch(client: aioredis.Redis, keys: RedisKeys, job_id: str) -> None:
+    await client.xadd(keys.finetune_jobs, {b"job": job_id.encode()})
 
 
 class JobQueue:
-    def __init__(self, client: redis.Redis, keys: Keys, consumer: str) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, consumer: str) -> None:
         self.r = client
-        self.stream = job_stream(keys)
+        self.stream = keys.finetune_jobs
         self.consumer = consumer
         self._grouped = False
 

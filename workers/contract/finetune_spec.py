@@ -44,6 +44,9 @@ class Hyperparameters(BaseModel):
     )
 
 
+DEFAULT_VALIDATION_SPLIT = 0.2  # the share of training rows held out when no validation file is given
+
+
 class JobSpec(BaseModel):
     """What the trainer needs beyond the job row's columns (stored as the row's `spec`)."""
 

@@ -237,20 +237,92 @@ class CheckReplyMsg:
 
 
 class EngineClient(Protocol):
-    """The one boundary between the gateway and GPU work (implemented on Redis Streams)."""
+    """The one boundary between the gateway and GPU work (implemented on Redis Streams by
+    workers/contract/client.py::StreamsEngineClient).
+
+    Every call that reaches the queue raises `EngineUnavailable` (workers/contract/errors.py)
+    when the queue cannot be reached; none raises a Redis or socket error. The gateway maps
+    these errors to HTTP in one place (service/errors.py::from_engine)."""
 
     reply_stream: str
+    """The stream this gateway's replies arrive on (InferRequestMsg.reply_to of a sync request)."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect and start reading replies. Never raises: an unreachable queue is retried in
+        the background, and calls fail with EngineUnavailable until it is back."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop reading replies; every waiter still pending fails with EngineUnavailable."""
+        ...
 
     async def submit(
         self, stream: str, msg: InferRequestMsg, *, bound: tuple[list[str], int] | None = None
-    ) -> None: ...
+    ) -> None:
+        """Enqueue `msg` on `stream` and register a waiter for its reply (see `wait`). With
+        `bound` = (the version's streams, max_queue_size) the entry is added only while their
+        total length is under the bound, checked and added atomically.
+        Raises QueueFull (the bound is reached) or EngineUnavailable; no waiter is left then."""
+        ...
 
-    async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg: ...
+    async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg:
+        """The reply to a submitted request. Raises ReplyTimeout when none comes in `timeout_s`,
+        EngineUnavailable when the queue connection is lost meanwhile, KeyError for a request
+        not submitted here (or already waited for)."""
+        ...
 
-    async def cancel(self, request_id: str) -> None: ...
+    async def cancel(self, request_id: str) -> None:
+        """Forget the waiter of a submitted request (the reply, if one comes, is dropped).
+        Never raises."""
+        ...
 
-    async def health(self) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]:
+        """{"redis": reachable, "workers": ready workers, "workers_not_ready": live, not ready}.
+        Never raises: an unreachable queue reads as {"redis": False, "workers": 0, ...}."""
+        ...
+
+    async def worker_infos(self) -> list[dict[str, Any]]:
+        """The heartbeat of each live worker: "ready", "loaded" (version ids), "failed"
+        (version id -> load error). Raises EngineUnavailable."""
+        ...
+
+    async def submit_async(
+        self,
+        stream: str,
+        msg: InferRequestMsg,
+        record: bytes,
+        ttl_s: int,
+        *,
+        bound: tuple[list[str], int] | None = None,
+    ) -> None:
+        """Enqueue an asynchronous request: its result stream (msg.reply_to, from
+        RedisKeys.async_result) first gets `record` and expires after `ttl_s`; the worker
+        appends its reply there. Nobody waits. Raises QueueFull (as `submit`) or
+        EngineUnavailable; the result stream is removed again then."""
+        ...
+
+    async def async_result(self, request_id: str) -> tuple[bytes, dict[bytes, bytes] | None] | None:
+        """(the record, the reply's raw fields, None while pending) of an asynchronous request;
+        None when there is no such request (never submitted, or expired).
+        Raises EngineUnavailable."""
+        ...
+
+    async def lifecycle_commands(self) -> dict[int, str]:
+        """Version id -> its latest lifecycle command ("load:<nonce>" or "unload:<nonce>").
+        Raises EngineUnavailable."""
+        ...
+
+    async def command_lifecycle(self, version_ids: list[int], action: str) -> None:
+        """Leave `action` ("load" or "unload", with a fresh nonce) for every worker, for each
+        version (workers/inference/lifecycle.py acts on it). Raises EngineUnavailable."""
+        ...
+
+    async def usage_days(self, tenant_id: int, days: list[str]) -> list[dict[bytes, bytes]]:
+        """The usage hash the workers wrote for the tenant on each day (YYYYMMDD), in order,
+        empty for a day without usage (fields: workers/contract/usage.py). Raises EngineUnavailable."""
+        ...
+
+    async def dispatch_finetune(self, job_id: str) -> None:
+        """Tell the trainers a fine-tune job is queued (the database holds the job).
+        Raises EngineUnavailable."""
+        ...

@@ -1,4 +1,5 @@
-"""Redis key names, all under one configurable prefix."""
+"""Redis key names, all under one configurable prefix: every key the gateway, the workers and
+the trainers use is built here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ CHECK_GROUP = "checkers"  # the workers that run model checks for gateways witho
 
 
 @dataclass(frozen=True, slots=True)
-class Keys:
+class RedisKeys:
     prefix: str = "kiln"
 
     def request_stream(self, version_id: int, priority: int = 0) -> str:
@@ -65,3 +66,26 @@ class Keys:
     def check_reply(self, check_id: str) -> str:
         """The stream one check's verdict is written to (messages.CheckReplyMsg)."""
         return f"{self.prefix}:check:{check_id}"
+
+    # fine-tuning ------------------------------------------------------------------------------
+    @property
+    def finetune_jobs(self) -> str:
+        """The stream of fine-tune job ids that trainers consume (workers/contract/finetune_queue)."""
+        return f"{self.prefix}:ft:jobs"
+
+    # limits and usage (service/tenancy/admission.py, workers/contract/usage.py) -------------------
+    def rate_bucket(self, scope: str, ident: int) -> str:
+        """Token bucket of a key (scope "k") or tenant ("t")."""
+        return f"{self.prefix}:rl:{scope}:{ident}"
+
+    def in_flight(self, scope: str, ident: int) -> str:
+        """Sorted set of a key's or tenant's requests in flight (request id -> deadline ms)."""
+        return f"{self.prefix}:cc:{scope}:{ident}"
+
+    def quota_month(self, scope: str, ident: int, month: str) -> str:
+        """Monthly counters of a key (scope "k") or tenant ("t"); `month` is YYYYMM."""
+        return f"{self.prefix}:quota:{scope}:{ident}:{month}"
+
+    def usage_day(self, tenant_id: int, day: str) -> str:
+        """A tenant's per-day usage hash; `day` is YYYYMMDD."""
+        return f"{self.prefix}:usage:{tenant_id}:{day}"

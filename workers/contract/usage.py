@@ -2,7 +2,8 @@
 monthly quotas). Part of the contract between the two, like the stream key names.
 
 Each executed batch's compute time is divided among its requests by item count and charged to
-the request's tenant and key, in Redis hashes written in the same pipeline as the replies:
+the request's tenant and key, in Redis hashes written in the same pipeline as the replies
+(key names: RedisKeys.usage_day, RedisKeys.quota_month):
 
     {prefix}:usage:{tenant_id}:{YYYYMMDD}        field "{model}|{version}|{key_id}|{r|i|c}"
     {prefix}:quota:t:{tenant_id}:{YYYYMM}        field "c" (compute s), "r" (admitted requests)
@@ -17,6 +18,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
+
+from workers.contract.redis_keys import RedisKeys
 
 USAGE_TTL_S = 400 * 86400
 MONTH_TTL_S = 40 * 86400
@@ -42,15 +45,6 @@ def month_of(ts: float) -> str:
     return time.strftime("%Y%m", time.gmtime(ts))
 
 
-def day_key(prefix: str, tenant_id: int, day: str) -> str:
-    return f"{prefix}:usage:{tenant_id}:{day}"
-
-
-def month_key(prefix: str, scope: str, ident: int, month: str) -> str:
-    """scope: "t" (tenant) or "k" (key)."""
-    return f"{prefix}:quota:{scope}:{ident}:{month}"
-
-
 def split_compute(
     model: str, version: int, requests: list[tuple[int, int, int]], compute_s: float
 ) -> list[Charge]:
@@ -68,17 +62,18 @@ def record(pipe: Any, prefix: str, charges: list[Charge], now: float | None = No
         return
     now = time.time() if now is None else now
     day, month = day_of(now), month_of(now)
+    keys = RedisKeys(prefix)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     seconds: dict[tuple[str, str], float] = defaultdict(float)
     for c in charges:
         base = FIELD_SEP.join((c.model, str(c.version), str(c.key_id)))
-        dkey = day_key(prefix, c.tenant_id, day)
+        dkey = keys.usage_day(c.tenant_id, day)
         counts[(dkey, base + "|r")] += 1
         counts[(dkey, base + "|i")] += c.items
         seconds[(dkey, base + "|c")] += c.compute_s
-        seconds[(month_key(prefix, "t", c.tenant_id, month), "c")] += c.compute_s
+        seconds[(keys.quota_month("t", c.tenant_id, month), "c")] += c.compute_s
         if c.key_id:
-            seconds[(month_key(prefix, "k", c.key_id, month), "c")] += c.compute_s
+            seconds[(keys.quota_month("k", c.key_id, month), "c")] += c.compute_s
     for (key, field), n in counts.items():
         pipe.hincrby(key, field, n)
     for (key, field), s in seconds.items():

@@ -27,14 +27,13 @@ from model_store.registry import ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from workers.contract.datasets import Dataset, parse
 from workers.contract.finetune_messages import VERSION, checkpoint_name
-from workers.contract.finetune_spec import JobSpec
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 from workers.finetune.build import Built, build
 from workers.finetune.errors import describe_error
 from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
 from workers.finetune.promote import evaluate_loaded
 from workers.finetune.training import Run, split
 
-DEFAULT_VALIDATION_SPLIT = 0.2
 RESULT_NAME = "result.bin"
 _PR_SET_PDEATHSIG = 1
 

@@ -40,8 +40,8 @@ from workers.contract.finetune_check import (
     version_ref,
 )
 from workers.contract.finetune_messages import Done, Epoch, Error, Started, Step
-from workers.contract.finetune_spec import JobSpec
-from workers.finetune.child import DEFAULT_VALIDATION_SPLIT, DatasetUnusable
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
+from workers.finetune.child import DatasetUnusable
 from workers.finetune.fence import TrainingFailed, TrainingProcess
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide

@@ -31,7 +31,7 @@ from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
 from workers.contract.finetune_check import FenceLimits
 from workers.contract.finetune_queue import JobQueue
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.finetune.errors import describe_error
 from workers.finetune.fence import TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
@@ -65,7 +65,7 @@ class Trainer:
     def __init__(
         self,
         client: redis.Redis,
-        keys: Keys,
+        keys: RedisKeys,
         registry: Registry,
         blobs: BlobStore,
         store: JobStore,

@@ -1,6 +1,6 @@
 """Model checks a worker runs for gateways that cannot (KILN_CHECKS, service/checks.py).
 
-A thread of the worker reads `Keys.checks` in the consumer group `checkers` (one check at a time
+A thread of the worker reads `RedisKeys.checks` in the consumer group `checkers` (one check at a time
 per worker; several workers share the stream), runs the check in a fenced child exactly as a
 gateway would (model_store.checks.FencedCheck for an upload, workers/finetune/fence.py check_model
 for a fine-tune job) and writes the verdict to the check's reply stream.
@@ -31,7 +31,7 @@ from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
 from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
-from workers.contract.redis_keys import CHECK_GROUP, Keys
+from workers.contract.redis_keys import CHECK_GROUP, RedisKeys
 
 log = logging.getLogger("kiln.worker.checks")
 _UPLOAD = re.compile(r"upload-[A-Za-z0-9_]{1,64}")
@@ -41,7 +41,7 @@ _REPLY_TTL_S = 60
 
 class CheckServer:
     def __init__(
-        self, client: redis.Redis, keys: Keys, blobs: BlobStore, fence: FenceMode, consumer: str
+        self, client: redis.Redis, keys: RedisKeys, blobs: BlobStore, fence: FenceMode, consumer: str
     ) -> None:
         self.r = client
         self.keys = keys
@@ -166,7 +166,12 @@ class CheckServer:
 
 
 def start_check_server(
-    client: redis.Redis, keys: Keys, blobs: BlobStore, fence: FenceMode, consumer: str, stop: threading.Event
+    client: redis.Redis,
+    keys: RedisKeys,
+    blobs: BlobStore,
+    fence: FenceMode,
+    consumer: str,
+    stop: threading.Event,
 ) -> threading.Thread:
     server = CheckServer(client, keys, blobs, fence, consumer)
     thread = threading.Thread(target=server.serve, args=(stop,), name="kiln-check-server", daemon=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model_store.errors import public_message
 from model_store.fence import FenceDied, FenceTimeout
 from workers.contract.messages import ErrorCode, InferReplyMsg, TensorMeta
 from workers.contract.tensors import to_bytes
@@ -25,7 +26,7 @@ from workers.inference.charging import charge_batch, request_of
 from workers.inference.fenced import MARGIN_S, deadline_scope, fenced_of
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.model_cache import Loaded
-from workers.inference.runtime import InputRejected, public_message, split_failed
+from workers.inference.runtime import InputRejected, split_failed
 from workers.inference.validation import Reply, now_ms
 from workers.inference.watchdog import Watchdog
 

@@ -14,7 +14,7 @@ import numpy as np
 import redis
 
 from model_store.signature import NUMPY_DTYPES, Signature
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.lifecycle")
 
@@ -93,7 +93,7 @@ def lru_victims(sizes: dict[int, tuple[int, float]], need: int, budget: int, kee
 class Commands:
     """The gateway's load/unload commands, read by every worker on its refresh."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.r = client
         self.key = keys.lifecycle
         self._seen: dict[int, str] = {}

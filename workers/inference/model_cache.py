@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from model_store.blobs import BlobStore
-from model_store.errors import StoreError
+from model_store.errors import StoreError, public_message
 from model_store.fence import FenceDied, FenceTimeout
 from model_store.registry import Registry, ResolvedVersion
 from workers.contract.errors import LoadError
@@ -23,7 +23,7 @@ from workers.inference.instances import InstancePool
 from workers.inference.lifecycle import lru_victims, measured, release_memory, warm
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.quarantine import Quarantine
-from workers.inference.runtime import Runner, public_message
+from workers.inference.runtime import Runner
 from workers.inference.validation import ItemRejected
 from workers.inference.watchdog import Watchdog
 

@@ -66,10 +66,10 @@ def decode(metas: object, bufs: Sequence[bytes | memoryview]) -> dict[str, np.nd
 
 def failure(exc: BaseException) -> dict[str, str]:
     """The header that reports a model failure: its kind and a message a client may see."""
+    from model_store.errors import public_message
     from workers.inference.runtime import (
         InputRejected,
         is_out_of_memory,
-        public_message,
         release_cached_memory,
     )
 

@@ -20,7 +20,7 @@ from workers.contract import usage
 from workers.contract.groups import ensure_group, is_nogroup
 from workers.contract.jsonlog import request_log
 from workers.contract.messages import InferReplyMsg
-from workers.contract.redis_keys import GROUP, Keys
+from workers.contract.redis_keys import GROUP, RedisKeys
 
 
 @dataclass(slots=True)
@@ -32,7 +32,7 @@ class Entry:
 
 
 class WorkQueue:
-    def __init__(self, client: redis.Redis, keys: Keys, consumer: str, reply_ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, consumer: str, reply_ttl_s: int) -> None:
         self.r = client
         self.keys = keys
         self.consumer = consumer

@@ -5,7 +5,6 @@ is retried. The runtimes themselves live in runners.py (format -> runtime) and h
 from __future__ import annotations
 
 import logging
-import re
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -22,19 +21,6 @@ class Runner(Protocol):
 
 class InputRejected(ValueError):
     """One item's input that this runtime cannot take (the item fails alone, as invalid input)."""
-
-
-_FRAME_STARTS = ("File ", "Traceback", "^", "~")
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\"'\\/:]+){2,}")
-
-
-def public_message(exc: BaseException, limit: int = 300) -> str:
-    """What a client may see of a model failure: the last line of the message, never a
-    traceback (TorchScript puts its interpreter traceback, with file names, in the message)."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    lines = [line for line in lines if line and not line.startswith(_FRAME_STARTS)]
-    text = lines[-1] if lines else type(exc).__name__
-    return _PATH.sub("<path>", text)[:limit]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

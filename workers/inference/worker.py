@@ -33,7 +33,7 @@ from model_store.blobs import BlobStore
 from model_store.registry import Registry
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
-from workers.contract.redis_keys import Keys
+from workers.contract.redis_keys import RedisKeys
 from workers.contract.usage import Charge
 from workers.inference.batcher import Batcher, Item
 from workers.inference.check_server import start_check_server
@@ -60,7 +60,7 @@ class Worker:
     def __init__(
         self,
         client: redis.Redis,
-        keys: Keys,
+        keys: RedisKeys,
         registry: Registry,
         blobs: BlobStore,
         config: WorkerConfig,

@@ -4,20 +4,22 @@ router and dependency solver.
 Measured in-process with a stub engine, routing and dependency solving were most of the
 gateway's CPU per request on the hottest route. This middleware matches that one route
 itself, authenticates with the same Authenticator, calls the same handler the FastAPI route
-calls, and answers errors through the app's own installed exception handlers. The FastAPI
+calls (service/routes/infer_endpoint.py), and answers errors through the same exception handlers
+the app installs (service/errors.py::respond). The FastAPI
 routes stay: they document the endpoints in OpenAPI and serve any request this path passes on.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.routes.inference import _infer  # the same handler as the FastAPI route
+from service import errors
+from service.routes import infer_endpoint as endpoint
+from service.state import AppState
 from service.tenancy.auth import require_scope
 
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -38,19 +40,14 @@ class InferFastPath:
         await self.app(scope, receive, send)
 
     async def _infer(self, request: Request, model: str, version: str | None) -> Response:
-        app: Any = request.app
         try:
-            state = app.state.kiln
+            state: AppState = request.app.state.kiln
             principal = require_scope(
                 await state.auth.authenticate(request.headers.get("authorization")), "infer"
             )
-            return await _infer(request, principal, state.inference, model, version)
+            return await endpoint.infer(request, principal, state, model, version)
         except Exception as exc:
-            for kind in type(exc).__mro__:
-                handler = app.exception_handlers.get(kind)
-                if handler is not None:
-                    response: Response = await handler(request, exc)
-                    if response.status_code in _BODY_UNREAD:  # do not read on what nobody reads
-                        response.headers["Connection"] = "close"
-                    return response
-            raise
+            response = await errors.respond(request, exc)
+            if response.status_code in _BODY_UNREAD:  # do not read on what nobody reads
+                response.headers["Connection"] = "close"
+            return response
