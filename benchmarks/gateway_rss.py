@@ -1,6 +1,8 @@
 """The gateway process's resident memory, idle and after a fixed load, and whether it maps torch,
 transformers or onnxruntime. Same load each run: the MLP of serve_bench.py, one gateway process,
-one worker, wrk closed loop (16 connections, 10 s) against /v2/models/bench/infer.
+one worker, wrk closed loop (16 connections, 10 s) against /v2/models/bench/infer. The gateway's
+own process, and with the processes it started (a fork server for local model checks, which
+preloads torch; none with KILN_CHECKS=worker, as on a gateway-only install).
 
     python benchmarks/gateway_rss.py [--duration 10] [--connections 16]
 """
@@ -29,6 +31,14 @@ def status(pid: int) -> dict[str, int]:
     return out
 
 
+def tree_rss_mib(pid: int) -> float:
+    """The gateway with every process it started (a fork server for local model checks)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return round(sum(p.memory_info().rss for p in procs) / 2**20, 1)
+
+
 def heavy_maps(pid: int) -> list[str]:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return sorted({name for name in HEAVY if name in maps})
@@ -53,12 +63,14 @@ def main() -> None:
             kiln.register(model, {"max_batch_size": 64, "max_queue_delay_ms": 2})
             raw = wrk(f"{kiln.url}/v2/models/bench/infer", body, KEY, args.connections, args.duration, 2)
             loaded = status(gateway)
+            tree = tree_rss_mib(gateway)
             result = to_result("load", raw)
             report = {
                 "idle_rss_mib": round(idle["VmRSS"] / 1024, 1),
                 "after_load_rss_mib": round(loaded["VmRSS"] / 1024, 1),
                 "peak_rss_mib": round(loaded["VmHWM"] / 1024, 1),
                 "threads": loaded["Threads"],
+                "with_children_rss_mib": tree,
                 "maps": heavy_maps(gateway),
                 "requests_s": round(result.requests_s),
                 "errors": result.errors,
