@@ -174,21 +174,10 @@ def test_outcomes(xml: Path) -> list[dict[str, str]]:
     return out
 
 
-def steps(args: argparse.Namespace, out: Path, log: Log, cuda: bool, started: float) -> list[dict[str, Any]]:
-    budgets = DRY_BUDGET if args.dry_run else BUDGET
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
-    }
-    work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
-    results: list[dict[str, Any]] = []
-
-    def budget(name: str) -> float:
-        left = args.deadline_s - (time.monotonic() - started) - 5
-        return max(1.0, min(budgets[name], left))
-
-    # GPU tests: run in the dry run too (collection and fixtures proven; each test skips itself)
+def gpu_tests(
+    env: dict[str, str], work: Path, log: Log, out: Path, budget_s: float, cuda: bool
+) -> dict[str, Any]:
+    """The gpu-marked tests (in the dry run too: collection and fixtures proven; each test skips itself)."""
     tenv, redis = test_env(env, work, log)
     xml = work / "gpu-tests.xml"
     argv = [
@@ -204,14 +193,31 @@ def steps(args: argparse.Namespace, out: Path, log: Log, cuda: bool, started: fl
         *gpu_test_files(),
     ]
     try:
-        step = run_step("gpu-tests", argv, budget("gpu-tests"), log, tenv, tee=out / "gpu-tests.log")
+        step = run_step("gpu-tests", argv, budget_s, log, tenv, tee=out / "gpu-tests.log")
     finally:
         if redis is not None:
             redis.stop()
     step["tests"] = test_outcomes(xml)
     if not cuda and step["status"] == "ok" and all(t["outcome"] == "skipped" for t in step["tests"]):
         step["status"] = NO_CUDA
-    results.append(step)
+    return step
+
+
+def steps(args: argparse.Namespace, out: Path, log: Log, cuda: bool, started: float) -> list[dict[str, Any]]:
+    budgets = DRY_BUDGET if args.dry_run else BUDGET
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
+    }
+    work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
+    results: list[dict[str, Any]] = []
+
+    def budget(name: str) -> float:
+        left = args.deadline_s - (time.monotonic() - started) - 5
+        return max(1.0, min(budgets[name], left))
+
+    results.append(gpu_tests(env, work, log, out, budget("gpu-tests"), cuda))
 
     device = ["--device", "cuda"] if cuda else ["--dry-run"]
     for name, script in (("bench-minilm", "gpu_minilm.py"), ("bench-resnet", "gpu_resnet.py")):
