@@ -122,7 +122,9 @@ async def test_a_training_process_that_dies_fails_its_job_and_the_trainer_goes_o
 ) -> None:
     """The CPU limit kills the fenced process mid-job: the job fails and says so; the trainer
     takes the next job."""
-    t = TrainerThread(settings, limits=FenceLimits(cpu_s=3)).start()
+    # one torch thread: CPU time is summed over threads, and spinning OpenMP threads on a loaded
+    # machine could spend the quick job's 3 s too
+    t = TrainerThread(settings, limits=FenceLimits(cpu_s=3, threads=1)).start()
     try:
         train, valid = await setup_classifier(client)
         slow = job_body(train, valid, hyperparameters={"epochs": 1000, "batch_size": 1})
