@@ -71,16 +71,18 @@ class Choice:
     redis_url: str
     pg_how: str = "the machine's"
     redis_how: str = "the machine's"
+    pg_note: str = ""
+    redis_note: str = ""
     supervisor: subprocess.Popen[bytes] | None = None
     temp_dir: str | None = None
-    pg_start_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        pg = "SQLite files" if self.pg_url == "sqlite" else f"{self.pg_how} at {_where(self.pg_url)}"
-        if self.pg_how == "own":
-            pg += f" (started in {self.pg_start_s:.1f} s)"
-        return f"test services: PostgreSQL {pg}; Redis {self.redis_how} at {_where(self.redis_url)}"
+        pg = f"{self.pg_how} at {_where(self.pg_url)}{self.pg_note}"
+        if self.pg_url == "sqlite":
+            pg = "none: SQLite files (KILN_TEST_PG=sqlite)"
+        red = f"{self.redis_how} at {_where(self.redis_url)}{self.redis_note}"
+        return f"test services: PostgreSQL {pg}; Redis {red}"
 
     def stop(self) -> None:
         """Close the supervisor's pipe and wait for it to stop the servers; remove what is left."""
@@ -107,30 +109,35 @@ def choose(env: dict[str, str]) -> Choice:
     if mode not in MODES:
         raise ValueError(f"KILN_TEST_SERVICES={mode!r}: expected one of {', '.join(MODES)}")
     choice = Choice(env.get("KILN_TEST_PG", MACHINE_PG), env.get("KILN_TEST_REDIS", MACHINE_REDIS))
-    want_pg = "KILN_TEST_PG" not in env and _wanted(mode, lambda: pg_answers(MACHINE_PG))
-    want_redis = "KILN_TEST_REDIS" not in env and _wanted(mode, lambda: redis_answers(MACHINE_REDIS))
     if "KILN_TEST_PG" in env:
         choice.pg_how = "given (KILN_TEST_PG)"
     if "KILN_TEST_REDIS" in env:
         choice.redis_how = "given (KILN_TEST_REDIS)"
-    if want_pg or want_redis:
-        _start(choice, want_pg, want_redis)
+    pg_why = _own_because(mode, "KILN_TEST_PG" in env, partial(pg_answers, MACHINE_PG), "127.0.0.1:5432")
+    redis_why = _own_because(
+        mode, "KILN_TEST_REDIS" in env, partial(redis_answers, MACHINE_REDIS), "127.0.0.1:6379"
+    )
+    if pg_why or redis_why:
+        _start(choice, pg_why, redis_why)
     return choice
 
 
-def _wanted(mode: str, machine_answers: Callable[[], bool]) -> bool:
-    if mode == "machine":
-        return False
-    return mode == "own" or not machine_answers()
+def _own_because(mode: str, given: bool, machine_answers: Callable[[], bool], where: str) -> str:
+    """Why this run starts its own service; "" to use the given or the machine's one."""
+    if given or mode == "machine":
+        return ""
+    if mode == "own":
+        return "KILN_TEST_SERVICES=own"
+    return "" if machine_answers() else f"none usable at {where}"
 
 
-def _start(choice: Choice, pg: bool, red: bool) -> None:
+def _start(choice: Choice, pg_why: str, redis_why: str) -> None:
     argv = [
         sys.executable,
         "-m",
         "tests.own_services",
-        *(["--pg"] if pg else []),
-        *(["--redis"] if red else []),
+        *(["--pg"] if pg_why else []),
+        *(["--redis"] if redis_why else []),
     ]
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
@@ -146,10 +153,11 @@ def _start(choice: Choice, pg: bool, red: bool) -> None:
     if "error" in info:
         choice.stop()
         raise RuntimeError(f"could not start the test run's own services: {info['error']}")
-    if pg:
-        choice.pg_url, choice.pg_how, choice.pg_start_s = info["pg"], "own", info["pg_start_s"]
-    if red:
-        choice.redis_url, choice.redis_how = info["redis"], "own"
+    if pg_why:
+        choice.pg_url, choice.pg_how = info["pg"], "own"
+        choice.pg_note = f" (started in {info['pg_start_s']:.1f} s; {pg_why})"
+    if redis_why:
+        choice.redis_url, choice.redis_how, choice.redis_note = info["redis"], "own", f" ({redis_why})"
 
 
 # ---- the supervisor process -------------------------------------------------------------------
