@@ -34,6 +34,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/kiln serve --demo --port $(PORT) --data-dir $(DATA_DIR)
 
+# One line: which PostgreSQL and Redis the tests use. The machine's where they run; where none
+# does, pytest starts its own (tests/own_services.py), so absent services are no error.
 services:
 	@bash scripts/ensure-services.sh
 

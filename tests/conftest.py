@@ -1,5 +1,7 @@
 """Shared fixtures: a clean PostgreSQL database per test (copied from a migrated template),
-a private key prefix on the real Redis per test, the app in-process, workers in threads."""
+a private key prefix on the real Redis per test, the app in-process, workers in threads.
+Which PostgreSQL and Redis: the machine's where they answer, else the run's own
+(tests/own_services.py; KILN_TEST_SERVICES=own forces those)."""
 
 from __future__ import annotations
 
@@ -23,13 +25,45 @@ from model_store.registry import Registry
 from service.app import create_app
 from service.settings import Settings
 from service.tenancy import api_keys as keys
+from tests import own_services
 from workers.contract.redis_keys import RedisKeys
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.worker import Worker, WorkerConfig
 
-PG_ADMIN = os.environ.get("KILN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("KILN_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# Set in pytest_configure, before any test module is imported (they import these names).
+PG_ADMIN = os.environ.get("KILN_TEST_PG", own_services.MACHINE_PG)
+REDIS_URL = os.environ.get("KILN_TEST_REDIS", own_services.MACHINE_REDIS)
+# KILN_TEST_PG=sqlite: a migrated SQLite file per test instead (the GPU machine has no PostgreSQL;
+# scripts/gpu-check.sh sets it there). The tests that need PostgreSQL itself still need it.
+SQLITE = PG_ADMIN == "sqlite"
 ADMIN_KEY = "kiln_testadmin_" + "a" * 40
+_services: own_services.Choice | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose (and if need be start) PostgreSQL and Redis once per run. The URLs go into the
+    environment: xdist workers, e2e processes and nested runs inherit them, so nothing starts twice."""
+    global PG_ADMIN, REDIS_URL, SQLITE, _services
+    if not hasattr(config, "workerinput"):  # an xdist worker: its controller chose already
+        try:
+            _services = own_services.choose(dict(os.environ))
+        except (ValueError, RuntimeError) as e:
+            raise pytest.UsageError(str(e)) from None
+        os.environ["KILN_TEST_PG"] = _services.pg_url
+        os.environ["KILN_TEST_REDIS"] = _services.redis_url
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(_services.line())
+    PG_ADMIN, REDIS_URL = os.environ["KILN_TEST_PG"], os.environ["KILN_TEST_REDIS"]
+    SQLITE = PG_ADMIN == "sqlite"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _services
+    if _services is not None:
+        _services.stop()
+        _services = None
 
 
 def _pg_url(db: str) -> str:
@@ -38,11 +72,6 @@ def _pg_url(db: str) -> str:
 
 def _admin_conn() -> psycopg.Connection:
     return psycopg.connect(PG_ADMIN, autocommit=True)
-
-
-# KILN_TEST_PG=sqlite: a migrated SQLite file per test instead (the GPU machine has no PostgreSQL;
-# scripts/gpu-check.sh sets it there). The tests that need PostgreSQL itself still need it.
-SQLITE = PG_ADMIN == "sqlite"
 
 
 @pytest.fixture(scope="session")

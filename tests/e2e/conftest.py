@@ -11,17 +11,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, REDIS_URL
+import tests.conftest as base
+from tests.conftest import ADMIN_KEY
 from tests.e2e.harness import Stack
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAULT_WORKER = "tests.e2e.fault_worker"
 
 
-def make_env(tmp_path: Path, pg_url: str, redis_prefix: str, redis_url: str = REDIS_URL) -> dict[str, str]:
+def make_env(tmp_path: Path, pg_url: str, redis_prefix: str, redis_url: str | None = None) -> dict[str, str]:
     return {
         "KILN_DATABASE_URL": pg_url,
-        "KILN_REDIS_URL": redis_url,
+        "KILN_REDIS_URL": redis_url or base.REDIS_URL,  # read now: chosen at pytest_configure
         "KILN_REDIS_PREFIX": redis_prefix,
         "KILN_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
         "KILN_DATA_DIR": str(tmp_path / "data"),
@@ -51,7 +52,7 @@ def stack(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
 def make_stack(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def make(redis_url: str = REDIS_URL, **env: str) -> Stack:
+    def make(redis_url: str | None = None, **env: str) -> Stack:
         stack = Stack({**make_env(tmp_path, pg_url, redis_prefix, redis_url), **env}, tmp_path)
         stacks.append(stack)
         return stack
