@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Which PostgreSQL and Redis `make test` uses, in one line. The machine's, at 127.0.0.1:5432 (trust,
-# database `test`) and 127.0.0.1:6379, started here if they are installed but down. Where there are
-# none, the test run starts its own on free ports (tests/own_services.py): no error, nothing to install.
+# database `test`) and 127.0.0.1:6379, when they answer (never started or stopped from here). Where
+# they do not, the test run starts its own on free ports (tests/own_services.py): no error, nothing
+# to install.
 # KILN_TEST_SERVICES=own: the run's own even where the machine's run (they are left alone);
 # KILN_TEST_PG / KILN_TEST_REDIS: URLs given by hand, used as they are.
 set -u
@@ -15,20 +16,6 @@ redis_up() {
   else port_open 6379; fi
 }
 mode=${KILN_TEST_SERVICES:-auto}
-
-if [ "$mode" != own ]; then
-  if [ -z "${KILN_TEST_PG:-}" ] && ! pg_up && command -v pg_ctlcluster >/dev/null 2>&1 \
-    && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start >/dev/null 2>&1
-    for _ in $(seq 50); do pg_up && break; sleep 0.2; done
-  fi
-  if [ -z "${KILN_TEST_REDIS:-}" ] && ! redis_up && command -v redis-server >/dev/null 2>&1; then
-    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null
-    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
-      --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null 2>&1
-    for _ in $(seq 50); do redis_up && break; sleep 0.2; done
-  fi
-fi
 
 # say NAME GIVEN_VAR UP_FUNCTION ADDRESS
 say() {
