@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from model_store.blobs import BlobStore
 from model_store.checks import FencedCheck, FenceMode
 from model_store.errors import InvalidArtifact, NotFound
 from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
+from workers.common.retry import run_until_stopped
 from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
+from workers.contract.groups import ensure_group
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
 from workers.contract.redis_keys import CHECK_GROUP, RedisKeys
 
@@ -37,6 +40,8 @@ log = logging.getLogger("kiln.worker.checks")
 _UPLOAD = re.compile(r"upload-[A-Za-z0-9_]{1,64}")
 _REFS = ("base", "train", "valid", "checkpoint")
 _REPLY_TTL_S = 60
+
+_BACKOFF = ExponentialBackoff(cap=2.0, base=0.05)  # 0.1 s after a first failure, doubling to 2 s
 
 
 class CheckServer:
@@ -51,24 +56,18 @@ class CheckServer:
         self._grouped = False
 
     def _ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.keys.checks, CHECK_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.r, self.keys.checks, CHECK_GROUP)
         self._grouped = True
 
+    def _lost(self, exc: Exception) -> None:
+        log.warning("check stream unavailable (%s); retrying", type(exc).__name__)
+        self._grouped = False
+
+    def _turn(self) -> None:
+        self.once(block_ms=1000)
+
     def serve(self, stop: threading.Event) -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                self.once(block_ms=1000)
-                backoff = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning("check stream unavailable (%s); retrying", type(exc).__name__)
-                self._grouped = False
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+        run_until_stopped(self._turn, stop, (RedisError, OSError), self._lost, _BACKOFF)
 
     def once(self, block_ms: int) -> int:
         """Read and answer at most one check; how many were read."""
