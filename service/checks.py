@@ -32,7 +32,6 @@ from model_store.errors import CheckUnavailable, InvalidArtifact
 from model_store.signature import Signature
 from workers.contract.finetune_check import CheckFailed, FenceLimits, check_model, readable_paths
 from workers.contract.messages import CheckReplyMsg, CheckRequestMsg, ContractError
-from workers.contract.redis_conn import connect_sync
 from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.checks")
@@ -82,7 +81,9 @@ class WorkerChecks:
     def _redis(self) -> redis.Redis:
         with self._lock:
             if self._client is None:
-                self._client = connect_sync(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
+                self._client = redis.Redis.from_url(
+                    self.redis_url, socket_timeout=10, socket_connect_timeout=5
+                )
             return self._client
 
     def close(self) -> None:
