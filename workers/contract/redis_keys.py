@@ -67,6 +67,23 @@ class RedisKeys:
         """The stream one check's verdict is written to (messages.CheckReplyMsg)."""
         return f"{self.prefix}:check:{check_id}"
 
+    # text generation (workers/contract/generation.py) ------------------------------------------
+    def gen_stream(self, version_id: int) -> str:
+        """The generation requests of one hf-causal-lm version (GenRequestMsg entries)."""
+        return f"{self.prefix}:gen:{version_id}"
+
+    def gen_version_of(self, stream: str) -> int:
+        return int(stream.rsplit(":gen:", 1)[1])
+
+    @property
+    def gen_streams(self) -> str:
+        """Set of generation streams that gateways have written to; generation workers serve these."""
+        return f"{self.prefix}:gen-streams"
+
+    def gen_cancel(self, request_id: str) -> str:
+        """Set (with a TTL) by the gateway when a generation's client went away or cancelled."""
+        return f"{self.prefix}:gencancel:{request_id}"
+
     # fine-tuning ------------------------------------------------------------------------------
     @property
     def finetune_jobs(self) -> str:
