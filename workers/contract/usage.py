@@ -9,6 +9,10 @@ the request's tenant and key, in Redis hashes written in the same pipeline as th
     {prefix}:quota:t:{tenant_id}:{YYYYMM}        field "c" (compute s), "r" (admitted requests)
     {prefix}:quota:k:{key_id}:{YYYYMM}           the same per key
 
+Text generation charges tokens instead (`record_tokens`): day-hash fields
+"{model}|{version}|{key_id}|{r|p|g}" (requests, prompt tokens, generated tokens) and field "tok"
+(prompt + generated) in the month hashes, which `monthly_tokens` limits read.
+
 Days and months are UTC. Day hashes expire after USAGE_TTL_S, month hashes after MONTH_TTL_S.
 """
 
@@ -79,6 +83,43 @@ def record(pipe: Any, prefix: str, charges: list[Charge], now: float | None = No
     for (key, field), s in seconds.items():
         pipe.hincrbyfloat(key, field, s)
     for key in {k for k, _f in counts} | {k for k, _f in seconds}:
+        pipe.expire(key, MONTH_TTL_S if ":quota:" in key else USAGE_TTL_S)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCharge:
+    tenant_id: int
+    key_id: int
+    model: str
+    version: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+TOKENS_FIELD = "tok"  # the month hashes' token total
+
+
+def record_tokens(pipe: Any, prefix: str, charges: list[TokenCharge], now: float | None = None) -> None:
+    """Queue the HINCRBY commands for these generation charges on a pipeline (no round trip)."""
+    if not charges:
+        return
+    now = time.time() if now is None else now
+    day, month = day_of(now), month_of(now)
+    keys = RedisKeys(prefix)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for c in charges:
+        base = FIELD_SEP.join((c.model, str(c.version), str(c.key_id)))
+        dkey = keys.usage_day(c.tenant_id, day)
+        counts[(dkey, base + "|r")] += 1
+        counts[(dkey, base + "|p")] += c.prompt_tokens
+        counts[(dkey, base + "|g")] += c.completion_tokens
+        total = c.prompt_tokens + c.completion_tokens
+        counts[(keys.quota_month("t", c.tenant_id, month), TOKENS_FIELD)] += total
+        if c.key_id:
+            counts[(keys.quota_month("k", c.key_id, month), TOKENS_FIELD)] += total
+    for (key, field), n in counts.items():
+        pipe.hincrby(key, field, n)
+    for key in {k for k, _f in counts}:
         pipe.expire(key, MONTH_TTL_S if ":quota:" in key else USAGE_TTL_S)
 
 
