@@ -31,6 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
 from model_store.registry import Registry
+from workers.common.commands import Commands
+from workers.common.leases import Leases
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
 from workers.contract.redis_keys import RedisKeys
@@ -40,8 +42,6 @@ from workers.inference.check_server import start_check_server
 from workers.inference.config import WorkerConfig
 from workers.inference.execution import Executor
 from workers.inference.fenced import start_fork_server
-from workers.inference.leases import Leases
-from workers.inference.lifecycle import Commands
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.model_cache import Loaded, ModelCache
 from workers.inference.queue import Entry, WorkQueue
