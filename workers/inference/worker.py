@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -92,6 +93,7 @@ class Worker:
         self.validator = Validator(
             self.queue, self.metrics, self.worker_id, config.max_deliveries, self.cache.get
         )
+        self.extra_info: Callable[[], dict[str, object]] | None = None  # e.g. generation versions
         self.executor = Executor(
             self.worker_id, self.metrics, self.watchdog, self._condemn, self._why_condemned
         )
@@ -216,6 +218,7 @@ class Worker:
             "ready": not self.watchdog.stalled(),  # the loop's beat never contradicts the watchdog's
             "failed": {str(vid): why for vid, why in dict(self.cache.load_failures).items()},
             "memory_bytes": self.cache.memory_bytes(),
+            **(self.extra_info() if self.extra_info is not None else {}),
         }
 
     def _beat(self) -> None:
