@@ -5,6 +5,7 @@ hostile entries, load failures, max_running, and entries taken over from a dead 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,35 @@ def test_taken_over_entries_stream_gets_worker_lost_non_stream_is_retried(
     assert _queue_empty(redis_client, keys, version_id)
     day = redis_client.hgetall(keys.usage_day(1, day_of(time.time())))
     assert day[b"chat|1|7|r"] == b"1"  # only the retried one was charged, once
+
+
+def test_a_slow_load_does_not_stall_other_versions_streams(
+    redis_client, keys, registry, version_id, tmp_path, redis_prefix
+) -> None:
+    slow = register_gen_version(registry, tmp_path, "big")
+    release = threading.Event()
+
+    def loader(version, path):  # type: ignore[no-untyped-def]
+        if version.version_id == slow:
+            release.wait(60)  # a load that takes as long as the test wants
+        return load(version, path)
+
+    with running_loop(base.REDIS_URL, redis_prefix, registry, loader) as (loop, _reg):
+        replies = Replies(redis_client, keys)
+        fast = enqueue(redis_client, keys, version_id, max_tokens=4)
+        assert text(replies.until(fast)) == expected_text(4)  # the first version is loaded
+        waiting = enqueue(redis_client, keys, slow, max_tokens=4)
+        poll_until(lambda: slow in loop.backends._loading)
+        during = enqueue(redis_client, keys, version_id, max_tokens=6)
+        chunks = replies.until(during)  # streamed and finished while the other version loads
+        assert text(chunks) == expected_text(6) and not replies.chunks.get(waiting)
+        release.set()
+        assert text(replies.until(waiting)) == expected_text(4)
+    assert _queue_empty(redis_client, keys, slow) and _queue_empty(redis_client, keys, version_id)
+
+
+def poll_until(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met"
+        time.sleep(0.01)

@@ -60,8 +60,9 @@ class Admitter:
             return Out("", "", [], 0, False, entry)  # acked, no reply: nowhere to send one
         return self._fail(entry, ident[0], ident[1], True, GenErrorCode.INVALID_INPUT, why)
 
-    def admit(self, entry: Entry) -> Running | Out:
-        """The running request, or the Out that ends the entry now."""
+    def admit(self, entry: Entry) -> Running | Out | None:
+        """The running request, the Out that ends the entry now, or None while its version
+        loads (admit it again later: every check runs again then)."""
         if entry.deliveries > self.max_deliveries:
             why = f"delivered {entry.deliveries} times"
             self.queue.dead_letter(entry, why)
@@ -88,11 +89,13 @@ class Admitter:
             return self._fail(entry, rid, reply, stream, GenErrorCode.WORKER_LOST, message)
         return self._submit(entry, msg, remaining_ms)
 
-    def _submit(self, entry: Entry, msg: GenRequestMsg, remaining_ms: int) -> Running | Out:
+    def _submit(self, entry: Entry, msg: GenRequestMsg, remaining_ms: int) -> Running | Out | None:
         rid, reply, stream = msg.request_id, msg.reply_to, msg.stream
         version_id = self.queue.keys.gen_version_of(entry.stream)
         try:
             hosted = self.backends.get(version_id)
+            if hosted is None:
+                return None
             hosted.backend.submit(msg)
         except LoadFailed as exc:
             return self._fail(entry, rid, reply, stream, exc.code, str(exc))

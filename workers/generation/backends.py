@@ -1,5 +1,5 @@
 """The generation backends a worker holds: version id -> a loaded hf-causal-lm backend,
-loaded on first use through a pluggable loader (the engine's factory in production, a test
+loaded on first use on a load thread through a pluggable loader (the engine's factory in production, a test
 backend in tests), unloaded on the lifecycle's unload command once its requests are done."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ log = logging.getLogger("kiln.generation")
 
 FORMAT = "hf-causal-lm"
 BackendLoader = Callable[[ResolvedVersion, Path], GenerationBackend]
+LoadResult = Future[tuple[ResolvedVersion, GenerationBackend, float]]
 RETRY_LOAD_S = 10.0  # a version that failed to load is not tried again before this
 
 
@@ -54,9 +56,12 @@ class GenBackends:
         self.hosted: dict[int, Hosted] = {}
         self.failures: dict[int, tuple[str, float]] = {}  # version -> (why, monotonic retry time)
         self.to_unload: set[int] = set()
+        self._loading: dict[int, LoadResult] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kiln-gen-load")
 
-    def get(self, version_id: int) -> Hosted:
-        """The version's backend, loading it first if need be (LoadFailed if it cannot be)."""
+    def get(self, version_id: int) -> Hosted | None:
+        """The version's backend; None while it loads (on the load thread, so that the loop
+        goes on streaming and cancelling meanwhile); LoadFailed if it cannot be loaded."""
         hosted = self.hosted.get(version_id)
         if hosted is not None:
             return hosted
@@ -65,14 +70,32 @@ class GenBackends:
         why, retry_at = self.failures.get(version_id, ("", 0.0))
         if why and time.monotonic() < retry_at:
             raise LoadFailed(GenErrorCode.LOAD_FAILED, why)
+        loading = self._loading.get(version_id)
+        if loading is None:
+            self._start_load(version_id)
+            return None
+        if not loading.done():
+            return None
+        del self._loading[version_id]
+        return self._loaded(version_id, loading)
+
+    def _start_load(self, version_id: int) -> None:
         try:
             version = self.registry.by_version_id(version_id)
         except StoreError as exc:
             raise LoadFailed(GenErrorCode.LOAD_FAILED, f"model version not found: {exc}") from exc
         if version.format != FORMAT:
             raise LoadFailed(GenErrorCode.INVALID_INPUT, f"a {version.format} model does not generate text")
+        path = self.blobs.path_for(version.sha256)
+        self._loading[version_id] = self._pool.submit(self._load, version, path)
+
+    def _load(self, version: ResolvedVersion, path: Path) -> tuple[ResolvedVersion, GenerationBackend, float]:
+        started = time.monotonic()
+        return version, self.loader(version, path), time.monotonic() - started
+
+    def _loaded(self, version_id: int, loading: LoadResult) -> Hosted:
         try:
-            backend = self.loader(version, self.blobs.path_for(version.sha256))
+            version, backend, took = loading.result()
         except Exception as exc:  # the loader's failure is the version's, never the loop's
             why = f"model could not be loaded: {public_message(exc)}"
             self.failures[version_id] = (why, time.monotonic() + RETRY_LOAD_S)
@@ -81,7 +104,7 @@ class GenBackends:
         self.failures.pop(version_id, None)
         hosted = self.hosted[version_id] = Hosted(version, backend)
         self.metrics.loaded.set(len(self.hosted))
-        log.info("loaded %s:%s for generation", version.model, version.version)
+        log.info("loaded %s:%s for generation in %.1fs", version.model, version.version, took)
         return hosted
 
     def drop(self, version_id: int, why: str = "") -> None:
@@ -114,6 +137,15 @@ class GenBackends:
     def close(self) -> None:
         for vid in list(self.hosted):
             self.drop(vid)
+        for loading in self._loading.values():  # a load that ends after this is closed at once
+            loading.add_done_callback(_close_loaded)
+        self._loading.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def loaded_ids(self) -> list[int]:
         return sorted(list(self.hosted))  # read from the heartbeat's thread too
+
+
+def _close_loaded(loading: LoadResult) -> None:
+    if not loading.cancelled() and loading.exception() is None:
+        loading.result()[1].close()

@@ -73,6 +73,8 @@ class GenerationLoop:
         self.leases = Leases(self.queue)
         self._stop = threading.Event()
         self._streams: list[str] = []
+        self._deferred: list[Entry] = []  # read while their version loads; admitted once it has
+        self._unsent: list[Out] = []  # a send that failed (Redis away): sent first, in order, later
         self._next = {"refresh": 0.0, "claim": 0.0, "cancel": 0.0, "stats": 0.0, "read": 0.0}
 
     # lifecycle --------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class GenerationLoop:
         acked is taken over by another worker (streams as worker_lost, the rest generated again)."""
         until = time.monotonic() + drain_s
         try:
-            while len(self.sessions) and time.monotonic() < until:
+            while (len(self.sessions) or self._unsent) and time.monotonic() < until:
                 self._poll()
                 self._cancels(time.monotonic())
                 self._send(self.sessions.due(time.monotonic()))
@@ -131,6 +133,9 @@ class GenerationLoop:
             for stream in self._streams:
                 self._reclaim(stream)
             self._next["claim"] = time.monotonic() + self.config.claim_interval_ms / 1000
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self._admit(deferred, held=True)
         self._read()
         self._poll()
         now = time.monotonic()
@@ -148,7 +153,7 @@ class GenerationLoop:
         self.backends.unload_idle()
 
     def _room(self) -> int:
-        return self.config.max_running - len(self.sessions)
+        return self.config.max_running - len(self.sessions) - len(self._deferred)
 
     def _read(self) -> None:
         room, now = self._room(), time.monotonic()
@@ -169,12 +174,15 @@ class GenerationLoop:
                 return
             self._admit(entries)
 
-    def _admit(self, entries: list[Entry]) -> None:
+    def _admit(self, entries: list[Entry], held: bool = False) -> None:
         outs: list[Out] = []
-        self.leases.hold(entries)
+        if not held:
+            self.leases.hold(entries)
         for entry in entries:
             outcome = self.admitter.admit(entry)
-            if isinstance(outcome, Running):
+            if outcome is None:
+                self._deferred.append(entry)
+            elif isinstance(outcome, Running):
                 self.sessions.add(outcome)
             else:
                 outs.append(outcome)
@@ -212,11 +220,14 @@ class GenerationLoop:
             self.metrics.stats(hosted.version.model, hosted.version.version, stats)
 
     def _send(self, outs: list[Out]) -> None:
+        """Chunks out, finished entries acked. If Redis fails, everything unsent is kept and
+        goes first next time, so a request's chunks are never lost or reordered (a pipeline cut
+        half-way may repeat some: the same seq, for the gateway to drop)."""
+        outs = self._unsent + [o for o in outs if o.chunks or o.entry is not None]
         if not outs:
             return
-        done = [o.entry for o in outs if o.entry is not None]
-        try:
-            self.queue.send([o for o in outs if o.chunks or o.entry is not None])
-        finally:  # not acked: stop renewing, the entries are taken over
-            self.leases.release(done)
+        self._unsent = outs
+        self.queue.send(outs)
+        self._unsent = []
+        self.leases.release([o.entry for o in outs if o.entry is not None])
         self.backends.unload_idle()
