@@ -60,7 +60,10 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
     )
     generation = _generation(settings, metrics_port) if settings.gen_enabled else None
     if generation is not None:
-        worker.extra_info = lambda: {"generation": generation.loaded_ids()}
+        worker.extra_info = lambda: {
+            "generation": generation.loaded_ids(),
+            "generation_alive": generation.alive(),
+        }
     preload_runtimes()  # import torch/onnxruntime now, not on the first request
     freeze_startup_objects()
     worker.install_signal_handlers()

@@ -110,10 +110,11 @@ def test_deadline_passed_in_queue_is_answered_without_running(
 def test_deadline_while_generating_cancels_with_an_error_chunk(
     redis_client, keys, registry, version_id, redis_prefix, monkeypatch
 ) -> None:
-    monkeypatch.setenv("KILN_TEST_GEN_STEP_MS", "20")
+    monkeypatch.setenv("KILN_TEST_GEN_STEP_MS", "50")
     with running_loop(base.REDIS_URL, redis_prefix, registry, load):
         replies = Replies(redis_client, keys)
-        rid = enqueue(redis_client, keys, version_id, max_tokens=60, deadline_s=0.4)
+        replies.until(enqueue(redis_client, keys, version_id, max_tokens=1))  # loaded: no wait below
+        rid = enqueue(redis_client, keys, version_id, max_tokens=60, deadline_s=1.0)
         chunks = replies.until(rid)
     last = chunks[-1]
     assert last.finish == "error" and last.code == "deadline_exceeded" and last.done
@@ -212,7 +213,7 @@ def test_beyond_max_running_entries_stay_queued_for_others(
     assert _queue_empty(redis_client, keys, version_id)
 
 
-def test_taken_over_entries_stream_gets_worker_lost_non_stream_is_retried(
+def test_taken_over_entries_stream_gets_worker_lost_others_are_retried(
     redis_client, keys, registry, version_id, redis_prefix
 ) -> None:
     stream = keys.gen_stream(version_id)
@@ -220,8 +221,9 @@ def test_taken_over_entries_stream_gets_worker_lost_non_stream_is_retried(
     streaming = enqueue(redis_client, keys, version_id, max_tokens=5)
     whole = enqueue(redis_client, keys, version_id, stream=False, max_tokens=5)
     poison = enqueue(redis_client, keys, version_id, stream=False, max_tokens=5)
-    # a consumer that reads all three and dies; it had sent 3 chunks of the streaming one
-    redis_client.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=3)
+    unstarted = enqueue(redis_client, keys, version_id, max_tokens=5)
+    # a consumer that reads all four and dies; it had sent 3 chunks of the first, none of the last
+    redis_client.xreadgroup(GROUP, "dead-worker", {stream: ">"}, count=4)
     redis_client.set(keys.gen_progress(streaming), 3)
     for _ in range(3):  # the poison entry was already delivered four times in all
         redis_client.xclaim(stream, GROUP, "dead-worker", 0, [redis_client.xrange(stream)[2][0]])
@@ -230,13 +232,15 @@ def test_taken_over_entries_stream_gets_worker_lost_non_stream_is_retried(
         (lost,) = replies.until(streaming)
         retried = replies.until(whole)
         (dead,) = replies.until(poison)
+        fresh = replies.until(unstarted)
+    assert text(fresh) == expected_text(5) and fresh[0].seq == 0  # nothing sent: generated whole
     assert lost.code == "worker_lost" and lost.seq == 3 and lost.done and "incomplete" in lost.error
     assert text(retried) == expected_text(5) and retried[-1].finish == "length"
     assert dead.code == "model_error" and "dead-lettered" in dead.error
     assert len(redis_client.xrange(keys.dead_letter)) == 1
     assert _queue_empty(redis_client, keys, version_id)
     day = redis_client.hgetall(keys.usage_day(1, day_of(time.time())))
-    assert day[b"chat|1|7|r"] == b"1"  # only the retried one was charged, once
+    assert day[b"chat|1|7|r"] == b"2"  # the two generated were charged, once each
 
 
 def test_a_slow_load_does_not_stall_other_versions_streams(

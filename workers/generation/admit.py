@@ -2,8 +2,9 @@
 dead-lettered; one that does not parse is answered if its reply stream can be named, else
 dead-lettered; one past its deadline is answered at once (no GPU time spent); a streaming
 request taken over from a dead worker gets a worker_lost error (its client already has part of
-the text: never a silent truncation), a non-streaming one is generated again from scratch; the
-rest are submitted to their version's backend (GenInputError -> an error chunk with its code)."""
+the text: never a silent truncation), a non-streaming one (or a stream with no chunk sent yet)
+is generated again from scratch; the rest are submitted to their version's backend
+(GenInputError -> an error chunk with its code)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ class Admitter:
         self.worker_id = worker_id
         self.max_deliveries = max_deliveries
 
-    def _fail(self, entry: Entry, rid: str, reply: str, stream: bool, code: str, message: str) -> Out:
+    def _fail(
+        self, entry: Entry, rid: str, reply: str, stream: bool, code: str, message: str, seq: int = -1
+    ) -> Out:
         """The one error chunk that ends the entry (numbered after what a dead worker sent)."""
-        seq = self.queue.progress(rid) if entry.deliveries > 1 else 0
+        if seq < 0:
+            seq = self.queue.progress(rid) if entry.deliveries > 1 else 0
         chunk = GenChunkMsg.failure(rid, seq, code, message, self.worker_id)
         return Out(reply, rid, [chunk], seq + 1, stream, entry)
 
@@ -84,10 +88,11 @@ class Admitter:
             return self._fail(
                 entry, rid, reply, stream, GenErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"
             )
-        if entry.deliveries > 1 and stream:
+        sent = self.queue.progress(rid) if entry.deliveries > 1 and stream else 0
+        if sent:  # the client has part of the text: it must learn that the rest is lost
             message = "the worker generating this stream was lost; the response is incomplete, retry it"
-            return self._fail(entry, rid, reply, stream, GenErrorCode.WORKER_LOST, message)
-        return self._submit(entry, msg, remaining_ms)
+            return self._fail(entry, rid, reply, stream, GenErrorCode.WORKER_LOST, message, sent)
+        return self._submit(entry, msg, remaining_ms)  # nothing sent yet: generated from scratch
 
     def _submit(self, entry: Entry, msg: GenRequestMsg, remaining_ms: int) -> Running | Out | None:
         rid, reply, stream = msg.request_id, msg.reply_to, msg.stream

@@ -72,6 +72,8 @@ class GenerationLoop:
         )
         self.leases = Leases(self.queue)
         self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._last_turn = time.monotonic()
         self._streams: list[str] = []
         self._deferred: list[Entry] = []  # read while their version loads; admitted once it has
         self._unsent: list[Out] = []  # a send that failed (Redis away): sent first, in order, later
@@ -88,8 +90,11 @@ class GenerationLoop:
         log.info("generation loop %s starting", self.worker_id)
         renew = threading.Thread(target=self._renew, name="kiln-gen-leases", daemon=True)
         renew.start()
-        run_until_stopped(self.tick, self._stop, REDIS_ERRORS, self._redis_lost, BACKOFF)
-        self._drain(drain_s)
+        try:
+            run_until_stopped(self.tick, self._stop, REDIS_ERRORS, self._redis_lost, BACKOFF)
+            self._drain(drain_s)
+        finally:
+            self._finished.set()  # the lease thread stops: what is not acked is taken over
         log.info("generation loop %s stopped", self.worker_id)
 
     def start(self) -> threading.Thread:
@@ -97,9 +102,18 @@ class GenerationLoop:
         thread.start()
         return thread
 
+    def alive(self) -> bool:
+        """The loop turned recently (a loop stuck in a backend call must not keep its leases)."""
+        return time.monotonic() - self._last_turn < self.config.claim_idle_ms / 1000
+
     def _renew(self) -> None:
+        """Renew the held entries until the loop has drained (not only until it is told to
+        stop: requests still finishing keep theirs), while the loop is alive."""
         interval = min(1.0, self.config.claim_idle_ms / 3000)
-        while not self._stop.wait(interval):
+        while not self._finished.wait(interval):
+            if not self.alive():
+                log.warning("generation loop stalled; its entries are left to other workers")
+                continue
             try:
                 self.leases.renew()
             except Exception as exc:  # renewing must never die; a missed turn is retried
@@ -112,10 +126,14 @@ class GenerationLoop:
 
     def _drain(self, drain_s: float) -> None:
         """Stop reading; let running requests end for up to drain_s, then leave: what is not
-        acked is taken over by another worker (streams as worker_lost, the rest generated again)."""
+        acked is taken over by another worker (a stream the client has part of as worker_lost,
+        the rest generated again)."""
         until = time.monotonic() + drain_s
         try:
+            self.leases.release(self._deferred)  # never started: another worker takes them over
+            self._deferred = []
             while (len(self.sessions) or self._unsent) and time.monotonic() < until:
+                self._last_turn = time.monotonic()
                 self._poll()
                 self._cancels(time.monotonic())
                 self._send(self.sessions.due(time.monotonic()))
@@ -125,7 +143,7 @@ class GenerationLoop:
 
     # one turn ---------------------------------------------------------------------------------
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self._last_turn = time.monotonic()
         if now >= self._next["refresh"]:
             self._refresh()
             self._next["refresh"] = now + 1.0

@@ -48,7 +48,8 @@ class GenQueue(StreamConsumer):
                 replies.add(o.reply_to)
             progress = self.keys.gen_progress(o.request_id)
             if o.entry is not None:
-                pipe.delete(progress)
+                if o.request_id:
+                    pipe.delete(progress)
                 pipe.xack(o.entry.stream, GROUP, o.entry.entry_id)
                 pipe.xdel(o.entry.stream, o.entry.entry_id)
             elif o.stream and o.chunks:
