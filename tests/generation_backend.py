@@ -47,6 +47,7 @@ class StepBackend:
         self._events: queue.Queue[GenEvent] = queue.Queue()
         self._stop = threading.Event()
         self.submitted: list[str] = []
+        self._crash = False
         self._thread = threading.Thread(target=self._run, name="step-backend", daemon=True)
         self._thread.start()
 
@@ -59,6 +60,7 @@ class StepBackend:
         prompt_tokens = len((text or "").split())
         if "RAISE" in (text or ""):
             raise RuntimeError("backend bug")
+        self._crash = self._crash or "CRASHPOLL" in (text or "")  # the engine dies under it
         if prompt_tokens > self._context:
             raise GenInputError(
                 f"the prompt has {prompt_tokens} tokens; this model's context is {self._context}",
@@ -78,6 +80,8 @@ class StepBackend:
             self._events.put(GenEvent(request_id, finish="cancelled", done=True, usage=usage))
 
     def poll(self, timeout_s: float) -> list[GenEvent]:
+        if self._crash:
+            raise BrokenPipeError("engine child died")
         out: list[GenEvent] = []
         try:
             out.append(self._events.get(timeout=timeout_s) if timeout_s > 0 else self._events.get_nowait())

@@ -273,3 +273,19 @@ def poll_until(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-
     while not cond():
         assert time.monotonic() < end, "condition not met"
         time.sleep(0.01)
+
+
+def test_a_backend_that_dies_fails_its_requests_alone(
+    redis_client, keys, registry, version_id, tmp_path, redis_prefix
+) -> None:
+    other = register_gen_version(registry, tmp_path, "other")
+    with running_loop(base.REDIS_URL, redis_prefix, registry, load) as (loop, _reg):
+        replies = Replies(redis_client, keys)
+        replies.until(enqueue(redis_client, keys, version_id, max_tokens=1))
+        victim = enqueue(redis_client, keys, version_id, max_tokens=30, prompt="CRASHPOLL")
+        chunks = replies.until(victim)
+        ok = enqueue(redis_client, keys, other, max_tokens=3)
+        assert text(replies.until(ok)) == expected_text(3)
+        assert version_id not in loop.backends.hosted and other in loop.backends.hosted
+    assert chunks[-1].code == "model_error" and chunks[-1].done and "died" not in chunks[-1].error
+    assert _queue_empty(redis_client, keys, version_id)
