@@ -36,7 +36,10 @@ class GenMetrics:
         self.prompt_tokens = Counter("kiln_gen_prompt_tokens", "Prompt tokens processed", lv, registry=r)
         self.generation_tokens = Counter("kiln_gen_generation_tokens", "Tokens generated", lv, registry=r)
         self.finished = Counter(
-            "kiln_gen_request_success", "Requests finished, by finish reason", (*lv, "finish"), registry=r
+            "kiln_gen_request_success",
+            "Requests finished, by finish reason",
+            (*lv, "finished_reason"),
+            registry=r,
         )
         self.failures = Counter(
             "kiln_gen_request_failure", "Requests ended in an error chunk", (*lv, "code"), registry=r
