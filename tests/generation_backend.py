@@ -116,8 +116,10 @@ class StepBackend:
 
 
 def load(version: ResolvedVersion, path: Path) -> StepBackend:
-    """The loop's loader in tests: the pace from KILN_TEST_GEN_STEP_MS (default 5 ms)."""
-    return StepBackend(float(os.environ.get("KILN_TEST_GEN_STEP_MS", "5")) / 1000)
+    """The loop's loader in tests: the pace from KILN_TEST_GEN_STEP_MS (default 5 ms), the
+    context length from KILN_TEST_GEN_CONTEXT (default 64)."""
+    step_s = float(os.environ.get("KILN_TEST_GEN_STEP_MS", "5")) / 1000
+    return StepBackend(step_s, int(os.environ.get("KILN_TEST_GEN_CONTEXT", "64")))
 
 
 def load_failing(version: ResolvedVersion, path: Path) -> StepBackend:
