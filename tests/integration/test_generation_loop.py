@@ -76,9 +76,10 @@ def test_client_cancel_frees_the_sequence_and_ends_with_cancelled(
     redis_client, keys, registry, version_id, redis_prefix, monkeypatch
 ) -> None:
     monkeypatch.setenv("KILN_TEST_GEN_STEP_MS", "20")
+    monkeypatch.setenv("KILN_TEST_GEN_CONTEXT", "2000")  # 20 s a request: ends only by the cancel
     with running_loop(base.REDIS_URL, redis_prefix, registry, load) as (_loop, reg):
         replies = Replies(redis_client, keys)
-        rid = enqueue(redis_client, keys, version_id, max_tokens=60)
+        rid = enqueue(redis_client, keys, version_id, max_tokens=1000)
         replies.until(rid, n=2)
         deadline = time.monotonic() + 10
         while _gauge(reg, "kiln_gen_num_requests_running") < 1 and time.monotonic() < deadline:
@@ -90,7 +91,7 @@ def test_client_cancel_frees_the_sequence_and_ends_with_cancelled(
             time.sleep(0.02)
         assert _gauge(reg, "kiln_gen_num_requests_running") == 0
     assert chunks[-1].finish == "cancelled" and chunks[-1].done
-    assert 0 < chunks[-1].usage.completion_tokens < 60  # type: ignore[union-attr]
+    assert 0 < chunks[-1].usage.completion_tokens < 1000  # type: ignore[union-attr]
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert _queue_empty(redis_client, keys, version_id)
 
@@ -111,10 +112,11 @@ def test_deadline_while_generating_cancels_with_an_error_chunk(
     redis_client, keys, registry, version_id, redis_prefix, monkeypatch
 ) -> None:
     monkeypatch.setenv("KILN_TEST_GEN_STEP_MS", "50")
+    monkeypatch.setenv("KILN_TEST_GEN_CONTEXT", "2000")
     with running_loop(base.REDIS_URL, redis_prefix, registry, load):
         replies = Replies(redis_client, keys)
         replies.until(enqueue(redis_client, keys, version_id, max_tokens=1))  # loaded: no wait below
-        rid = enqueue(redis_client, keys, version_id, max_tokens=60, deadline_s=1.0)
+        rid = enqueue(redis_client, keys, version_id, max_tokens=1000, deadline_s=2.0)
         chunks = replies.until(rid)
     last = chunks[-1]
     assert last.finish == "error" and last.code == "deadline_exceeded" and last.done
@@ -194,6 +196,7 @@ def test_beyond_max_running_entries_stay_queued_for_others(
     redis_client, keys, registry, version_id, redis_prefix, monkeypatch
 ) -> None:
     monkeypatch.setenv("KILN_TEST_GEN_STEP_MS", "20")
+    monkeypatch.setenv("KILN_TEST_GEN_CONTEXT", "2000")
     config = GenConfig(max_running=2, claim_idle_ms=60_000, idle_block_ms=20)
     backends: list[StepBackend] = []
 
@@ -204,12 +207,12 @@ def test_beyond_max_running_entries_stay_queued_for_others(
     stream = keys.gen_stream(version_id)
     with running_loop(base.REDIS_URL, redis_prefix, registry, loader, config):
         replies = Replies(redis_client, keys)
-        rids = [enqueue(redis_client, keys, version_id, max_tokens=10) for _ in range(5)]
+        rids = [enqueue(redis_client, keys, version_id, max_tokens=100) for _ in range(5)]
         replies.until(rids[0], n=1)
         pending = redis_client.xpending(stream, GROUP)["pending"]
         assert pending <= 2 and redis_client.xlen(stream) == 5  # three never read by this worker
         for rid in rids:
-            assert text(replies.until(rid)) == expected_text(10)
+            assert text(replies.until(rid)) == expected_text(100)
     assert _queue_empty(redis_client, keys, version_id)
 
 
