@@ -8,13 +8,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import redis
 
 import tests.conftest as base
 from model_store.registry import Registry
-from tests.e2e.harness import Stack
+from tests.e2e.harness import Stack, metric_sum
 from tests.generation_backend import expected_text, register_gen_version
 from tests.integration.gen_helpers import Replies, enqueue, text
 from workers.contract.redis_keys import GROUP, RedisKeys
@@ -58,3 +59,6 @@ def test_killed_worker_stream_gets_worker_lost_and_non_stream_is_retried(
     assert day[b"chat|1|7|r"] == b"1" and day[b"chat|1|7|g"] == b"200"  # the answering attempt only
     beats = [orjson.loads(r.get(k)) for k in r.scan_iter(match=keys.worker_pattern)]
     assert any(b.get("generation") == [vid] for b in beats)  # the heartbeat lists it
+    metrics = httpx.get(f"http://127.0.0.1:{stack.worker_ports['w2']}/metrics", timeout=10).text
+    assert metric_sum(metrics, "kiln_gen_generation_tokens_total") == 200
+    assert "kiln_gen_num_requests_running{" in metrics and "kiln_gen_time_to_first_token_seconds" in metrics
