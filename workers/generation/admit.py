@@ -20,7 +20,6 @@ from workers.contract.messages import ContractError
 from workers.generation.backend import GenInputError
 from workers.generation.backends import GenBackends, LoadFailed
 from workers.generation.chunks import ChunkBuffer, Running
-from workers.generation.metrics import GenMetrics
 from workers.generation.queue import GenQueue, Out
 
 log = logging.getLogger("kiln.generation")
@@ -39,12 +38,9 @@ def peek(fields: dict[bytes, bytes]) -> tuple[str, str] | None:
 
 
 class Admitter:
-    def __init__(
-        self, queue: GenQueue, backends: GenBackends, metrics: GenMetrics, worker_id: str, max_deliveries: int
-    ) -> None:
+    def __init__(self, queue: GenQueue, backends: GenBackends, worker_id: str, max_deliveries: int) -> None:
         self.queue = queue
         self.backends = backends
-        self.metrics = metrics
         self.worker_id = worker_id
         self.max_deliveries = max_deliveries
 
@@ -57,28 +53,28 @@ class Admitter:
         chunk = GenChunkMsg.failure(rid, seq, code, message, self.worker_id)
         return Out(reply, rid, [chunk], seq + 1, stream, entry)
 
-    def _bad_entry(self, entry: Entry, why: str) -> Out:
+    def _broken(self, entry: Entry, why: str, code: str, message: str, dead: bool) -> Out:
+        """An entry that cannot run: answered if it names a reply stream of ours (dead-lettered
+        too when `dead`), else dead-lettered and acked without a reply (nowhere to send one)."""
         ident = peek(entry.fields)
-        if ident is None or not self.queue.keys.is_reply_stream(ident[1]):
+        if dead or ident is None or not self.queue.keys.is_reply_stream(ident[1]):
             self.queue.dead_letter(entry, why)
-            return Out("", "", [], 0, False, entry)  # acked, no reply: nowhere to send one
-        return self._fail(entry, ident[0], ident[1], True, GenErrorCode.INVALID_INPUT, why)
+        if ident is None or not self.queue.keys.is_reply_stream(ident[1]):
+            return Out("", "", [], 0, False, entry)
+        return self._fail(entry, ident[0], ident[1], True, code, message)
 
     def admit(self, entry: Entry) -> Running | Out | None:
         """The running request, the Out that ends the entry now, or None while its version
         loads (admit it again later: every check runs again then)."""
         if entry.deliveries > self.max_deliveries:
-            why = f"delivered {entry.deliveries} times"
-            self.queue.dead_letter(entry, why)
-            ident = peek(entry.fields)
-            if ident is None or not self.queue.keys.is_reply_stream(ident[1]):
-                return Out("", "", [], 0, False, entry)
             message = "request failed on every delivery and was dead-lettered"
-            return self._fail(entry, ident[0], ident[1], True, GenErrorCode.MODEL_ERROR, message)
+            why = f"delivered {entry.deliveries} times"
+            return self._broken(entry, why, GenErrorCode.MODEL_ERROR, message, dead=True)
         try:
             msg = GenRequestMsg.from_fields(entry.fields)
         except ContractError as exc:
-            return self._bad_entry(entry, str(exc)[:300])
+            why = str(exc)[:300]
+            return self._broken(entry, why, GenErrorCode.INVALID_INPUT, why, dead=False)
         if not self.queue.keys.is_reply_stream(msg.reply_to):
             self.queue.dead_letter(entry, "reply stream is not a gateway's")
             return Out("", "", [], 0, False, entry)
