@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     serve_restart_delay_s: float = Field(default=0.5, gt=0, le=60)
     serve_restart_max_delay_s: float = Field(default=30.0, gt=0, le=3600)
     reply_ttl_s: int = Field(default=300, ge=10)
+    # text generation on workers (workers/generation/loop.py): off leaves generation streams to
+    # other workers; max_running sequences per worker (continuous batching), beyond it entries
+    # stay queued; a streaming chunk goes out every flush_tokens tokens or flush_ms (first at once)
+    gen_enabled: bool = True
+    gen_max_running: int = Field(default=32, ge=1, le=4096)
+    gen_flush_tokens: int = Field(default=4, ge=1, le=1024)
+    gen_flush_ms: int = Field(default=20, ge=1, le=10_000)
+    gen_cancel_poll_ms: int = Field(default=50, ge=10, le=1000)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
     # model code (upload checks, model instances, fine-tunes) runs only in fenced child processes
     # (model_store.fence): `required` refuses to run it where Landlock is missing, `auto` runs it

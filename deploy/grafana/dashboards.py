@@ -22,7 +22,7 @@ class Panel:
     title: str
     exprs: list[tuple[str, str]]  # (expr, legend)
     unit: str = "short"
-    kind: str = "timeseries"  # or "stat"
+    kind: str = "timeseries"  # or "stat", or "row" (a section header, no queries)
     description: str = ""
 
 
@@ -107,6 +107,64 @@ OVERVIEW = Board(
         Panel("GPU utilisation (mean)", [("avg(kiln_gpu_utilization)", "GPUs")], "percentunit"),
     ],
 )
+
+# text generation (workers/generation/metrics.py, vLLM's vocabulary): a row of the per-model board
+GENERATION = [
+    Panel("Text generation", [], kind="row"),
+    Panel(
+        "Time to first token",
+        [
+            (q(p, "kiln_gen_time_to_first_token_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
+            for p in (0.5, 0.99)
+        ],
+        "s",
+    ),
+    Panel(
+        "Inter-token latency",
+        [
+            (q(p, "kiln_gen_inter_token_latency_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
+            for p in (0.5, 0.99)
+        ],
+        "s",
+    ),
+    Panel(
+        "End-to-end generation latency",
+        [
+            (q(p, "kiln_gen_e2e_request_latency_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
+            for p in (0.5, 0.99)
+        ],
+        "s",
+    ),
+    Panel(
+        "Tokens /s",
+        [
+            (f"sum by (model) (rate(kiln_gen_prompt_tokens_total{{{MV}}}[{RI}]))", "{{model}} prompt"),
+            (f"sum by (model) (rate(kiln_gen_generation_tokens_total{{{MV}}}[{RI}]))", "{{model}} generated"),
+        ],
+    ),
+    Panel(
+        "Sequences running and waiting",
+        [
+            (f"sum by (model) (kiln_gen_num_requests_running{{{MV}}})", "{{model}} running"),
+            (f"sum by (model) (kiln_gen_num_requests_waiting{{{MV}}})", "{{model}} waiting"),
+        ],
+    ),
+    Panel(
+        "KV cache usage",
+        [(f"max by (model, instance) (kiln_gen_kv_cache_usage_perc{{{MV}}})", "{{model}} {{instance}}")],
+        "percentunit",
+    ),
+    Panel(
+        "Generation errors /s by code",
+        [
+            (
+                f"sum by (model, code) (rate(kiln_gen_request_failure_total{{{MV}}}[{RI}]))",
+                "{{model}} {{code}}",
+            )
+        ],
+        "reqps",
+    ),
+]
 
 PER_MODEL = Board(
     "kiln-model",
@@ -204,6 +262,7 @@ PER_MODEL = Board(
             [(f"kiln_model_memory_bytes{{{MV}}}", "{{model}}:{{version}} {{device}} {{instance}}")],
             "bytes",
         ),
+        *GENERATION,
     ],
     [
         ("model", "kiln_inference_request_success_total", "model"),
@@ -352,6 +411,9 @@ BOARDS = [OVERVIEW, PER_MODEL, GPUS, TENANTS, FINETUNE]
 
 
 def _panel(i: int, p: Panel) -> dict[str, Any]:
+    if p.kind == "row":  # a section header across the board
+        row = {"id": i + 1, "type": "row", "title": p.title, "collapsed": False, "panels": []}
+        return {**row, "datasource": DS, "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "targets": []}
     w, h = (6, 4) if p.kind == "stat" else (12, 8)
     return {
         "id": i + 1,

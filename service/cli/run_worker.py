@@ -1,10 +1,16 @@
-"""`kiln worker`: build and run an inference worker. The only CLI module that imports
-workers.inference (lazily, so `kiln --help` and the client commands never load torch)."""
+"""`kiln worker`: build and run an inference worker and, beside it, the generation loop. The
+only CLI module that imports workers.inference and workers.generation (lazily, so `kiln --help`
+and the client commands never load torch)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from service.cli.procs import freeze_startup_objects
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.generation.loop import GenerationLoop
 
 
 def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
@@ -52,8 +58,52 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
             artifact_limits=settings.artifact_limits,
         ),
     )
+    generation = _generation(settings, metrics_port) if settings.gen_enabled else None
+    if generation is not None:
+        worker.extra_info = lambda: {
+            "generation": generation.loaded_ids(),
+            "generation_alive": generation.alive(),
+        }
     preload_runtimes()  # import torch/onnxruntime now, not on the first request
     freeze_startup_objects()
     worker.install_signal_handlers()
-    worker.run()
+    thread = generation.start() if generation is not None else None
+    try:
+        worker.run()
+    finally:
+        if generation is not None and thread is not None:
+            generation.stop()
+            thread.join(15)
     return 0
+
+
+def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
+    """The generation loop beside the inference loop (its own Redis client and registry)."""
+    import redis
+
+    from model_store.blobs import BlobStore
+    from model_store.db import make_db_engine, make_sessionmaker
+    from model_store.registry import Registry
+    from workers.contract.redis_keys import RedisKeys
+    from workers.generation import loading
+    from workers.generation.config import GenConfig
+    from workers.generation.loop import GenerationLoop
+
+    blobs = BlobStore(settings.blob_dir)
+    registry = Registry(
+        make_sessionmaker(make_db_engine(settings.resolved_database_url)), blobs, settings.upload_check
+    )
+    client = redis.Redis.from_url(
+        settings.resolved_redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+    )
+    config = GenConfig(
+        max_running=settings.gen_max_running,
+        flush_tokens=settings.gen_flush_tokens,
+        flush_ms=settings.gen_flush_ms,
+        cancel_poll_ms=settings.gen_cancel_poll_ms,
+        claim_idle_ms=settings.claim_idle_ms,
+        claim_interval_ms=settings.claim_interval_ms,
+        max_deliveries=settings.max_deliveries,
+        reply_ttl_s=settings.reply_ttl_s,
+    )
+    return GenerationLoop(client, RedisKeys(settings.redis_prefix), registry, blobs, loading.LOADER, config)

@@ -21,6 +21,7 @@ from service.ops_metrics import FineTuneJobsCollector, OpsMetrics, ops
 from tests.e2e import prom
 from tests.unit.test_gpu_telemetry import _fake_nvml
 from workers.finetune.metrics import TrainerMetrics
+from workers.generation.metrics import GenMetrics
 from workers.inference.gpu import GpuCollector
 from workers.inference.metrics import WorkerMetrics
 
@@ -96,6 +97,7 @@ def _exported_names() -> set[str]:
     registry = CollectorRegistry()
     GatewayMetrics(registry)
     WorkerMetrics(registry)
+    GenMetrics(registry)
     TrainerMetrics(registry)
     registry.register(GpuCollector(_fake_nvml(1)))
     ops()  # the ops metrics live in the default registry
@@ -113,6 +115,6 @@ def _exported_names() -> set[str]:
 def test_every_metric_the_dashboards_and_alerts_name_is_exported() -> None:
     exprs = [e for _u, _t, e in prom.panel_queries()] + [e for _n, e in prom.alert_rules()]
     exprs += [m for _u, _v, _l, m in prom.variable_queries()]
-    used = {n for e in exprs for n in re.findall(r"\bkiln_[a-z_]+", e)}
+    used = {n for e in exprs for n in re.findall(r"\bkiln_[a-z0-9_]+", e)}
     unknown = used - _exported_names()
     assert not unknown, sorted(unknown)

@@ -84,6 +84,15 @@ class RedisKeys:
         """Set (with a TTL) by the gateway when a generation's client went away or cancelled."""
         return f"{self.prefix}:gencancel:{request_id}"
 
+    def gen_progress(self, request_id: str) -> str:
+        """The next chunk `seq` of a streaming generation (set by the worker with each chunk, with
+        a TTL), so that a worker taking over a dead one's request numbers its error chunk after
+        the chunks the client already has."""
+        return f"{self.prefix}:genseq:{request_id}"
+
+    def is_reply_stream(self, stream: str) -> bool:
+        return stream.startswith(f"{self.prefix}:reply:") and len(stream) <= len(self.prefix) + 200
+
     # fine-tuning ------------------------------------------------------------------------------
     @property
     def finetune_jobs(self) -> str:

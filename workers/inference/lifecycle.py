@@ -1,6 +1,5 @@
 """Model lifecycle on a worker: warmup at load, device-memory accounting, least-recently-used
-unloading under a budget, and the load/unload commands that the gateway's repository API
-leaves in Redis (one hash: version id -> "load:<nonce>" | "unload:<nonce>")."""
+unloading under a budget (the load/unload commands: workers/common/commands.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,8 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
-import redis
 
 from model_store.signature import NUMPY_DTYPES, Signature
-from workers.contract.redis_keys import RedisKeys
 
 log = logging.getLogger("kiln.lifecycle")
 
@@ -88,30 +85,3 @@ def lru_victims(sizes: dict[int, tuple[int, float]], need: int, budget: int, kee
         victims.append(vid)
         used -= size
     return victims
-
-
-class Commands:
-    """The gateway's load/unload commands, read by every worker on its refresh."""
-
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
-        self.r = client
-        self.key = keys.lifecycle
-        self._seen: dict[int, str] = {}
-        self.unloaded: set[int] = set()
-
-    def new(self) -> list[tuple[int, str]]:
-        """Commands not handled yet, as (version id, "load" | "unload")."""
-        raw: Any = self.r.hgetall(self.key)
-        out: list[tuple[int, str]] = []
-        for k, v in (raw or {}).items():
-            vid, cmd = int(k), v.decode()
-            if self._seen.get(vid) == cmd:
-                continue
-            self._seen[vid] = cmd
-            action = cmd.split(":", 1)[0]
-            if action == "unload":
-                self.unloaded.add(vid)
-            else:
-                self.unloaded.discard(vid)
-            out.append((vid, action))
-        return out

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -31,6 +32,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_store.blobs import BlobStore
 from model_store.registry import Registry
+from workers.common.commands import Commands
+from workers.common.leases import Leases
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
 from workers.contract.redis_keys import RedisKeys
@@ -40,8 +43,6 @@ from workers.inference.check_server import start_check_server
 from workers.inference.config import WorkerConfig
 from workers.inference.execution import Executor
 from workers.inference.fenced import start_fork_server
-from workers.inference.leases import Leases
-from workers.inference.lifecycle import Commands
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.model_cache import Loaded, ModelCache
 from workers.inference.queue import Entry, WorkQueue
@@ -92,6 +93,7 @@ class Worker:
         self.validator = Validator(
             self.queue, self.metrics, self.worker_id, config.max_deliveries, self.cache.get
         )
+        self.extra_info: Callable[[], dict[str, object]] | None = None  # e.g. generation versions
         self.executor = Executor(
             self.worker_id, self.metrics, self.watchdog, self._condemn, self._why_condemned
         )
@@ -216,6 +218,7 @@ class Worker:
             "ready": not self.watchdog.stalled(),  # the loop's beat never contradicts the watchdog's
             "failed": {str(vid): why for vid, why in dict(self.cache.load_failures).items()},
             "memory_bytes": self.cache.memory_bytes(),
+            **(self.extra_info() if self.extra_info is not None else {}),
         }
 
     def _beat(self) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 
-from workers.inference.queue import Entry, WorkQueue
+from workers.common.streams import Entry, StreamConsumer
 
 
 class Leases:
-    def __init__(self, queue: WorkQueue) -> None:
+    def __init__(self, queue: StreamConsumer) -> None:
         self._queue = queue
         self._lock = threading.Lock()
         self._held: dict[bytes, str] = {}
