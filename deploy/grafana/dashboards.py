@@ -8,37 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, run as a script or by path
+from boards_tenants import FINETUNE, TENANTS
+from generation_panels import GENERATION
+from panel import DS, MV, RI, Board, Panel, q
+
 OUT = Path(__file__).resolve().parent / "dashboards"
-DS = {"type": "prometheus", "uid": "kiln-prometheus"}
-RI = "$__rate_interval"
-
-
-@dataclass
-class Panel:
-    title: str
-    exprs: list[tuple[str, str]]  # (expr, legend)
-    unit: str = "short"
-    kind: str = "timeseries"  # or "stat", or "row" (a section header, no queries)
-    description: str = ""
-
-
-@dataclass
-class Board:
-    uid: str
-    title: str
-    panels: list[Panel]
-    variables: list[tuple[str, str, str]] = field(default_factory=list)  # (name, metric, label)
-
-
-def q(quantile: float, metric: str, sel: str, by: str = "le") -> str:
-    return f"histogram_quantile({quantile}, sum by ({by}) (rate({metric}_bucket{{{sel}}}[{RI}])))"
-
-
-MV = 'model=~"$model", version=~"$version"'
 REQ_RATE = f"sum(rate(kiln_inference_request_success_total[{RI}]))"
 FAIL_RATE = f"sum(rate(kiln_inference_request_failure_total[{RI}]))"
 SERVER_FAIL = f'sum(rate(kiln_inference_request_failure_total{{reason!~"invalid_input|rate_limited"}}[{RI}]))'
@@ -109,63 +87,6 @@ OVERVIEW = Board(
 )
 
 # text generation (workers/generation/metrics.py, vLLM's vocabulary): a row of the per-model board
-GENERATION = [
-    Panel("Text generation", [], kind="row"),
-    Panel(
-        "Time to first token",
-        [
-            (q(p, "kiln_gen_time_to_first_token_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
-            for p in (0.5, 0.99)
-        ],
-        "s",
-    ),
-    Panel(
-        "Inter-token latency",
-        [
-            (q(p, "kiln_gen_inter_token_latency_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
-            for p in (0.5, 0.99)
-        ],
-        "s",
-    ),
-    Panel(
-        "End-to-end generation latency",
-        [
-            (q(p, "kiln_gen_e2e_request_latency_seconds", MV, "le, model"), f"{{{{model}}}} p{int(p * 100)}")
-            for p in (0.5, 0.99)
-        ],
-        "s",
-    ),
-    Panel(
-        "Tokens /s",
-        [
-            (f"sum by (model) (rate(kiln_gen_prompt_tokens_total{{{MV}}}[{RI}]))", "{{model}} prompt"),
-            (f"sum by (model) (rate(kiln_gen_generation_tokens_total{{{MV}}}[{RI}]))", "{{model}} generated"),
-        ],
-    ),
-    Panel(
-        "Sequences running and waiting",
-        [
-            (f"sum by (model) (kiln_gen_num_requests_running{{{MV}}})", "{{model}} running"),
-            (f"sum by (model) (kiln_gen_num_requests_waiting{{{MV}}})", "{{model}} waiting"),
-        ],
-    ),
-    Panel(
-        "KV cache usage",
-        [(f"max by (model, instance) (kiln_gen_kv_cache_usage_perc{{{MV}}})", "{{model}} {{instance}}")],
-        "percentunit",
-    ),
-    Panel(
-        "Generation errors /s by code",
-        [
-            (
-                f"sum by (model, code) (rate(kiln_gen_request_failure_total{{{MV}}}[{RI}]))",
-                "{{model}} {{code}}",
-            )
-        ],
-        "reqps",
-    ),
-]
-
 PER_MODEL = Board(
     "kiln-model",
     "modelkiln / Per model",
@@ -315,96 +236,6 @@ GPUS = Board(
         ),
     ],
     [("gpu", "kiln_gpu_utilization", "gpu")],
-)
-
-TV = 'tenant=~"$tenant"'
-TENANTS = Board(
-    "kiln-tenants",
-    "modelkiln / Tenants",
-    [
-        Panel(
-            "Requests /s by tenant",
-            [
-                (
-                    "sum by (tenant) "
-                    f'(rate(kiln_tenant_inference_requests_total{{{TV}, outcome="success"}}[{RI}]))',
-                    "{{tenant}}",
-                )
-            ],
-            "reqps",
-        ),
-        Panel(
-            "Failures /s by tenant and outcome",
-            [
-                (
-                    "sum by (tenant, outcome) "
-                    f'(rate(kiln_tenant_inference_requests_total{{{TV}, outcome!="success"}}[{RI}]))',
-                    "{{tenant}} {{outcome}}",
-                )
-            ],
-            "reqps",
-        ),
-        Panel(
-            "Requests by tenant and model (1h)",
-            [
-                (
-                    f"sum by (tenant, model) (increase(kiln_tenant_inference_requests_total{{{TV}}}[1h]))",
-                    "{{tenant}} {{model}}",
-                )
-            ],
-        ),
-        Panel(
-            "Rate-limited /s by tenant",
-            [(f"sum by (tenant) (rate(kiln_rate_limited_requests_total{{{TV}}}[{RI}]))", "{{tenant}}")],
-            "reqps",
-        ),
-    ],
-    [("tenant", "kiln_tenant_inference_requests_total", "tenant")],
-)
-
-FINETUNE = Board(
-    "kiln-finetune",
-    "modelkiln / Fine-tune jobs",
-    [
-        Panel(
-            "Jobs by status",
-            [("max by (status) (kiln_finetune_jobs)", "{{status}}")],
-            description="Counted from the database by each gateway at scrape time (max: not a sum).",
-        ),
-        Panel("Trainers busy", [("sum(kiln_trainer_busy)", "busy")], kind="stat"),
-        Panel(
-            "Job runs ended (1h) by outcome",
-            [("sum by (outcome) (increase(kiln_trainer_jobs_total[1h]))", "{{outcome}}")],
-            description="handed_back: the trainer stopped and re-queued the job; lost: its lease "
-            "ran out and another trainer took it; abandoned: database or queue unavailable.",
-        ),
-        Panel(
-            "Optimizer steps /s",
-            [(f"sum by (instance) (rate(kiln_trainer_steps_total[{RI}]))", "{{instance}}")],
-            "ops",
-        ),
-        Panel(
-            "Optimizer step time",
-            [
-                (q(0.5, "kiln_trainer_step_seconds", ""), "p50"),
-                (q(0.99, "kiln_trainer_step_seconds", ""), "p99"),
-            ],
-            "s",
-        ),
-        Panel(
-            "Training loss (last step, per trainer)",
-            [("kiln_trainer_loss", "{{instance}}")],
-            description="Per-job curves: GET /v1/fine_tuning/jobs/{id}/metrics or `kiln finetune plot`.",
-        ),
-        Panel(
-            "Epoch duration",
-            [
-                (q(0.5, "kiln_trainer_epoch_duration_seconds", ""), "p50"),
-                (q(0.99, "kiln_trainer_epoch_duration_seconds", ""), "p99"),
-            ],
-            "s",
-        ),
-    ],
 )
 
 BOARDS = [OVERVIEW, PER_MODEL, GPUS, TENANTS, FINETUNE]
