@@ -131,6 +131,11 @@ class Admission:
         """Its own blocking pool: a burst of requests waits for a connection, never fails."""
         return cls(connect_async(url, max_connections=64, wait_s=5), keys)
 
+    @property
+    def redis(self) -> Any:
+        """The limiter's client (the token limits share it: service/tenancy/token_limits.py)."""
+        return self._redis
+
     async def close(self) -> None:
         await self._redis.aclose()
 

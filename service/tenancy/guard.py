@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import KilnError, PayloadTooLarge
 from service.responses import JSONBody
 from service.settings import Settings
+from service.text import openai_errors
 
 PUBLIC_PATHS = frozenset(
     (
@@ -87,6 +88,9 @@ def declared_body(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
 
 async def answer(exc: KilnError, scope: Scope, receive: Receive, send: Send) -> None:
     headers = {**exc.headers, "Connection": "close"}
+    if openai_errors.is_openai(scope["method"], scope["path"]):
+        await openai_errors.error_response(exc.status, exc.code, exc.message, headers)(scope, receive, send)
+        return
     body = {"error": exc.message, "code": exc.code}
     await JSONBody(body, status_code=exc.status, headers=headers)(scope, receive, send)
 
