@@ -15,8 +15,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from model_store import errors as store
+from service import openai_errors
 from service.responses import JSONBody
-from service.text import openai_errors
 from workers.contract import errors as contract_errors
 
 log = logging.getLogger("kiln.errors")

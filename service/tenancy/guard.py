@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openai_errors
 from service.errors import KilnError, PayloadTooLarge
 from service.responses import JSONBody
 from service.settings import Settings
-from service.text import openai_errors
 
 PUBLIC_PATHS = frozenset(
     (

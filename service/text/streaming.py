@@ -16,11 +16,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.errors import KilnError
+from service.openai_errors import error_json, status_of
 from service.responses import JSONBody
 from service.tenancy.api_keys import Principal
 from service.text import shapes
 from service.text.generation import Generation, Job, TextService
-from service.text.openai_errors import error_json, status_of
 from service.text.schemas import ChatRequest, CompletionRequest, parse
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

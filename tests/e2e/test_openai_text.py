@@ -164,12 +164,14 @@ def test_token_limits_refuse_with_retry_after_and_usage_adds_up(world: World) ->
 def test_a_client_that_goes_away_cancels_its_generation(world: World) -> None:
     body = {"model": "chat", "messages": [{"role": "user", "content": "SLOW"}], "stream": True}
     headers = {"Authorization": f"Bearer {world.key}"}
-    with httpx.Client(base_url=world.stack.url, headers=headers, timeout=30) as c:
-        with c.stream("POST", "/v1/chat/completions", json=body) as r:
-            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-            request_id = r.headers["x-request-id"]
-            lines = r.iter_lines()
-            assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
+    with (
+        httpx.Client(base_url=world.stack.url, headers=headers, timeout=30) as c,
+        c.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        request_id = r.headers["x-request-id"]
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
     # the stream was closed mid-generation: the worker sees the cancel key and frees the sequence
     poll(lambda: request_id in world.responder.cancelled, what="the responder to see the cancel key")
 

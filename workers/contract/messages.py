@@ -13,14 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from workers.contract.wire import CONTRACT_VERSION, ContractError
+
 if TYPE_CHECKING:
     from workers.contract.generation import GenChunkMsg, GenRequestMsg
-
-CONTRACT_VERSION = b"1"
-
-
-class ContractError(ValueError):
-    """A message that does not follow this contract version."""
 
 
 class ErrorCode:
