@@ -50,13 +50,13 @@ class GenReplies:
         try:
             queue.put_nowait(chunk)
         except asyncio.QueueFull:  # the reader stopped reading: end it with an error
-            self._queues.pop(chunk.request_id, None)
-            log.warning("dropped a generation whose reader fell %d chunks behind", MAX_QUEUED)
+            _force(queue, EngineUnavailable("the reader fell behind"))
+            log.warning("ended a generation whose reader fell %d chunks behind", MAX_QUEUED)
 
     def fail_all(self, reason: str) -> None:
-        """Every open request ends with EngineUnavailable (the reply stream was lost)."""
-        queues, self._queues = self._queues, {}
-        for queue in queues.values():
+        """Every open request ends with EngineUnavailable (the reply stream was lost); the
+        queues stay until their requests `close` them, so a reader that starts later learns it too."""
+        for queue in self._queues.values():
             _force(queue, EngineUnavailable(reason))
 
     async def chunks(self, request_id: str, deadline: float) -> AsyncIterator[GenChunkMsg]:
