@@ -38,17 +38,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/chat/completions", openapi_extra=_body(["model", "messages"]), responses=_ERRORS)
 async def chat_completions(request: Request, principal: InferPrincipal, state: StateDep) -> Response:
-    body = await read_body(request, state.settings.max_json_body_bytes)
+    body = await read_body(request, state.settings.max_text_body_bytes)
     return await streaming.chat(state.text, principal, body)
 
 
 @router.post("/completions", openapi_extra=_body(["model", "prompt"]), responses=_ERRORS)
 async def completions(request: Request, principal: InferPrincipal, state: StateDep) -> Response:
-    body = await read_body(request, state.settings.max_json_body_bytes)
+    body = await read_body(request, state.settings.max_text_body_bytes)
     return await streaming.completion(state.text, principal, body)
 
 
 @router.post("/embeddings", openapi_extra=_body(["model", "input"]), responses=_ERRORS)
 async def create_embeddings(request: Request, principal: InferPrincipal, state: StateDep) -> JSONBody:
-    body = await read_body(request, state.settings.max_json_body_bytes)
+    body = await read_body(request, state.settings.max_text_body_bytes)
     return JSONBody(await embeddings.embeddings(state.text, state.inference, principal, body))

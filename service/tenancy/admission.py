@@ -155,7 +155,7 @@ class Admission:
                 ("k", principal.key_id, principal.key_limits),
                 ("t", principal.tenant_id, principal.tenant_limits),
             )
-            if limits is not None and limits.any
+            if limits is not None and limits.requests
         ]
         if not scopes:
             return None

@@ -54,6 +54,7 @@ class BodyLimits:
     inference: int
     model_upload: int
     dataset_upload: int
+    text: int  # the OpenAI text routes (prompts, embedding inputs)
 
     @classmethod
     def from_settings(cls, s: Settings) -> BodyLimits:
@@ -62,6 +63,7 @@ class BodyLimits:
             inference=s.max_body_bytes,
             model_upload=s.max_upload_bytes + _MULTIPART_SLACK,
             dataset_upload=min(s.max_upload_bytes, s.max_dataset_bytes) + _MULTIPART_SLACK,
+            text=s.max_text_body_bytes,
         )
 
     def for_route(self, method: str, path: str) -> int:
@@ -72,6 +74,8 @@ class BodyLimits:
                 return self.model_upload
             if _DATASET_UPLOAD.fullmatch(path):
                 return self.dataset_upload
+            if openai_errors.is_openai(method, path):
+                return self.text
         return self.json
 
 

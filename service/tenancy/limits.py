@@ -27,13 +27,12 @@ class Limits(BaseModel):
 
     @property
     def any(self) -> bool:
-        return bool(
-            self.rate_per_s
-            or self.max_concurrent
-            or self.monthly_requests
-            or self.monthly_compute_s
-            or self.tokens
-        )
+        return self.requests or self.tokens
+
+    @property
+    def requests(self) -> bool:
+        """Whether a request limit is set (what service/tenancy/admission.py enforces)."""
+        return bool(self.rate_per_s or self.max_concurrent or self.monthly_requests or self.monthly_compute_s)
 
     @property
     def tokens(self) -> bool:

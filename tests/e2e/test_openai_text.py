@@ -204,7 +204,7 @@ def test_hostile_requests(world: World) -> None:
         assert r.status_code == 400 and "token arrays" in r.json()["error"]["message"]
         r = c.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
         assert r.status_code == 400
-        huge = {"model": "chat", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+        huge = {"model": "chat", "messages": [{"role": "user", "content": "x" * (9 << 20)}]}
         r = post(huge)
         assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
         r = post({"model": "chat\r\nX-Evil: 1", "messages": msgs})
