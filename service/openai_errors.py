@@ -32,6 +32,27 @@ _CODES = {
 }
 
 
+# the error body's JSON schema, for the OpenAPI document (service/openapi.py)
+SCHEMA: dict[str, object] = {
+    "title": "OpenAIErrorBody",
+    "description": "OpenAI's error shape, on the OpenAI-compatible routes",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
 def is_openai(method: str, path: str) -> bool:
     """Whether a request is one of the OpenAI-compatible routes."""
     if method == "POST":
