@@ -5,7 +5,7 @@ details beyond the typed errors; service/text/streaming.py writes the responses.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,6 +27,7 @@ from service.tenancy import access
 from service.tenancy.admission import Admission, Ticket
 from service.tenancy.api_keys import Principal
 from service.tenancy.token_limits import TokenLimiter
+from service.text.metrics import text_metrics
 from workers.contract.errors import EngineError
 from workers.contract.generation import GenChunkMsg, GenErrorCode, GenParams, GenRequestMsg, GenUsage
 from workers.contract.messages import EngineClient
@@ -83,14 +84,16 @@ class Generation:
 
     service: TextService
     principal: Principal
+    version: ResolvedVersion
     request_id: str
     ticket: Ticket | None
     chunks: Any  # AsyncIterator[GenChunkMsg]
+    started: float = 0.0  # time.perf_counter() at submit
     usage: GenUsage | None = None
     done: bool = False
+    failed: bool = False
     closed: bool = False
     completion_tokens: int = 0
-    _seen: set[int] = field(default_factory=set)
 
     async def next(self) -> GenChunkMsg | None:
         """The next chunk (None after the last); a failed chunk or a lost queue raises KilnError."""
@@ -102,9 +105,13 @@ class Generation:
             self.done = True
             return None
         except EngineError as exc:
+            self.failed = True
             raise from_engine(exc) from exc
+        if chunk.seq == 0:
+            self.service.metrics.first(self.version.model, self.version.version, self._elapsed())
         self.done = chunk.done
         if chunk.finish in ("error", "cancelled"):
+            self.failed = True
             raise chunk_error(chunk)
         self.completion_tokens += chunk.tokens
         if chunk.usage is not None:
@@ -117,6 +124,7 @@ class Generation:
         if self.closed:
             return
         self.closed = True
+        self._record()
         with anyio.CancelScope(shield=True):
             svc = self.service
             await svc.engine.finish_gen(self.request_id, cancel=not self.done)
@@ -125,6 +133,17 @@ class Generation:
             if svc.tokens is not None:
                 spent = self.usage.total_tokens if self.usage is not None else self.completion_tokens
                 await svc.tokens.debit(self.principal, spent)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _record(self) -> None:
+        outcome = "failed" if self.failed else "finished" if self.done else "cancelled"
+        usage = self.usage or GenUsage(0, self.completion_tokens)
+        v = self.version
+        self.service.metrics.ended(
+            v.model, v.version, outcome, self._elapsed(), usage.prompt_tokens, usage.completion_tokens
+        )
 
 
 class TextService:
@@ -142,6 +161,7 @@ class TextService:
         self.keys = keys
         self.admission = admission
         self.tokens = TokenLimiter(admission.redis, keys) if admission is not None else None
+        self.metrics = text_metrics()
 
     async def resolve(self, principal: Principal, model: str, fmt: str, what: str) -> ResolvedVersion:
         """The version `model` names, as the OIP routes resolve it (the key's allowlist, models
@@ -192,4 +212,4 @@ class TextService:
                 await self.admission.release(ticket)
             raise from_engine(exc) from exc
         chunks = self.engine.gen_chunks(request_id, timeout)
-        return Generation(self, principal, request_id, ticket, chunks)
+        return Generation(self, principal, version, request_id, ticket, chunks, time.perf_counter())

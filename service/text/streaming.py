@@ -5,6 +5,7 @@ goes away mid-stream cancels its generation (the worker frees the sequence)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from service.text import shapes
 from service.text.generation import Generation, Job, TextService
 from service.text.schemas import ChatRequest, CompletionRequest, parse
 
+log = logging.getLogger("kiln.text")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -93,6 +95,9 @@ async def _events(
         yield b"data: [DONE]\n\n"
     except KilnError as exc:
         yield sse(error_json(status_of(exc.status), exc.code, exc.message))
+    except Exception:  # never a silent truncation: the client learns the stream failed
+        log.exception("a generation stream failed")
+        yield sse(error_json(500, "internal", "internal error"))
     finally:
         await gen.close()
 

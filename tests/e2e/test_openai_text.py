@@ -14,7 +14,7 @@ import pytest
 
 import tests.conftest as base
 from tests.e2e.conftest import AUTH, poll
-from tests.e2e.harness import Stack
+from tests.e2e.harness import Stack, metric_sum
 from tests.gen_responder import REPLY, Responder
 from tests.text_models import add_causal_model
 
@@ -174,6 +174,9 @@ def test_a_client_that_goes_away_cancels_its_generation(world: World) -> None:
         assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
     # the stream was closed mid-generation: the worker sees the cancel key and frees the sequence
     poll(lambda: request_id in world.responder.cancelled, what="the responder to see the cancel key")
+    metrics = httpx.get(f"http://127.0.0.1:{world.stack.gateway_metrics_port}/metrics").text
+    assert 'outcome="cancelled"' in metrics
+    assert metric_sum(metrics, "kiln_generation_time_to_first_token_seconds_count") >= 1
 
 
 def test_hostile_requests(world: World) -> None:
