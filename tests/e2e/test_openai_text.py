@@ -121,6 +121,12 @@ def test_errors_arrive_as_the_sdks_own_types(world: World) -> None:
     # another tenant's valid key, naming acme's private model: 404, as on the OIP routes
     with pytest.raises(openai.NotFoundError):
         world.sdk(world.new_key("other")).chat.completions.create(model="acme~chat", messages=msgs)  # type: ignore[arg-type]
+    # shared with "other": then its key may call it by the owner's name
+    with httpx.Client(base_url=world.stack.url, headers={"Authorization": f"Bearer {world.key}"}) as c:
+        r = c.put("/v1/models/chat/sharing", json={"visibility": "private", "tenants": ["other"]})
+        assert r.status_code == 200, r.text
+    shared = world.sdk(world.new_key("other")).chat.completions.create(model="acme~chat", messages=msgs)  # type: ignore[arg-type]
+    assert shared.model == "acme~chat" and shared.choices[0].message.content == REPLY
     with pytest.raises(openai.BadRequestError) as fmt:
         world.sdk().chat.completions.create(model="encoder", messages=msgs)  # type: ignore[arg-type]
     assert "hf-causal-lm" in fmt.value.message
