@@ -26,7 +26,7 @@ from service.inference.versions import VersionResolver
 from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
-from service.routes import async_results, files, finetune, health, inference, models, repository
+from service.routes import async_results, files, finetune, health, inference, models, openai, repository
 from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
 from service.routes.fastpath import InferFastPath
@@ -37,6 +37,7 @@ from service.tenancy.admission import Admission
 from service.tenancy.auth import Authenticator
 from service.tenancy.guard import RequestGuard
 from service.tenancy.key_admin import KeyAdmin
+from service.text.generation import TextService
 from workers.contract import jsonlog
 from workers.contract.client import StreamsEngineClient
 from workers.contract.redis_keys import RedisKeys
@@ -83,14 +84,8 @@ def build_state(settings: Settings) -> AppState:
     metrics = gateway_metrics()
     metrics.tenant_labels.limit = settings.metrics_max_tenants
     ops_metrics.TENANT_LABELS.limit = settings.metrics_max_tenants
-    inference = InferenceService(
-        settings,
-        resolver,
-        engine,
-        redis_keys,
-        metrics,
-        Admission.from_url(settings.resolved_redis_url, redis_keys),
-    )
+    admission = Admission.from_url(settings.resolved_redis_url, redis_keys)
+    inference = InferenceService(settings, resolver, engine, redis_keys, metrics, admission)
     return AppState(
         settings=settings,
         db_engine=db_engine,
@@ -104,6 +99,7 @@ def build_state(settings: Settings) -> AppState:
         repository=ModelRepository(registry, resolver, engine, settings.request_timeout_s),
         catalog=ModelCatalog(registry, blobs, resolver, settings.max_upload_bytes),
         key_admin=KeyAdmin(sessions),
+        text=TextService(settings, resolver, engine, redis_keys, admission),
         checks=checks,
     )
 
@@ -151,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(models.router)
+    app.include_router(openai.router)
     app.include_router(files.router)
     app.include_router(finetune.router)
     app.include_router(key_routes.router)

@@ -12,13 +12,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model_store.registry import Registry
-from service.errors import PayloadTooLarge
+from service.errors import Forbidden, PayloadTooLarge
 from service.finetune.jobs import FinetuneService
 from service.settings import Settings
 from service.state import AppState
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
-from service.tenancy.auth import require_scope
 
 
 async def get_state(request: Request) -> AppState:
@@ -37,12 +36,15 @@ MODEL_PATH_PARAMS = ("model", "name")  # path parameters that name a model
 
 
 def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency requiring `scope`; on routes that name a model in the path ({model} on /v2,
-    {name} on /v1/models) it also applies the key's model allowlist (service/access). The scope
-    is recorded on the dependency (`kiln_scope`) for the route table tests."""
+    """A dependency requiring `scope` (or one of "a|b"); on routes that name a model in the path
+    ({model} on /v2, {name} on /v1/models) it also applies the key's model allowlist
+    (service/access). The scope is recorded on the dependency (`kiln_scope`) for the route
+    table tests."""
+    alternatives = scope.split("|")
 
     async def dep(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Principal:
-        require_scope(principal, scope)
+        if not any(principal.has(s) for s in alternatives):
+            raise Forbidden(f"this key lacks the {' or '.join(repr(s) for s in alternatives)} scope")
         for param in MODEL_PATH_PARAMS:
             model = request.path_params.get(param)
             if model is not None:
@@ -57,6 +59,8 @@ InferPrincipal = Annotated[Principal, Depends(scoped("infer"))]
 ManagePrincipal = Annotated[Principal, Depends(scoped("manage"))]
 AdminPrincipal = Annotated[Principal, Depends(scoped("admin"))]
 FinetunePrincipal = Annotated[Principal, Depends(scoped("finetune"))]
+# reading the model list: management keys, and inference keys (OpenAI's clients list models first)
+ModelReaderPrincipal = Annotated[Principal, Depends(scoped("infer|manage"))]
 
 
 async def _registry(state: StateDep) -> Registry:

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from model_store import errors as store
+from service import openai_errors
 from service.responses import JSONBody
 from workers.contract import errors as contract_errors
 
@@ -100,6 +101,12 @@ class DeadlineExceeded(KilnError):
     status, code = 504, "deadline_exceeded"
 
 
+class WorkerLost(KilnError):
+    """The worker running a generation went away before it finished."""
+
+    status, code = 502, "worker_lost"
+
+
 _STORE_MAP: dict[type[store.StoreError], type[KilnError]] = {
     store.NotFound: NotFound,
     store.Conflict: Conflict,
@@ -130,30 +137,33 @@ def from_engine(exc: contract_errors.EngineError) -> KilnError:
 
 
 def _body(
+    req: Request,
     status: int,
     code: str,
     message: str,
     headers: dict[str, str] | None = None,
     details: dict[str, object] | None = None,
 ) -> JSONBody:
+    if openai_errors.is_openai(req.method, req.url.path):  # OpenAI's shape on its routes
+        return openai_errors.error_response(status, code, message, headers)
     return JSONBody({"error": message, "code": code, **(details or {})}, status_code=status, headers=headers)
 
 
-async def _kiln(_req: Request, exc: KilnError) -> JSONBody:
-    return _body(exc.status, exc.code, exc.message, exc.headers, exc.details)
+async def _kiln(req: Request, exc: KilnError) -> JSONBody:
+    return _body(req, exc.status, exc.code, exc.message, exc.headers, exc.details)
 
 
-async def _store(_req: Request, exc: store.StoreError) -> JSONBody:
+async def _store(req: Request, exc: store.StoreError) -> JSONBody:
     mapped = from_store(exc)
-    return _body(mapped.status, mapped.code, mapped.message)
+    return _body(req, mapped.status, mapped.code, mapped.message)
 
 
-async def _engine(_req: Request, exc: contract_errors.EngineError) -> JSONBody:
+async def _engine(req: Request, exc: contract_errors.EngineError) -> JSONBody:
     mapped = from_engine(exc)
-    return _body(mapped.status, mapped.code, mapped.message, mapped.headers)
+    return _body(req, mapped.status, mapped.code, mapped.message, mapped.headers)
 
 
-async def _validation(_req: Request, exc: RequestValidationError) -> JSONBody:
+async def _validation(req: Request, exc: RequestValidationError) -> JSONBody:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
@@ -162,26 +172,26 @@ async def _validation(_req: Request, exc: RequestValidationError) -> JSONBody:
             parts[-1] = f"body is not valid JSON: {err.get('ctx', {}).get('error', '')} (char {loc})"
         elif tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
             parts[-1] = "the body must be a JSON object: send it with Content-Type: application/json"
-    return _body(422, "unprocessable", "; ".join(parts) or "invalid request")
+    return _body(req, 422, "unprocessable", "; ".join(parts) or "invalid request")
 
 
-async def _data(_req: Request, _exc: DataError) -> JSONBody:
+async def _data(req: Request, _exc: DataError) -> JSONBody:
     # the database refused a value (a NUL character, a number out of range): the client's input
-    return _body(422, "unprocessable", "a value has characters or a range the store cannot hold")
+    return _body(req, 422, "unprocessable", "a value has characters or a range the store cannot hold")
 
 
-async def _http(_req: Request, exc: StarletteHTTPException) -> JSONBody:
+async def _http(req: Request, exc: StarletteHTTPException) -> JSONBody:
     detail = exc.detail if isinstance(exc.detail, str) else "error"
-    return _body(exc.status_code, "http_error", detail, dict(exc.headers or {}))
+    return _body(req, exc.status_code, "http_error", detail, dict(exc.headers or {}))
 
 
 async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
     return Response(status_code=499)  # nobody is listening; nothing to log
 
 
-async def _unexpected(_req: Request, exc: Exception) -> JSONBody:
+async def _unexpected(req: Request, exc: Exception) -> JSONBody:
     log.exception("unhandled error", exc_info=exc)
-    return _body(500, "internal", "internal error")
+    return _body(req, 500, "internal", "internal error")
 
 
 Handler = Callable[[Request, Any], Awaitable[Response]]

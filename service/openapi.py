@@ -1,5 +1,6 @@
 """The published OpenAPI document: every operation declares the error answers it can give,
-all with the one error body {"error", "code"} (service/errors.py writes them)."""
+all with the one error body {"error", "code"} (service/errors.py writes them), except the
+OpenAI-compatible routes, whose errors are OpenAI's (service/openai_errors.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import openai_errors
 from service.tenancy.access_schemas import ErrorBody
 
 ERROR_STATUSES: dict[str, str] = {
@@ -47,10 +49,10 @@ _INFER_EXAMPLE = {
 _PUBLIC = {"health"}  # unauthenticated probes: only their own declared answers
 
 
-def _error_response(status: str, desc: str) -> dict[str, Any]:
+def _error_response(status: str, desc: str, body: str = "ErrorBody") -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": desc,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
     }
     if status == "429":
         out["headers"] = _RATE_HEADERS
@@ -61,15 +63,17 @@ def document(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorBody"] = ErrorBody.model_json_schema()
+    components["OpenAIErrorBody"] = openai_errors.SCHEMA
     for path, operations in schema.get("paths", {}).items():
-        for op in operations.values():
+        for method, op in operations.items():
             _add_examples(path, op)
             if set(op.get("tags", ())) & _PUBLIC:
                 continue
+            body = "OpenAIErrorBody" if openai_errors.is_openai(method.upper(), path) else "ErrorBody"
             responses = op.setdefault("responses", {})
             for status, desc in ERROR_STATUSES.items():
                 responses[status] = _error_response(
-                    status, responses.get(status, {}).get("description", desc)
+                    status, responses.get(status, {}).get("description", desc), body
                 )
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
 from model_store.signature import Signature, VersionConfig
 
@@ -33,11 +33,26 @@ class ModelCreate(BaseModel):
 
 
 class ModelPublic(BaseModel):
+    """A model; also an OpenAI model object (`id`, `object`, `created`, `owned_by`), so that
+    OpenAI's SDKs list and retrieve models from the same route."""
+
     name: str
     description: str
     created_at: Timestamp
     versions: list[int] = Field(default_factory=list)
     aliases: dict[str, int] = Field(default_factory=dict)
+    owned_by: str = "modelkiln"
+    object: str = "model"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        return self.name
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def created(self) -> int:
+        return int(_utc(self.created_at).timestamp())
 
 
 class ModelList(BaseModel):

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
 
     # request path
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # text generation (service/text): the longest a completion may run, and request bounds
+    generation_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    max_chat_messages: int = Field(default=512, ge=1, le=100_000)
+    max_prompt_chars: int = Field(default=400_000, ge=1, le=50_000_000)
+    max_embedding_inputs: int = Field(default=512, ge=1, le=100_000)
+    max_text_body_bytes: int = Field(default=8 << 20, gt=0)  # bodies of the OpenAI text routes
     max_body_bytes: int = Field(default=64 << 20, gt=0)
     max_upload_bytes: int = Field(default=2 << 30, gt=0)
     # bundles (hf-encoder): unpacked at most min(max_upload_bytes * bundle_expansion_factor,

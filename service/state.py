@@ -17,6 +17,7 @@ from service.inference.sync import InferenceService
 from service.settings import Settings
 from service.tenancy.auth import Authenticator
 from service.tenancy.key_admin import KeyAdmin
+from service.text.generation import TextService
 from workers.contract.messages import EngineClient
 
 
@@ -34,4 +35,5 @@ class AppState:
     repository: ModelRepository
     catalog: ModelCatalog
     key_admin: KeyAdmin
+    text: TextService  # chat completions, completions, embeddings (service/text/)
     checks: WorkerChecks | None = None  # model checks a worker runs for this gateway (service/checks.py)

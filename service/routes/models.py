@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from model_store.formats import FORMATS
 from model_store.names import check_alias, parse_version_ref
 from model_store.signature import Signature, VersionConfig
-from service.deps import ManagePrincipal, SettingsDep, StateDep
+from service.deps import ManagePrincipal, ModelReaderPrincipal, SettingsDep, StateDep
 from service.errors import PayloadTooLarge, Unprocessable
 from service.schemas import AliasPublic, AliasSet, ModelCreate, ModelList, ModelPublic, VersionPublic
 
@@ -25,12 +25,12 @@ async def create_model(body: ModelCreate, principal: ManagePrincipal, state: Sta
 
 
 @router.get("", response_model=ModelList)
-async def list_models(principal: ManagePrincipal, state: StateDep) -> ModelList:
+async def list_models(principal: ModelReaderPrincipal, state: StateDep) -> ModelList:
     return await state.catalog.list_models(principal)
 
 
 @router.get("/{name}", response_model=ModelPublic)
-async def get_model(name: str, principal: ManagePrincipal, state: StateDep) -> ModelPublic:
+async def get_model(name: str, principal: ModelReaderPrincipal, state: StateDep) -> ModelPublic:
     return await state.catalog.get_model(principal.tenant_id, name)
 
 

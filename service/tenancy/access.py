@@ -21,7 +21,14 @@ from service.errors import Forbidden
 from service.tenancy.api_keys import SCOPES, Principal
 from service.tenancy.limits import Limits
 
-_CAPPED = ("rate_per_s", "max_concurrent", "monthly_requests", "monthly_compute_s")
+_CAPPED = (
+    "rate_per_s",
+    "max_concurrent",
+    "monthly_requests",
+    "monthly_compute_s",
+    "tokens_per_min",
+    "monthly_tokens",
+)
 
 
 def effective_scopes(scopes: Iterable[str]) -> frozenset[str]:

@@ -127,6 +127,8 @@ class UsageRow(BaseModel):
     requests: int
     items: int
     compute_s: float
+    prompt_tokens: int = 0  # text generation (workers/contract/usage.py::record_tokens)
+    completion_tokens: int = 0
 
 
 class UsageReport(BaseModel):

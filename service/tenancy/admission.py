@@ -131,6 +131,11 @@ class Admission:
         """Its own blocking pool: a burst of requests waits for a connection, never fails."""
         return cls(connect_async(url, max_connections=64, wait_s=5), keys)
 
+    @property
+    def redis(self) -> Any:
+        """The limiter's client (the token limits share it: service/tenancy/token_limits.py)."""
+        return self._redis
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -150,7 +155,7 @@ class Admission:
                 ("k", principal.key_id, principal.key_limits),
                 ("t", principal.tenant_id, principal.tenant_limits),
             )
-            if limits is not None and limits.any
+            if limits is not None and limits.requests
         ]
         if not scopes:
             return None

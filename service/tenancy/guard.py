@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openai_errors
 from service.errors import KilnError, PayloadTooLarge
 from service.responses import JSONBody
 from service.settings import Settings
@@ -53,6 +54,7 @@ class BodyLimits:
     inference: int
     model_upload: int
     dataset_upload: int
+    text: int  # the OpenAI text routes (prompts, embedding inputs)
 
     @classmethod
     def from_settings(cls, s: Settings) -> BodyLimits:
@@ -61,6 +63,7 @@ class BodyLimits:
             inference=s.max_body_bytes,
             model_upload=s.max_upload_bytes + _MULTIPART_SLACK,
             dataset_upload=min(s.max_upload_bytes, s.max_dataset_bytes) + _MULTIPART_SLACK,
+            text=s.max_text_body_bytes,
         )
 
     def for_route(self, method: str, path: str) -> int:
@@ -71,6 +74,8 @@ class BodyLimits:
                 return self.model_upload
             if _DATASET_UPLOAD.fullmatch(path):
                 return self.dataset_upload
+            if openai_errors.is_openai(method, path):
+                return self.text
         return self.json
 
 
@@ -87,6 +92,9 @@ def declared_body(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
 
 async def answer(exc: KilnError, scope: Scope, receive: Receive, send: Send) -> None:
     headers = {**exc.headers, "Connection": "close"}
+    if openai_errors.is_openai(scope["method"], scope["path"]):
+        await openai_errors.error_response(exc.status, exc.code, exc.message, headers)(scope, receive, send)
+        return
     body = {"error": exc.message, "code": exc.code}
     await JSONBody(body, status_code=exc.status, headers=headers)(scope, receive, send)
 

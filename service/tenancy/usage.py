@@ -13,7 +13,13 @@ from workers.contract.messages import EngineClient
 from workers.contract.usage import parse_field
 
 MAX_DAYS = 366
-_METRICS = {"r": "requests", "i": "items", "c": "compute_s"}
+_METRICS = {
+    "r": "requests",
+    "i": "items",
+    "c": "compute_s",
+    "p": "prompt_tokens",
+    "g": "completion_tokens",
+}
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -69,4 +75,6 @@ def _row(group: tuple[Any, ...], totals: dict[str, float]) -> UsageRow:
         requests=int(totals["requests"]),
         items=int(totals["items"]),
         compute_s=totals["compute_s"],
+        prompt_tokens=int(totals["prompt_tokens"]),
+        completion_tokens=int(totals["completion_tokens"]),
     )

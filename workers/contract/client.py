@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -22,6 +24,8 @@ from redis.exceptions import RedisError
 
 from workers.contract.errors import EngineError, EngineUnavailable, QueueFull, ReplyTimeout
 from workers.contract.finetune_queue import dispatch
+from workers.contract.gen_client import CANCEL_TTL_S, GenReplies
+from workers.contract.generation import GenChunkMsg, GenRequestMsg, is_gen
 from workers.contract.messages import ContractError, InferReplyMsg, InferRequestMsg
 from workers.contract.redis_conn import connect_async, connect_async_single
 from workers.contract.redis_keys import RedisKeys
@@ -63,6 +67,8 @@ class StreamsEngineClient:
         self._redis = connect_async(redis_url, max_connections=max_connections, wait_s=10)
         self._reader = connect_async_single(redis_url)
         self._pending: dict[str, asyncio.Future[InferReplyMsg]] = {}
+        self._gen = GenReplies()  # generation chunks, one queue per request
+        self._gen_announced: set[str] = set()
         self._announced: set[str] = set()
         self._outbox: list[tuple[str, dict[bytes, bytes], asyncio.Future[None]]] = []
         self._flush_scheduled = False
@@ -188,6 +194,39 @@ class StreamsEngineClient:
         added = await self._bounded_xadd(keys=[stream, *streams], args=args)
         return added is not None
 
+    # text generation (workers/contract/generation.py) ----------------------------------------
+    async def submit_gen(self, stream: str, msg: GenRequestMsg) -> None:
+        """Open the request's chunk queue, then enqueue it (the stream announced once)."""
+        if not self.connected:
+            raise EngineUnavailable("queue is unavailable")
+        self._gen.open(msg.request_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if stream not in self._gen_announced:
+                    pipe.sadd(self.keys.gen_streams, stream)
+                pipe.xadd(stream, msg.to_fields())  # type: ignore[arg-type,unused-ignore]
+                await pipe.execute()
+        except BaseException as exc:
+            self._gen.close(msg.request_id)
+            if isinstance(exc, RedisError | OSError):
+                raise _unavailable(exc) from exc
+            raise
+        self._gen_announced.add(stream)
+
+    def gen_chunks(self, request_id: str, timeout_s: float) -> AsyncIterator[GenChunkMsg]:
+        """The chunks of a submitted generation in order, until its last (see GenReplies.chunks)."""
+        return self._gen.chunks(request_id, time.monotonic() + timeout_s)
+
+    async def finish_gen(self, request_id: str, *, cancel: bool = False) -> None:
+        """Forget a generation's queue; with `cancel`, tell its worker to stop (the cancel key,
+        with a TTL). Never raises."""
+        self._gen.close(request_id)
+        if cancel:
+            try:
+                await self._redis.set(self.keys.gen_cancel(request_id), b"1", ex=CANCEL_TTL_S)
+            except (RedisError, OSError) as exc:
+                log.warning("could not cancel a generation: %s", type(exc).__name__)
+
     async def wait(self, request_id: str, timeout_s: float) -> InferReplyMsg:
         fut = self._pending.get(request_id)
         if fut is None:
@@ -272,6 +311,7 @@ class StreamsEngineClient:
             raise _unavailable(exc) from exc
 
     def _fail_all(self, reason: str) -> None:
+        self._gen.fail_all(reason)
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -301,9 +341,13 @@ class StreamsEngineClient:
             log.warning("reply reader lost Redis: %s", type(exc).__name__)
         self.connected = False
         self._announced.clear()
+        self._gen_announced.clear()
         self._fail_all("queue connection lost")
 
     def _resolve(self, fields: dict[bytes, bytes]) -> None:
+        if is_gen(fields):
+            self._gen.deliver(fields)
+            return
         try:
             reply = InferReplyMsg.from_fields(fields)
         except ContractError:

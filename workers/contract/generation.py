@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from workers.contract.messages import CONTRACT_VERSION, ContractError
+from workers.contract.wire import CONTRACT_VERSION, ContractError
 
 KIND = b"gen"
 Mode = Literal["chat", "completion"]

@@ -7,16 +7,16 @@ Tensors travel as raw bytes (never base64, never pickle).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-CONTRACT_VERSION = b"1"
+from workers.contract.wire import CONTRACT_VERSION, ContractError
 
-
-class ContractError(ValueError):
-    """A message that does not follow this contract version."""
+if TYPE_CHECKING:
+    from workers.contract.generation import GenChunkMsg, GenRequestMsg
 
 
 class ErrorCode:
@@ -325,4 +325,20 @@ class EngineClient(Protocol):
     async def dispatch_finetune(self, job_id: str) -> None:
         """Tell the trainers a fine-tune job is queued (the database holds the job).
         Raises EngineUnavailable."""
+        ...
+
+    async def submit_gen(self, stream: str, msg: GenRequestMsg) -> None:
+        """Enqueue a generation request (workers/contract/generation.py) on `stream`
+        (RedisKeys.gen_stream) and open its chunk queue. Raises EngineUnavailable."""
+        ...
+
+    def gen_chunks(self, request_id: str, timeout_s: float) -> AsyncIterator[GenChunkMsg]:
+        """The chunks of a submitted generation, in `seq` order, ending with its `done` chunk.
+        Raises ReplyTimeout past `timeout_s` from now, EngineUnavailable when the queue
+        connection is lost meanwhile, KeyError for a request not submitted here."""
+        ...
+
+    async def finish_gen(self, request_id: str, *, cancel: bool = False) -> None:
+        """Forget a generation's chunk queue (always call it); with `cancel` (the client went
+        away) set its cancel key so the worker frees the sequence. Never raises."""
         ...
