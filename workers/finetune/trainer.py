@@ -32,11 +32,13 @@ from workers.common.signals import stop_on_signals
 from workers.contract.finetune_check import FenceLimits
 from workers.contract.finetune_queue import JobQueue
 from workers.contract.redis_keys import RedisKeys
+from workers.contract.sweep_spec import SWEEP_PREFIX
 from workers.finetune.errors import describe_error
 from workers.finetune.fence import TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.model import ModelNotTrainable
+from workers.finetune.sweep import SweepAdvancer
 
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
@@ -89,6 +91,7 @@ class Trainer:
             metrics,
             config.limits,
         )
+        self.sweeps = SweepAdvancer(self.ctx, self.queue.enqueue)
         self._next_reconcile = 0.0
         self.current_job: str | None = None
 
@@ -130,12 +133,18 @@ class Trainer:
             if job_id not in present:
                 log.info("job %s is queued in the database but not in the stream; enqueued", job_id)
                 self.queue.enqueue(job_id)
+        self.sweeps.advance_all()
 
     def take(self, entry_id: bytes, job_id: str) -> None:
+        if job_id.startswith(SWEEP_PREFIX):  # "look at sweep X": created, or asked to promote
+            self.queue.done(entry_id)
+            self.sweeps.advance(job_id)
+            return
         claimed = self.store.claim(job_id, self.trainer_id, self.config.lease_s)
         self.queue.done(entry_id)  # the lease in the database holds the job from here on
         if claimed:
             self.run_job(job_id)
+            self.sweeps.after_job(job_id)  # a trial: its sweep's next trials, or its end
 
     def run_job(self, job_id: str) -> None:
         self.current_job = job_id
