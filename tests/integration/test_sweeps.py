@@ -183,3 +183,33 @@ async def test_a_killed_trainer_loses_no_trial(client, settings) -> None:
     assert sorted(j["sweep_trial"] for j in jobs if j["sweep_id"] == sweep_id) == [0, 1, 2, 3]
     events = (await client.get(f"/v1/fine_tuning/jobs/{lost}/events")).json()["data"]
     assert any("trainer stopped answering" in e["message"] for e in events)
+
+
+async def test_early_termination_prunes_a_hopeless_trial(client, trainer) -> None:
+    """The median rule: a trial whose accuracy after an epoch is below the median of the finished
+    trials at that epoch is stopped (the job cancelled, the trial `pruned`); the sweep goes on."""
+    train, valid = await setup_classifier(client)
+    space = {
+        "epochs": {"type": "choice", "values": [1, 30]},
+        "learning_rate": {"type": "choice", "values": [0.03, 1e-7]},
+    }  # in grid order: (1, 0.03), (1, 1e-7), (30, 0.03), (30, 1e-7): the last is slow and hopeless
+    body = sweep_body(
+        train,
+        valid,
+        {"method": "grid"},
+        space=space,
+        hyperparameters={"batch_size": 4, "optimizer": "sgd"},
+        early_termination={"type": "median", "warmup_epochs": 0, "min_trials": 1},
+    )
+    r = await client.post("/v1/fine_tuning/sweeps", json=body)
+    assert r.status_code == 200, r.text
+    sweep = await wait_sweep(client, r.json()["id"])
+    assert sweep["status"] == "succeeded", sweep
+    last = sweep["trials"][3]
+    assert last["hyperparameters"] == {"epochs": 30, "learning_rate": 1e-7} and last["status"] == "pruned", (
+        last
+    )
+    job = (await client.get(f"/v1/fine_tuning/jobs/{last['job_id']}")).json()
+    assert job["status"] == "cancelled" and job["error"]["code"] == "pruned", job
+    assert (job["progress"] or {}).get("epoch", 0) < 30
+    assert sweep["trials"][2]["status"] == "succeeded" and sweep["best_trial"]["number"] in (0, 2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,33 +40,43 @@ class SweepAdvancer:
         self.sweeps = SweepStore(ctx.store.sessions)
         self.enqueue = enqueue
 
-    def advance_all(self) -> None:
+    def advance_all(self, promote: bool = True) -> None:
         for sweep_id in self.sweeps.pending_ids():
-            self.advance(sweep_id)
+            self.advance(sweep_id, promote)
+
+    def loop(self, stopping: threading.Event, interval_s: float) -> None:
+        """The trainer's sweep thread: every interval, advance every sweep but for promotion
+        (which evaluates in a fenced child: the trainer's main loop does that)."""
+        while not stopping.wait(interval_s):
+            try:
+                self.advance_all(promote=False)
+            except _INFRA as exc:
+                log.warning("sweeps: queue or database unavailable (%s); retrying", type(exc).__name__)
 
     def after_job(self, job_id: str) -> None:
         row = self.ctx.store.job_by_id(job_id)
         if row is not None and row.sweep_id is not None:
             self.advance(row.sweep_id)
 
-    def advance(self, sweep_id: str) -> None:
+    def advance(self, sweep_id: str, promote: bool = True) -> None:
         """Never raises but for the database or queue being away (the trainer's retry loop
         handles those): a sweep that cannot advance is logged and left for the next try."""
         try:
-            self._advance(sweep_id)
+            self._advance(sweep_id, promote)
         except _INFRA:
             raise
         except Exception:
             log.exception("sweep %s: could not advance", sweep_id)
 
-    def _advance(self, sweep_id: str) -> None:
+    def _advance(self, sweep_id: str, promote: bool) -> None:
         loaded = self.sweeps.load(sweep_id)
         if loaded is None:
             return
         row, jobs = loaded
         spec = SweepSpec.model_validate(row.spec)
         if row.status == "succeeded":
-            self._promote(row, spec, jobs)
+            if promote:
+                self._promote(row, spec, jobs)
             return
         if row.status not in SWEEP_ACTIVE:
             return
@@ -79,7 +90,7 @@ class SweepAdvancer:
         elif len(views) >= spec.max_trials and active == 0:
             self._finish(row, spec, views, jobs)
             reloaded = self.sweeps.load(sweep_id)
-            if reloaded is not None and reloaded[0].status == "succeeded":
+            if promote and reloaded is not None and reloaded[0].status == "succeeded":
                 self._promote(reloaded[0], spec, reloaded[1])
 
     # trials --------------------------------------------------------------------------------------

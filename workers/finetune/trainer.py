@@ -106,6 +106,11 @@ class Trainer:
         # the training child's module is imported once by the fork server, not by every job
         fence.preload("workers.common.fork_server_init", "workers.finetune.child")
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
+        # sweeps advance (new trials, pruning) while this trainer is busy with a job, too
+        interval = self.config.reconcile_interval_s
+        threading.Thread(
+            target=self.sweeps.loop, args=(self._stop, interval), name="kiln-sweeps", daemon=True
+        ).start()
         run_until_stopped(self.tick, self._stop, _INFRA, self._infra_lost, _BACKOFF)
         log.info("trainer %s stopped", self.trainer_id)
 
