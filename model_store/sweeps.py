@@ -109,11 +109,11 @@ class SweepStore:
             if row is None or row.status not in SWEEP_ACTIVE:
                 return False
             row.status = "running"
-            for job in jobs:
-                s.add(job)
-                s.flush()
-                s.add(_event(job, f"trial {job.sweep_trial} of sweep {sweep_id}: queued", data=_hp(job)))
             try:
+                for job in jobs:
+                    s.add(job)
+                    s.flush()
+                    s.add(_event(job, f"trial {job.sweep_trial} of sweep {sweep_id}: queued", data=_hp(job)))
                 s.commit()
             except IntegrityError:
                 s.rollback()
