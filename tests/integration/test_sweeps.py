@@ -213,3 +213,15 @@ async def test_early_termination_prunes_a_hopeless_trial(client, trainer) -> Non
     assert job["status"] == "cancelled" and job["error"]["code"] == "pruned", job
     assert (job["progress"] or {}).get("epoch", 0) < 30
     assert sweep["trials"][2]["status"] == "succeeded" and sweep["best_trial"]["number"] in (0, 2)
+
+
+async def test_idempotency_key_makes_one_sweep(client) -> None:
+    train, valid = await setup_classifier(client)
+    body = sweep_body(train, valid, {"method": "grid"})
+    headers = {"Idempotency-Key": "sweep-once"}
+    first = await client.post("/v1/fine_tuning/sweeps", json=body, headers=headers)
+    again = await client.post("/v1/fine_tuning/sweeps", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200 and first.json()["id"] == again.json()["id"]
+    other = await client.post("/v1/fine_tuning/sweeps", json={**body, "seed": 8}, headers=headers)
+    assert other.status_code == 422 and "another request body" in other.text
+    assert len((await client.get("/v1/fine_tuning/sweeps")).json()["data"]) == 1
