@@ -183,7 +183,8 @@ def _grid_size(space: dict[str, Param]) -> int:
 def _check_param(name: str, p: Param, base: dict[str, Any]) -> None:
     kind = SEARCHABLE.get(name)
     if kind is None:
-        raise ValueError(f"space: {name!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+        shown = name[:40] + ("..." if len(name) > 40 else "")
+        raise ValueError(f"space: {shown!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
     if isinstance(p, Uniform) and kind != "float":
         raise ValueError(f"space: {name!r} takes {'int or choice' if kind == 'int' else 'choice'}")
     if isinstance(p, IntRange) and kind != "int":

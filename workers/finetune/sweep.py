@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
 from model_store.db import FineTuneJobRow, SweepRow
+from model_store.errors import NotFound
 from model_store.jobs import TERMINAL, new_id
 from model_store.sweeps import SWEEP_ACTIVE, SweepStore
 from workers.contract.finetune_spec import Hyperparameters, JobSpec
@@ -172,7 +173,12 @@ class SweepAdvancer:
         if job is None or not job.result:
             return
         version = int(job.result["version"])
-        resolved = self.ctx.registry.resolve(row.tenant_id, job.target_model, version)
+        try:
+            resolved = self.ctx.registry.resolve(row.tenant_id, job.target_model, version)
+        except NotFound:
+            reason = f"not promoted: {job.target_model}:{version} no longer exists"
+            self.sweeps.set_promotion(row.id, {"promoted": False, "alias": spec.promote, "reason": reason})
+            return
         cand = Candidate(
             row.tenant_id,
             job.target_model,

@@ -108,10 +108,12 @@ class Trainer:
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         # sweeps advance (new trials, pruning) while this trainer is busy with a job, too
         interval = self.config.reconcile_interval_s
-        threading.Thread(
+        sweeps = threading.Thread(
             target=self.sweeps.loop, args=(self._stop, interval), name="kiln-sweeps", daemon=True
-        ).start()
+        )
+        sweeps.start()
         run_until_stopped(self.tick, self._stop, _INFRA, self._infra_lost, _BACKOFF)
+        sweeps.join(30)  # it stops at its next wait; let it finish the sweep it is advancing
         log.info("trainer %s stopped", self.trainer_id)
 
     def _infra_lost(self, exc: Exception) -> None:
