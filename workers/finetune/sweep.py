@@ -83,7 +83,8 @@ class SweepAdvancer:
             return
         views = [self._view(spec, j) for j in jobs]
         if spec.early_termination is not None and self._prune(spec, views, jobs):
-            views = [self._view(spec, j) for j in self.sweeps.load(sweep_id)[1]]  # type: ignore[index]
+            row, jobs = self.sweeps.load(sweep_id) or (row, jobs)
+            views = [self._view(spec, j) for j in jobs]
         active = sum(1 for v in views if v.state not in (*TERMINAL, "pruned"))
         room = min(spec.search.parallel - active, spec.max_trials - len(views))
         if room > 0:
