@@ -13,6 +13,7 @@ def plot_sweep(sweep: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     names = sorted(sweep["space"])
     metric = sweep["search"].get("metric", "metric")
@@ -26,8 +27,12 @@ def plot_sweep(sweep: dict[str, Any], out: Path) -> None:
             labels = [str(v) for v in space["values"]]
             xs = [labels.index(str(x)) if str(x) in labels else -1 for x in xs]
             ax.set_xticks(range(len(labels)), labels)
-        elif space["type"] == "log_uniform" or space.get("log"):
-            ax.set_xscale("log")
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        else:
+            if space["type"] == "log_uniform" or space.get("log"):
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(space["low"], space["high"])
         ys = [t["value"] for t in done]
         ax.scatter(xs, ys, color="tab:blue", label="trial")
         for t, x, y in zip(done, xs, ys, strict=True):
