@@ -202,6 +202,35 @@ class FineTuneJobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # a trial of a sweep (issue 14): its sweep and its number there, unique together
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("fine_tuning_sweeps.id"), nullable=True, index=True
+    )
+    sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (UniqueConstraint("sweep_id", "sweep_trial", name="uq_jobs_sweep_trial"),)
+
+
+class SweepRow(Base):
+    """A hyperparameter sweep (issue 14): its spec and outcome; its trials are fine-tune jobs
+    that name it (sweep_id), and the search state is rebuilt from them."""
+
+    __tablename__ = "fine_tuning_sweeps"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(24), nullable=False, index=True)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    base_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
+    target_model: Mapped[str] = mapped_column(String(64), nullable=False)
+    training_file: Mapped[str] = mapped_column(String(40), nullable=False)
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobEventRow(Base):

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from model_store.registry import Registry
 from service.errors import Forbidden, PayloadTooLarge
 from service.finetune.jobs import FinetuneService
+from service.finetune.sweeps import SweepService
 from service.settings import Settings
 from service.state import AppState
 from service.tenancy import access
@@ -80,6 +81,13 @@ async def _finetune(state: StateDep) -> FinetuneService:
 
 
 FinetuneDep = Annotated[FinetuneService, Depends(_finetune)]
+
+
+async def _sweeps(state: StateDep) -> SweepService:
+    return SweepService(FinetuneService(state))
+
+
+SweepDep = Annotated[SweepService, Depends(_sweeps)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

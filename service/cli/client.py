@@ -247,3 +247,44 @@ class KilnClient:
             if job["status"] in TERMINAL or time.monotonic() > deadline:
                 return job
             time.sleep(poll_s)
+
+    # sweeps --------------------------------------------------------------------------------------
+    def create_sweep(self, *, idempotency_key: str | None = None, **body: Any) -> dict[str, Any]:
+        """POST /v1/fine_tuning/sweeps with `body` (model, training_file, search, space, ...)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return dict(self._check(self._http.post("/v1/fine_tuning/sweeps", json=body, headers=headers)))
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.get(f"/v1/fine_tuning/sweeps/{sweep_id}")))
+
+    def list_sweeps(self, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        return dict(self._check(self._http.get("/v1/fine_tuning/sweeps", params=params)))
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return dict(self._check(self._http.post(f"/v1/fine_tuning/sweeps/{sweep_id}/cancel")))
+
+    def promote_sweep(self, sweep_id: str, alias: str) -> dict[str, Any]:
+        r = self._http.post(f"/v1/fine_tuning/sweeps/{sweep_id}/promote", json={"alias": alias})
+        return dict(self._check(r))
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        timeout: float = 24 * 3600.0,
+        poll_s: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the sweep until it finishes (and its promotion, if asked for, is decided)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            settled = sweep["status"] in TERMINAL and not (
+                sweep["status"] == "succeeded" and sweep.get("promote") and sweep.get("promotion") is None
+            )
+            if settled or time.monotonic() > deadline:
+                return sweep
+            time.sleep(poll_s)

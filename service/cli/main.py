@@ -17,6 +17,7 @@ from service.cli.files import files_app, usage
 from service.cli.finetune import finetune_app
 from service.cli.models import models_app
 from service.cli.output import Refused, error
+from service.cli.sweeps import sweeps_app
 from service.settings import Settings
 
 log = logging.getLogger("kiln")
@@ -39,6 +40,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(models_app, name="models")
 app.add_typer(files_app, name="files")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(sweeps_app, name="sweeps")
 app.command("usage")(usage)
 
 

@@ -50,6 +50,8 @@ def job_public(row: FineTuneJobRow) -> JobPublic:
         progress=row.progress,
         result=row.result,
         result_files=list((row.result or {}).get("result_files", [])),
+        sweep_id=row.sweep_id,
+        sweep_trial=row.sweep_trial,
     )
 
 

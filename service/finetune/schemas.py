@@ -73,6 +73,8 @@ class JobPublic(BaseModel):
     promote: str | None
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
+    sweep_id: str | None = None  # a trial of this sweep (issue 14)
+    sweep_trial: int | None = None
 
 
 class JobList(BaseModel):

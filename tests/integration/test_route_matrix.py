@@ -18,11 +18,13 @@ from typing import Any
 import httpx
 from fastapi.routing import APIRoute
 
+from model_store.sweeps import SweepStore
 from service.openai_errors import is_openai
 from tests.conftest import WorkerThread
 from tests.ft_data import jsonl, rows
 from tests.integration.ft_helpers import job_body, setup_classifier, upload
 from tests.integration.helpers import infer_body, register
+from tests.integration.sweep_helpers import sweep_body
 from tests.integration.tenancy import new_key, new_tenant
 from tests.models import demo_onnx_bytes
 
@@ -36,10 +38,11 @@ OBJECT_PARAMS = {
     "file_id",
     "job_id",
     "request_id",
+    "sweep_id",
 }  # a tenant's object
 TEXT_ROUTES = {("POST", p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")}
 # the body names tenant A's model (and files)
-BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs"), *TEXT_ROUTES}
+BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs"), ("POST", "/v1/fine_tuning/sweeps"), *TEXT_ROUTES}
 LEAKS = ("Traceback", 'File "', "/work/", "/tmp/", "/etc/", "127.0.0.1", "redis://", "postgresql", "sqlite")
 _seq = itertools.count()
 
@@ -77,7 +80,7 @@ class World:
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
-        self.train = self.valid = self.job = self.async_id = ""
+        self.train = self.valid = self.job = self.async_id = self.sweep = ""
 
     async def setup(self) -> None:
         assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
@@ -85,6 +88,7 @@ class World:
         assert r.status_code == 200
         self.train, self.valid = await setup_classifier(self.client)
         self.job = await self.new_job()
+        self.sweep = await self.new_sweep()
         r = await self.client.post(
             "/v2/models/demo/infer",
             json=infer_body("x", [1, 2, 3, 4], [1, 4]),
@@ -107,7 +111,7 @@ class World:
 
     async def path(self, method: str, path: str) -> str:
         values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
-        values.update(file_id=self.train, job_id=self.job, request_id=self.async_id)
+        values.update(file_id=self.train, job_id=self.job, request_id=self.async_id, sweep_id=self.sweep)
         if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
             # (a manage key: revoking or rotating needs at least the target key's power)
             values["key_id"] = str((await new_key(self.client, ["manage"]))[0])
@@ -115,13 +119,28 @@ class World:
             values["file_id"] = (await upload(self.client, jsonl(*rows(40, 3)))).json()["id"]
         if method == "POST" and "{job_id}" in path:  # cancel / pause / resume change the job
             values["job_id"] = await self.new_job(paused=path.endswith("/resume"))
+        if method == "POST" and "{sweep_id}" in path:  # cancel / promote change the sweep
+            values["sweep_id"] = await self.new_sweep(finished=path.endswith("/promote"))
         return path.format(**values)
+
+    async def new_sweep(self, finished: bool = False) -> str:
+        r = await self.client.post(
+            "/v1/fine_tuning/sweeps", json=sweep_body(self.train, self.valid, {"method": "grid"})
+        )
+        assert r.status_code == 200, r.text
+        sweep_id = str(r.json()["id"])
+        if finished:  # as a trainer leaves it (no trainer runs here): promote needs a finished sweep
+            store = SweepStore(self.client.app.state.kiln.sessions)  # type: ignore[attr-defined]
+            assert store.finish(sweep_id, "succeeded", {"best_trial": None}, None)
+        return sweep_id
 
     async def body(self, method: str, path: str) -> dict[str, Any]:
         if (method, path) == ("POST", "/v1/files"):
             return {"data": {"purpose": "fine-tune"}, "files": {"file": ("t.jsonl", jsonl(*rows(40, 4)))}}
         if (method, path) == ("POST", "/v1/fine_tuning/jobs"):
             return {"json": job_body(self.train, self.valid)}
+        if (method, path) == ("POST", "/v1/fine_tuning/sweeps"):
+            return {"json": sweep_body(self.train, self.valid, {"method": "grid"})}
         return await _body(self.client, method, path)
 
 
@@ -144,6 +163,7 @@ async def _body(client: httpx.AsyncClient, method: str, path: str) -> dict[str, 
         },
         ("POST", "/v1/completions"): {"json": {"model": "demo", "prompt": "x"}},
         ("POST", "/v1/embeddings"): {"json": {"model": "demo", "input": "x"}},
+        ("POST", "/v1/fine_tuning/sweeps/{sweep_id}/promote"): {"json": {"alias": "production"}},
     }
     if path.endswith("/infer"):
         return {"json": infer_body("x", [1, 2, 3, 4], [1, 4])}

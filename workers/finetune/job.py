@@ -234,6 +234,7 @@ def _lineage(
 ) -> dict[str, Any]:
     return {
         "job_id": row.id,
+        "sweep_id": row.sweep_id,
         "parent": {
             "model": base.model,
             "version": base.version,
@@ -279,7 +280,11 @@ def _register(
     for v in versions:
         if (v.lineage or {}).get("job_id") == row.id:
             return v.version
-    if versions and not spec.publish_existing:
+    # a sweep's trials publish into the model its first trial made: versions of the same sweep
+    ours = row.sweep_id is not None and all(
+        (v.lineage or {}).get("sweep_id") == row.sweep_id for v in versions
+    )
+    if versions and not spec.publish_existing and not ours:
         raise Conflict(
             f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
             "existing model needs the 'manage' scope"

@@ -32,11 +32,13 @@ from workers.common.signals import stop_on_signals
 from workers.contract.finetune_check import FenceLimits
 from workers.contract.finetune_queue import JobQueue
 from workers.contract.redis_keys import RedisKeys
+from workers.contract.sweep_spec import SWEEP_PREFIX
 from workers.finetune.errors import describe_error
 from workers.finetune.fence import TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.model import ModelNotTrainable
+from workers.finetune.sweep import SweepAdvancer
 
 log = logging.getLogger("kiln.trainer")
 _READABLE = (DatasetUnusable, ModelNotTrainable, StoreError)
@@ -89,6 +91,7 @@ class Trainer:
             metrics,
             config.limits,
         )
+        self.sweeps = SweepAdvancer(self.ctx, self.queue.enqueue)
         self._next_reconcile = 0.0
         self.current_job: str | None = None
 
@@ -103,7 +106,14 @@ class Trainer:
         # the training child's module is imported once by the fork server, not by every job
         fence.preload("workers.common.fork_server_init", "workers.finetune.child")
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
+        # sweeps advance (new trials, pruning) while this trainer is busy with a job, too
+        interval = self.config.reconcile_interval_s
+        sweeps = threading.Thread(
+            target=self.sweeps.loop, args=(self._stop, interval), name="kiln-sweeps", daemon=True
+        )
+        sweeps.start()
         run_until_stopped(self.tick, self._stop, _INFRA, self._infra_lost, _BACKOFF)
+        sweeps.join(30)  # it stops at its next wait; let it finish the sweep it is advancing
         log.info("trainer %s stopped", self.trainer_id)
 
     def _infra_lost(self, exc: Exception) -> None:
@@ -130,12 +140,18 @@ class Trainer:
             if job_id not in present:
                 log.info("job %s is queued in the database but not in the stream; enqueued", job_id)
                 self.queue.enqueue(job_id)
+        self.sweeps.advance_all()
 
     def take(self, entry_id: bytes, job_id: str) -> None:
+        if job_id.startswith(SWEEP_PREFIX):  # "look at sweep X": created, or asked to promote
+            self.queue.done(entry_id)
+            self.sweeps.advance(job_id)
+            return
         claimed = self.store.claim(job_id, self.trainer_id, self.config.lease_s)
         self.queue.done(entry_id)  # the lease in the database holds the job from here on
         if claimed:
             self.run_job(job_id)
+            self.sweeps.after_job(job_id)  # a trial: its sweep's next trials, or its end
 
     def run_job(self, job_id: str) -> None:
         self.current_job = job_id
