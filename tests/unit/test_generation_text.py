@@ -28,7 +28,7 @@ def test_one_token_at_a_time_never_splits_a_character(tokenizer, text: str) -> N
 
 def test_special_tokens_are_not_shown(tokenizer) -> None:  # type: ignore[no-untyped-def]
     detok = Detokenizer(tokenizer, [])
-    ids = tokenizer.encode("ok", add_special_tokens=False) + [tokenizer.eos_token_id]
+    ids = [*tokenizer.encode("ok", add_special_tokens=False), tokenizer.eos_token_id]
     assert "".join(detok.add([i]) for i in ids) + detok.flush() == "ok"
 
 

@@ -57,7 +57,10 @@ def test_sharded_weights_with_their_index_are_accepted(tmp_path: Path, llama: di
 
 
 def test_another_signature_is_refused(tmp_path: Path, llama: dict[str, bytes]) -> None:
-    other = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}]}
+    other = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+    }
     from model_store.signature import Signature
 
     with pytest.raises(InvalidArtifact, match="signature is fixed"):
@@ -147,8 +150,14 @@ def test_weights_that_disagree_with_the_config_are_refused(tmp_path: Path, llama
 
 
 def test_missing_members_are_refused(tmp_path: Path, llama: dict[str, bytes]) -> None:
-    _refused(tmp_path, tar_of({k: v for k, v in llama.items() if k != "tokenizer.json"}), "lacks tokenizer.json")
-    _refused(tmp_path, tar_of({k: v for k, v in llama.items() if k != "model.safetensors"}), "lacks model.safetensors")
+    _refused(
+        tmp_path, tar_of({k: v for k, v in llama.items() if k != "tokenizer.json"}), "lacks tokenizer.json"
+    )
+    _refused(
+        tmp_path,
+        tar_of({k: v for k, v in llama.items() if k != "model.safetensors"}),
+        "lacks model.safetensors",
+    )
 
 
 # GGUF ------------------------------------------------------------------------------------------
@@ -159,7 +168,9 @@ def _gstr(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def gguf(kv: dict[str, object], tensors: list[tuple[str, tuple[int, ...], int, int]], data: bytes = b"") -> bytes:
+def gguf(
+    kv: dict[str, object], tensors: list[tuple[str, tuple[int, ...], int, int]], data: bytes = b""
+) -> bytes:
     """A GGUF v3 file: metadata (str, int as u32, list[str] as a string array), tensor infos, data."""
     out = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(kv))]
     for key, value in kv.items():
@@ -206,9 +217,15 @@ def test_a_small_gguf_is_accepted(tmp_path: Path) -> None:
         (gguf({**_llama_kv(), "llama.block_count": 100_000}, [], b""), "between 1 and"),
         (gguf(_llama_kv(), [("t", (8, 4), 999, 0)], b"\0" * 128), "unknown type"),
         (gguf(_llama_kv(), [("t", (8,) * 5, 0, 0)], b""), "dimensions"),
-        (gguf({k: v for k, v in _llama_kv().items() if not k.startswith("tokenizer")}, [], b""), "no tokenizer"),
+        (
+            gguf({k: v for k, v in _llama_kv().items() if not k.startswith("tokenizer")}, [], b""),
+            "no tokenizer",
+        ),
         (b"GGUF" + struct.pack("<IQQ", 3, 1 << 40, 0), "too many"),
-        (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gstr("k") + struct.pack("<IIQ", 9, 8, 1 << 40), "array of"),
+        (
+            b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gstr("k") + struct.pack("<IIQ", 9, 8, 1 << 40),
+            "array of",
+        ),
         (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gstr("k") + struct.pack("<IQ", 8, 1 << 50), "string of"),
         (b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "version 1"),
     ],

@@ -153,7 +153,9 @@ class Engine:
         for choice in state.choices:
             if not choice.done:
                 self._mgr.cancel_request(f"{request_id}:{choice.index}")
-                self._ready.append(self._finish(state, choice, GenEvent(request_id, choice.index), "cancelled"))
+                self._ready.append(
+                    self._finish(state, choice, GenEvent(request_id, choice.index), "cancelled")
+                )
 
     def poll(self, timeout_s: float) -> list[GenEvent]:
         events, self._ready = self._ready, []

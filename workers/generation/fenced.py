@@ -19,7 +19,7 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +49,8 @@ class GenLoadSettings:
     threads: int = 0
     memory_bytes: int = 8 << 30
     load_timeout_s: float = 300.0
-    limits: ArtifactLimits = ArtifactLimits()
-    options: EngineOptions = EngineOptions()
+    limits: ArtifactLimits = field(default_factory=ArtifactLimits)
+    options: EngineOptions = field(default_factory=EngineOptions)
 
 
 class FencedGenerationBackend:
@@ -94,7 +94,9 @@ class FencedGenerationBackend:
             raise LoadError(f"model process failed while loading: {exc}") from exc
         if not header.get("loaded") or type(header.get("context_length")) is not int:
             self._child.close()
-            raise LoadError(str(header.get("error", header.get("died", "model process failed while loading")))[:300])
+            raise LoadError(
+                str(header.get("error", header.get("died", "model process failed while loading")))[:300]
+            )
         return header
 
     @property
@@ -121,7 +123,9 @@ class FencedGenerationBackend:
             self._events.append(_error(req.request_id, self._dead))
             return
         if "error" in reply:
-            raise GenInputError(str(reply["error"])[:1000], str(reply.get("code", GenErrorCode.INVALID_INPUT))[:64])
+            raise GenInputError(
+                str(reply["error"])[:1000], str(reply.get("code", GenErrorCode.INVALID_INPUT))[:64]
+            )
         self._open.add(req.request_id)
 
     def cancel(self, request_id: str) -> None:
@@ -167,7 +171,11 @@ class FencedGenerationBackend:
                 return {} if waiting else None
             return header
         except (EOFError, OSError, FenceError, ValueError) as exc:  # WireError is a ValueError
-            self._die(f"the model process is gone: {type(exc).__name__}" if not isinstance(exc, WireError) else str(exc))
+            self._die(
+                f"the model process is gone: {type(exc).__name__}"
+                if not isinstance(exc, WireError)
+                else str(exc)
+            )
             raise _Lost(self._dead) from exc
         except _Lost as exc:
             self._die(str(exc))
@@ -214,12 +222,12 @@ class _Lost(Exception):
 
 
 def _error(request_id: str, message: str) -> GenEvent:
-    return GenEvent(
-        request_id, finish="error", done=True, code=GenErrorCode.MODEL_ERROR, error=message[:300]
-    )
+    return GenEvent(request_id, finish="error", done=True, code=GenErrorCode.MODEL_ERROR, error=message[:300])
 
 
-def load_backend(version: ResolvedVersion, path: Path, settings: GenLoadSettings | None = None) -> GenerationBackend:
+def load_backend(
+    version: ResolvedVersion, path: Path, settings: GenLoadSettings | None = None
+) -> GenerationBackend:
     """One generation model: in a fenced child unless the mode is off."""
     settings = settings or GenLoadSettings()
     if settings.mode != "off":

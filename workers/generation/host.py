@@ -118,7 +118,9 @@ def _command(ch: Channel, engine: Any, header: dict[str, Any], bufs: list[memory
         try:
             req = GenRequestMsg.from_fields(fields)
         except ContractError as exc:
-            ch.send({"submitted": str(header.get("id", "")), "error": str(exc)[:1000], "code": "invalid_input"})
+            ch.send(
+                {"submitted": str(header.get("id", "")), "error": str(exc)[:1000], "code": "invalid_input"}
+            )
             return True
         try:
             engine.submit(req)

@@ -106,7 +106,9 @@ def _from_bundle(bundle: CausalBundle, dtype: Any) -> tuple[Any, Any]:
     for shard in bundle.shards:
         state.update(load_safetensors(bundle.files[shard]))
     missing, _unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
+    tied = {
+        k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)
+    }
     if [k for k in missing if k not in tied and not k.endswith("rotary_emb.inv_freq")]:
         raise LoadError("the weights lack tensors the config needs")
     model.tie_weights()
