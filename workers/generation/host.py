@@ -28,6 +28,7 @@ from workers.contract.messages import CONTRACT_VERSION, ContractError
 from workers.generation.backend import GenInputError
 from workers.generation.wire import event_to_json, stats_to_json
 
+CONVERTED = "converted.tar"  # in the child's directory: a GGUF model as a bundle, for the cache
 SLICE_S = 0.005  # engine poll while requests run
 IDLE_S = 0.5  # channel wait while none do
 
@@ -50,12 +51,14 @@ def _load(args: dict[str, Any]) -> Any:
     import torch
 
     from workers.generation.engine import Engine
-    from workers.generation.loading import load_model
+    from workers.generation.loading import export_bundle, load_model
 
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     path = _linked(Path(args["path"]))
     loaded = load_model(path, str(args["sha256"]), str(args["device"]), args["limits"])
+    if args.get("convert"):
+        export_bundle(loaded, path.parent.parent / CONVERTED)
     return Engine(loaded, args["options"])
 
 
@@ -85,7 +88,8 @@ def serve(ch: Channel, args: dict[str, Any]) -> None:
     except Exception as exc:
         ch.send({"error": f"could not load the model: {type(exc).__name__}: {str(exc)[:200]}"})
         return
-    ch.send({"loaded": True, "device": engine.device, "context_length": engine.context_length})
+    header = {"loaded": True, "device": engine.device, "context_length": engine.context_length}
+    ch.send({**header, "converted": CONVERTED} if args.get("convert") else header)
     try:
         _run(ch, engine)
     finally:

@@ -11,6 +11,7 @@ is checked again afterwards, since transformers reads it by path.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -144,3 +145,35 @@ def _token(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def export_bundle(loaded: LoadedModel, dest: Path) -> None:
+    """The loaded model as an hf-causal-lm bundle (a tar of config.json, model.safetensors,
+    tokenizer.json, tokenizer_config.json, generation_config.json): what a GGUF file becomes
+    once dequantised, so that later loads skip the conversion. Read back like any uploaded bundle."""
+    import tarfile
+
+    from safetensors.torch import save_file
+
+    model, tok = loaded.model, loaded.tokenizer
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    special = {k: getattr(tok, k) for k in _SPECIAL if isinstance(getattr(tok, k, None), str)}
+    small = {
+        "config.json": json.dumps(config).encode(),
+        "tokenizer.json": tok.backend_tokenizer.to_str().encode(),
+        "tokenizer_config.json": json.dumps({**special, "chat_template": tok.chat_template}).encode(),
+        "generation_config.json": model.generation_config.to_json_string().encode(),
+    }
+    weights = dest.with_suffix(".safetensors")
+    save_file(state, str(weights))
+    with tarfile.open(dest, "w") as tar:
+        for name, body in small.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        tar.add(str(weights), arcname="model.safetensors", recursive=False)
+    weights.unlink()
