@@ -117,6 +117,27 @@ def test_a_killed_child_fails_every_running_request(fenced: FencedGenerationBack
     assert event.request_id == late.request_id and event.finish == "error" and event.done
 
 
+@pytest.mark.parametrize("target", ["lies", "silent"])
+def test_a_child_that_breaks_the_protocol_is_killed_and_its_requests_fail(
+    tiny_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    from workers.generation import fenced as fenced_module
+
+    monkeypatch.setattr(fenced_module, "TARGET", f"tests.gen_fence_targets:{target}")
+    monkeypatch.setattr(fenced_module, "SUBMIT_TIMEOUT_S", 1.0)
+    backend = load_backend(_version(tiny_path), tiny_path, SETTINGS)
+    try:
+        req = chat("hi")
+        backend.submit(req)
+        events = [e for _ in range(20) for e in backend.poll(0.2)]
+        assert [(e.request_id, e.finish, e.done, e.code) for e in events] == [
+            (req.request_id, "error", True, GenErrorCode.MODEL_ERROR)
+        ]
+        assert "pwned" not in events[0].error and not backend.alive
+    finally:
+        backend.close()
+
+
 def test_a_changed_blob_is_refused_at_load(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     data = tiny_bundle("gpt2")
