@@ -136,3 +136,17 @@ def test_32_concurrent_greedy_streams_each_equal_the_prompt_run_alone(engine: En
     together = drain(engine, [completion(p, temperature=0.0, max_tokens=10) for p in prompts])
     assert [r.text for r in together] == alone
     assert all(r.finish == {0: "length"} for r in together)
+
+
+def test_a_dead_generation_loop_fails_requests_instead_of_dropping_them(tmp_path: Path) -> None:
+    data = tiny_bundle("gpt2", seed=3)
+    path = tmp_path / "bundle.tar"
+    path.write_bytes(data)
+    eng = Engine(load_model(path, hashlib.sha256(data).hexdigest(), "cpu", ArtifactLimits()))
+    try:
+        eng._mgr.stop(block=True)  # the loop thread ends as it would on a fatal error
+        assert eng.broken
+        (res,) = drain(eng, [chat("x", max_tokens=4)])
+        assert res.finish == {0: "error"} and res.events[-1].code == GenErrorCode.MODEL_ERROR
+    finally:
+        eng.close()

@@ -129,9 +129,14 @@ class Engine:
             choice = _Choice(req.request_id, i, Detokenizer(self._m.tokenizer, ids), StopText(p.stop))
             state.choices.append(choice)
             self._choices[f"{req.request_id}:{i}"] = (state, choice)
-            self._mgr.add_request(
+            taken = self._mgr.add_request(
                 ids, request_id=f"{req.request_id}:{i}", max_new_tokens=max_new, streaming=True, **kwargs
             )
+            if taken is None:  # the generation loop has stopped: the request ends in error
+                event = GenEvent(
+                    req.request_id, i, code=GenErrorCode.MODEL_ERROR, error="the model is not running"
+                )
+                self._ready.append(self._finish(state, choice, event, "error"))
 
     def _max_new(self, prompt: int, p: GenParams, mode: str) -> int:
         ctx = self.context_length
@@ -169,6 +174,11 @@ class Engine:
         if not events and not self._alive():
             events = self._fail_all(GenErrorCode.MODEL_ERROR, "the generation loop stopped")
         return events
+
+    @property
+    def broken(self) -> bool:
+        """Whether the generation loop has died (every request then ends in error)."""
+        return not self._alive()
 
     def _alive(self) -> bool:
         thread = getattr(self._mgr, "_generation_thread", None)

@@ -109,6 +109,8 @@ def _run(ch: Channel, engine: Any) -> None:
         if events or stats != last_stats:
             ch.send({"events": [event_to_json(e) for e in events], "stats": stats})
             last_stats = stats
+        if engine.broken:  # its requests have their error events; the worker sees this process end
+            return
 
 
 def _command(ch: Channel, engine: Any, header: dict[str, Any], bufs: list[memoryview]) -> bool:
