@@ -245,6 +245,15 @@ def _error(request_id: str, message: str) -> GenEvent:
     return GenEvent(request_id, finish="error", done=True, code=GenErrorCode.MODEL_ERROR, error=message[:300])
 
 
+def start_fork_server() -> None:
+    """Start the fence's fork server with the generation host preloaded (before the first load;
+    the fork server ignores SIGTERM/SIGINT sent to the worker's process group)."""
+    from model_store import fence
+
+    fence.preload("workers.common.fork_server_init", "workers.generation.host", "workers.generation.loading")
+    fence.prestart()
+
+
 def load_backend(
     version: ResolvedVersion, path: Path, settings: GenLoadSettings | None = None
 ) -> GenerationBackend:
