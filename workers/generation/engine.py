@@ -43,20 +43,28 @@ class EngineOptions:
     seed: int | None = None
 
     def cb_config(self, device: str) -> Any:
+        """transformers' ContinuousBatchingConfig for this device. Fields it lacks are left out
+        (before 5.17 the page size was `block_size`)."""
+        import dataclasses
+
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         cpu = not device.startswith("cuda")
-        return ContinuousBatchingConfig(
-            page_size=self.page_size or (32 if cpu else 256),
-            num_blocks=self.num_blocks or (256 if cpu else None),
-            max_batch_tokens=self.max_batch_tokens or (512 if cpu else None),
-            max_requests_per_batch=self.max_requests_per_batch or (64 if cpu else None),
-            max_memory_percent=self.max_memory_percent,
-            per_request_processors=True,
-            return_logprobs=False,
-            use_cuda_graph=False if cpu else None,
-            seed=self.seed,
-        )
+        wanted: dict[str, Any] = {
+            "page_size": self.page_size or (32 if cpu else 256),
+            "num_blocks": self.num_blocks or (256 if cpu else None),
+            "max_batch_tokens": self.max_batch_tokens or (512 if cpu else None),
+            "max_requests_per_batch": self.max_requests_per_batch or (64 if cpu else None),
+            "max_memory_percent": self.max_memory_percent,
+            "per_request_processors": True,
+            "return_logprobs": False,
+            "use_cuda_graph": False if cpu else None,
+            "seed": self.seed,
+        }
+        known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+        if "page_size" not in known:
+            wanted["block_size"] = wanted.pop("page_size")
+        return ContinuousBatchingConfig(**{k: v for k, v in wanted.items() if k in known})
 
 
 @dataclass(slots=True)
