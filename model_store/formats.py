@@ -6,6 +6,8 @@
   a torch.save() checkpoint; its code is checked against the op policy before it is loaded and
   again after (model_store/torchscript_check.py), then run once on a sample input to check the
   declared signature.
+- hf-encoder and hf-causal-lm: safetensors bundles (or, for hf-causal-lm, one GGUF file) with
+  bounded configs and no remote code (model_store/hf_encoder.py, model_store/hf_causal_lm.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from model_store.onnx_check import check_onnx_model
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder")
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder", "hf-causal-lm")
 
 _ONNX_TYPES = {
     1: "FP32",
@@ -60,6 +62,10 @@ def validate(
         from model_store.hf_encoder import validate_hf_encoder
 
         return validate_hf_encoder(path, signature, limits or ArtifactLimits())
+    if fmt == "hf-causal-lm":
+        from model_store.hf_causal_lm import validate_hf_causal_lm
+
+        return validate_hf_causal_lm(path, signature, limits or ArtifactLimits())
     raise InvalidArtifact(f"unknown format; expected one of {', '.join(FORMATS)}")
 
 

@@ -41,6 +41,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx",),
     "torchscript": ("torch",),
     "hf-encoder": ("tokenizers",),
+    "hf-causal-lm": ("tokenizers",),
     "finetune": ("torch", "transformers", "tokenizers", "safetensors"),
 }
 _GRACE_S = 2.0  # the reply's way back, on top of the check's own limit

@@ -17,6 +17,7 @@ class Format(StrEnum):
     onnx = "onnx"
     torchscript = "torchscript"
     hf_encoder = "hf-encoder"
+    hf_causal_lm = "hf-causal-lm"
 
 
 def json_arg(raw: str | None) -> Any:
@@ -35,7 +36,10 @@ def json_arg(raw: str | None) -> Any:
 def push(
     name: str,
     file: Annotated[
-        Path, typer.Argument(help="the artifact, or a directory (packed as a tar bundle: hf-encoder)")
+        Path,
+        typer.Argument(
+            help="the artifact, or a directory (packed as a tar bundle: hf-encoder, hf-causal-lm)"
+        ),
     ],
     format: Annotated[Format, typer.Option("--format", help="the artifact's format")],
     signature: Annotated[str | None, typer.Option(help="JSON, or @file")] = None,

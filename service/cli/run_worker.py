@@ -85,7 +85,8 @@ def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
     from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
     from workers.contract.redis_keys import RedisKeys
-    from workers.generation import loading
+    from workers.generation.fenced import GenLoadSettings
+    from workers.generation.loader import make_loader
     from workers.generation.config import GenConfig
     from workers.generation.loop import GenerationLoop
 
@@ -106,4 +107,12 @@ def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
         max_deliveries=settings.max_deliveries,
         reply_ttl_s=settings.reply_ttl_s,
     )
-    return GenerationLoop(client, RedisKeys(settings.redis_prefix), registry, blobs, loading.LOADER, config)
+    load = make_loader(
+        GenLoadSettings(
+            mode=settings.fence,
+            threads=settings.threads,
+            memory_bytes=settings.model_memory_mb << 20,
+            limits=settings.artifact_limits,
+        )
+    )
+    return GenerationLoop(client, RedisKeys(settings.redis_prefix), registry, blobs, load, config)

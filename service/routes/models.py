@@ -53,7 +53,7 @@ async def create_version(
     state: StateDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="the model artifact")],
-    format: Annotated[str, Form(description="onnx | torchscript")],
+    format: Annotated[str, Form(description="onnx | torchscript | hf-encoder | hf-causal-lm")],
     signature: Annotated[str | None, Form(description="JSON signature")] = None,
     config: Annotated[str | None, Form(description="JSON serving config")] = None,
     create: Annotated[

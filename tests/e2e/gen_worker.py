@@ -7,11 +7,11 @@ import sys
 
 from service.cli import main as cli
 from tests import generation_backend
-from workers.generation import loading
+from workers.generation import loader
 
 
 def main() -> int:
-    loading.LOADER = generation_backend.load
+    loader.OVERRIDE = generation_backend.load
     return cli.main()
 
 
