@@ -58,7 +58,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
             artifact_limits=settings.artifact_limits,
         ),
     )
-    generation = _generation(settings, metrics_port) if settings.gen_enabled else None
+    generation = _generation(settings, metrics_port, threads) if settings.gen_enabled else None
     if generation is not None:
         worker.extra_info = lambda: {
             "generation": generation.loaded_ids(),
@@ -77,7 +77,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
     return 0
 
 
-def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
+def _generation(settings: Settings, metrics_port: int, threads: int) -> GenerationLoop:
     """The generation loop beside the inference loop (its own Redis client and registry)."""
     import redis
 
@@ -85,9 +85,9 @@ def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
     from model_store.db import make_db_engine, make_sessionmaker
     from model_store.registry import Registry
     from workers.contract.redis_keys import RedisKeys
+    from workers.generation.config import GenConfig
     from workers.generation.fenced import GenLoadSettings
     from workers.generation.loader import make_loader
-    from workers.generation.config import GenConfig
     from workers.generation.loop import GenerationLoop
 
     blobs = BlobStore(settings.blob_dir)
@@ -110,7 +110,7 @@ def _generation(settings: Settings, metrics_port: int) -> GenerationLoop:
     load = make_loader(
         GenLoadSettings(
             mode=settings.fence,
-            threads=settings.threads,
+            threads=threads,
             memory_bytes=settings.model_memory_mb << 20,
             limits=settings.artifact_limits,
         )

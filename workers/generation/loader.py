@@ -20,5 +20,7 @@ def make_loader(settings: GenLoadSettings) -> BackendLoader:
         from model_store import fence
 
         # into the fork server's preload when it has not started yet (else each child imports them)
-        fence.preload("workers.common.fork_server_init", "workers.generation.host", "workers.generation.loading")
+        fence.preload(
+            "workers.common.fork_server_init", "workers.generation.host", "workers.generation.loading"
+        )
     return functools.partial(load_backend, settings=settings)

@@ -30,6 +30,10 @@ from workers.inference.watchdog import Watchdog
 log = logging.getLogger("kiln.worker")
 
 
+TEXT_FORMATS = ("hf-causal-lm",)
+TEXT_ONLY = "a text-generation model: call it on /v1/chat/completions or /v1/completions"
+
+
 @dataclass(slots=True)
 class Loaded:
     version: ResolvedVersion
@@ -130,6 +134,8 @@ class ModelCache:
         runners: list[Runner] = []
         try:
             version = self.registry.by_version_id(version_id)
+            if version.format in TEXT_FORMATS:  # the generation loop serves these (workers/generation)
+                raise ItemRejected(ErrorCode.INVALID_INPUT, TEXT_ONLY)
             path = self.blobs.path_for(version.sha256)
             with self.watchdog.busy(float("inf")), measured(cuda):  # heartbeats go on during a long load
                 self._start_instances(version, runners)

@@ -36,6 +36,7 @@ from workers.common.commands import Commands
 from workers.common.leases import Leases
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
+from workers.contract.messages import ErrorCode
 from workers.contract.redis_keys import RedisKeys
 from workers.contract.usage import Charge
 from workers.inference.batcher import Batcher, Item
@@ -276,4 +277,5 @@ class Worker:
             try:
                 self.cache.get(version_id)
             except ItemRejected as exc:
-                log.warning("load of version %s asked for and failed: %s", version_id, exc)
+                if exc.code != ErrorCode.INVALID_INPUT:  # not a version this loop serves: not a failure
+                    log.warning("load of version %s asked for and failed: %s", version_id, exc)
