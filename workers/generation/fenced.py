@@ -220,6 +220,13 @@ class FencedGenerationBackend:
             self.terminate()
 
     def stats(self) -> GenStats:
+        """The child's latest stats: frames already waiting are read first (their events kept
+        for poll), so an idle backend's gauges do not stay at what its last request left."""
+        try:
+            while not self._dead and self._child.channel.poll(0):
+                self._read(0)
+        except (_Lost, OSError, EOFError) as exc:
+            self._die(str(exc))
         return self._stats
 
     def terminate(self) -> None:
