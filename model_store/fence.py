@@ -40,7 +40,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from model_store import landlock
+from model_store import landlock, netns
 from model_store.channel import Channel, FenceError
 
 log = logging.getLogger("kiln.fence")
@@ -79,19 +79,13 @@ _GPU_PATHS = (
     "/dev/nvidiactl",
     "/dev/nvidia-uvm",
     "/dev/nvidia-uvm-tools",
-    "/dev/nvidia0",
-    "/dev/nvidia1",
-    "/dev/nvidia2",
-    "/dev/nvidia3",
-    "/dev/nvidia4",
-    "/dev/nvidia5",
-    "/dev/nvidia6",
-    "/dev/nvidia7",
+    *(f"/dev/nvidia{i}" for i in range(8)),
     "/proc/driver/nvidia",
     "/sys/devices",
     "/sys/bus/pci",
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
+_RANK_READ = ("/sys/bus/pci", "/sys/devices")  # a DDP rank (netns): gloo scans the PCI devices
 _PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]  # and what preload() adds
 
 
@@ -110,7 +104,9 @@ class FenceUnavailable(FenceError):
 @dataclass(frozen=True)
 class FenceSpec:
     """What one child may touch. `read` is extra paths (the artifact); `memory_bytes` and `cpu_s`
-    are limits (0: none); `gpu` opens the NVIDIA device files."""
+    are limits (0: none); `gpu` opens the NVIDIA device files; `write` is extra writable
+    directories (a distributed job's rendezvous); `netns` the pid of a PrivateNetwork holder
+    whose namespaces the child joins, and then it may use IPv4 TCP (model_store/netns.py)."""
 
     read: tuple[str, ...] = ()
     memory_bytes: int = 0
@@ -119,6 +115,8 @@ class FenceSpec:
     gpu: bool = False
     require: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    write: tuple[str, ...] = ()
+    netns: int = 0
 
 
 def fence_available() -> bool:
@@ -185,6 +183,8 @@ def _open_cuda() -> None:
 def _apply(spec: FenceSpec, tmp: Path) -> None:
     """Runs first in the child, while it is single-threaded (a gpu child opens CUDA first, and
     the driver's threads start then; none runs code of ours)."""
+    if spec.netns:  # first: joining a user namespace needs a single-threaded process
+        netns.join(spec.netns)
     if spec.gpu:
         _open_cuda()
     keep = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
@@ -202,12 +202,13 @@ def _apply(spec: FenceSpec, tmp: Path) -> None:
     if spec.cpu_s:
         resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_s, spec.cpu_s + 1))
     read = [*_python_paths(), *(Path(p) for p in _SYSTEM_READ), *(Path(p) for p in spec.read)]
-    write = [tmp, Path("/dev/null")]
+    read += [Path(p) for p in _RANK_READ] if spec.netns else []
+    write = [tmp, Path("/dev/null"), *(Path(p) for p in spec.write)]
     if spec.gpu:
         write += [Path(p) for p in _GPU_PATHS]
     try:
-        landlock.restrict(read, write)
-        landlock.deny_new_sockets()
+        landlock.restrict(read, write, tcp=bool(spec.netns))
+        landlock.deny_new_sockets(inet_stream=bool(spec.netns))
     except landlock.LandlockUnavailable:
         if spec.require:
             raise
