@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -330,6 +331,11 @@ class FencedChild:
     def alive(self) -> bool:
         return self._proc.is_alive()
 
+    def exitcode(self, wait_s: float = 0.0) -> int | None:
+        """The exit code (negative: the signal that killed it); None while the child runs."""
+        self._proc.join(wait_s)
+        return self._proc.exitcode
+
     @property
     def tmp_dir(self) -> str:
         """The child's own temporary directory (its TMPDIR): where it leaves files for the parent."""
@@ -373,11 +379,8 @@ class FencedChild:
         return reply, bufs
 
     def _death(self) -> str:
-        self._proc.join(1)
-        code = self._proc.exitcode
+        code = self.exitcode(1)
         if code is not None and code < 0:
-            import signal
-
             name = signal.Signals(-code).name
             return f"model process was killed ({name}{', CPU time limit' if name == 'SIGXCPU' else ''})"
         return f"model process exited (code {code})"

@@ -38,6 +38,10 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         ("parent_environ", lambda: open(f"/proc/{args['parent']}/environ", "rb").read()),
         ("env_secret", lambda: os.environ["KILN_FENCE_TEST_SECRET"]),
         ("unix_socket", lambda: _unix_connect(args["unix"])),
+        ("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
+        ("tcp6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()),
+        ("internet", lambda: socket.create_connection(("192.0.2.1", 80), timeout=1)),
+        ("loopback_listen", lambda: socket.create_server(("127.0.0.1", 0)).close()),
     ):
         try:
             attempt()

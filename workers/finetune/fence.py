@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,6 +30,15 @@ from workers.contract.finetune_messages import JOB_MESSAGE, plain_name
 _CHUNK = 1 << 20
 # what the fenced children run (workers/finetune/child.py); tests swap in variants
 TRAIN_TARGET = "workers.finetune.child:train_main"
+
+
+class RankFence(NamedTuple):
+    """What a rank of a distributed job gets beyond a training process's fence: the group's
+    rendezvous directory (writable), its private network (model_store/netns.py), its GPU."""
+
+    write: tuple[str, ...]
+    netns: int
+    env: dict[str, str]
 
 
 class TrainingFailed(Exception):
@@ -50,7 +59,9 @@ def _died(exc: FenceError, limits: FenceLimits) -> TrainingFailed:
 class TrainingProcess:
     """One job's fenced training process and the messages it sends."""
 
-    def __init__(self, args: dict[str, Any], read: list[Path], limits: FenceLimits) -> None:
+    def __init__(
+        self, args: dict[str, Any], read: list[Path], limits: FenceLimits, rank: RankFence | None = None
+    ) -> None:
         gpu = limits.use_gpu()
         spec = FenceSpec(
             read=tuple(str(p) for p in read),
@@ -59,6 +70,7 @@ class TrainingProcess:
             file_bytes=limits.file_mb << 20,
             gpu=gpu,
             require=limits.require,
+            **(rank._asdict() if rank is not None else {}),
         )
         self.limits = limits
         self.device = "cuda" if gpu else "cpu"
