@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -154,3 +155,21 @@ async def test_hostile_resources_are_refused_and_nothing_is_queued(
     assert r.status_code == 422, r.text
     assert "Traceback" not in r.text
     assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+
+async def test_cancel_stops_every_rank(client: httpx.AsyncClient, trainer: TrainerThread) -> None:
+    train, valid = await setup_classifier(client)
+    body = job_body(train, valid, hyperparameters={"epochs": 200}, resources={"processes": 2})
+    job_id = (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"]
+    await wait_for(
+        client, job_id, ("running",), timeout=240, pred=lambda j: (j["progress"] or {}).get("step")
+    )
+    assert len(_ranks_of_this_test()) == 2
+    r = await client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert r.status_code == 200, r.text
+    groups = Path(tempfile.gettempdir())
+    deadline = time.monotonic() + 60
+    while _ranks_of_this_test() or list(groups.glob("kiln-ddp-*")):  # the ranks and their directory
+        assert time.monotonic() < deadline, "ranks or their directory still there after the cancel"
+        await asyncio.sleep(0.05)
+    assert (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()["status"] == "cancelled"
