@@ -112,3 +112,12 @@ def evaluate_unchecked(ch: Channel, args: dict[str, Any]) -> None:
 
     _trainer_without_static_checks()
     ft_child.evaluate_main(ch, args)
+
+
+def train_rank1_exits(ch: Channel, args: dict[str, Any]) -> None:
+    """A distributed job's rank 1 ends at once with exit code 3 (no signal); the others train."""
+    if (args.get("dist") or {}).get("rank") == 1:
+        os._exit(3)
+    from workers.finetune import child as ft_child
+
+    ft_child.train_main(ch, args)

@@ -21,6 +21,7 @@ from model_store.fence import fence_available
 from service.settings import Settings
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, wait_for
 from workers.contract.finetune_check import FenceLimits
+from workers.finetune import fence as ft_fence
 
 pytestmark = pytest.mark.skipif(
     not fence_available() or not netns.available(),
@@ -173,3 +174,20 @@ async def test_cancel_stops_every_rank(client: httpx.AsyncClient, trainer: Train
         assert time.monotonic() < deadline, "ranks or their directory still there after the cancel"
         await asyncio.sleep(0.05)
     assert (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()["status"] == "cancelled"
+
+
+async def test_a_rank_that_fails_by_itself_fails_the_job_without_restarts(
+    client: httpx.AsyncClient, trainer: TrainerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a rank killed by a signal restarts the group; one that exits with an error code (or
+    reports an error) fails the job, as a one-process job's training process would."""
+    monkeypatch.setattr(ft_fence, "TRAIN_TARGET", "tests.fence_targets:train_rank1_exits")
+    train, valid = await setup_classifier(client)
+    body = job_body(train, valid, resources={"processes": 2})
+    job = await wait_for(
+        client, (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"], timeout=120
+    )
+    assert job["status"] == "failed", job
+    assert job["error"] == {"code": "training_process_died", "message": "rank 1 exited with code 3"}
+    messages = [e["message"] for e in (await _get(client, job["id"], "events"))["data"]]
+    assert not any("restarts" in m for m in messages), messages
