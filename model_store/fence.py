@@ -104,10 +104,9 @@ class FenceUnavailable(FenceError):
 
 @dataclass(frozen=True)
 class FenceSpec:
-    """What one child may touch. `read` is extra paths (the artifact); `memory_bytes` and `cpu_s`
-    are limits (0: none); `gpu` opens the NVIDIA device files; `write` is extra writable
-    directories (a distributed job's rendezvous); `netns` the pid of a PrivateNetwork holder
-    whose namespaces the child joins, and then it may use IPv4 TCP (model_store/netns.py)."""
+    """What one child may touch: `read` extra paths (the artifact), `write` extra writable dirs (a
+    DDP group's rendezvous); `memory_bytes`, `cpu_s` limits (0: none); `gpu` opens the NVIDIA
+    device files; `netns` a PrivateNetwork's pid: joined, then IPv4 TCP is open (model_store/netns.py)."""
 
     read: tuple[str, ...] = ()
     memory_bytes: int = 0
@@ -168,12 +167,13 @@ def cuda_available() -> bool:
         return False
 
 
-def _open_cuda() -> None:
-    """Create this child's CUDA context before the fence closes. Measured on an H100 (driver 580,
-    CUDA 13): the driver's first call (cudaGetDeviceCount) fails with error 304 under the seccomp
-    filter alone (it creates a socket) and under Landlock alone (even with all of / readable and
-    the NVIDIA device files writable), while a context made first keeps working behind both:
-    kernels, cuBLAS loaded lazily afterwards, a new 1 GiB allocation."""
+def _open_cuda(visible: str | None) -> None:
+    """Create this child's CUDA context (on the GPUs `visible` names, a DDP rank's) before the
+    fence closes. Measured on an H100 (driver 580, CUDA 13): the driver's first call fails with
+    error 304 under the seccomp filter alone (it creates a socket) and under Landlock alone, while
+    a context made first keeps working behind both: kernels, cuBLAS loaded lazily, allocations."""
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     import torch
 
     if not torch.cuda.is_available():
@@ -187,7 +187,7 @@ def _apply(spec: FenceSpec, tmp: Path) -> None:
     if spec.netns:  # first: joining a user namespace needs a single-threaded process
         netns.join(spec.netns)
     if spec.gpu:
-        _open_cuda()
+        _open_cuda(spec.env.get("CUDA_VISIBLE_DEVICES"))
     keep = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
     os.environ.clear()
     # USER and LOGNAME answer getpass.getuser() (torch's compile caches ask it) without the

@@ -92,12 +92,10 @@ class TrainingGroup:
             **args,
             "dist": {"rank": r, "world": n, "store": store, "backend": "nccl" if gpu else "gloo"},
         }
-        # the transport on loopback, named: no hostname lookup (no DNS, no /etc/hosts behind the fence)
-        env = (
-            {"CUDA_VISIBLE_DEVICES": str(r), "NCCL_SOCKET_IFNAME": "lo"}
-            if gpu
-            else {"GLOO_SOCKET_IFNAME": "lo"}
-        )
+        # the transport on loopback, named: no hostname lookup (no DNS, no /etc/hosts behind the fence);
+        # NCCL without cuMem handles and InfiniBand, which need Unix sockets and devices the fence shuts
+        nccl = {"NCCL_SOCKET_IFNAME": "lo", "NCCL_CUMEM_ENABLE": "0", "NCCL_IB_DISABLE": "1"}
+        env = {"CUDA_VISIBLE_DEVICES": str(r), **nccl} if gpu else {"GLOO_SOCKET_IFNAME": "lo"}
         return TrainingProcess(rank_args, read, limits, RankFence((self.dir,), self.net.pid, env))
 
     @property
