@@ -94,21 +94,22 @@ def _ranks_of_this_test() -> list[int]:
     return sorted(found)
 
 
-async def _kill_a_rank_after_the_first_checkpoint(client: httpx.AsyncClient, job_id: str) -> int:
+async def _kill_a_rank_after_the_first_checkpoint(client: httpx.AsyncClient, job_id: str, rank: int) -> int:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         job = (await client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
         assert job["status"] in ("queued", "running"), f"the job ended before a rank could be killed: {job}"
         ranks = _ranks_of_this_test()
         if len((await _get(client, job_id, "checkpoints"))["data"]) >= 1 and len(ranks) == 2:
-            os.kill(ranks[-1], signal.SIGKILL)  # the last started: rank 1
-            return ranks[-1]
+            os.kill(ranks[rank], signal.SIGKILL)  # started in order: rank 0, then rank 1
+            return ranks[rank]
         await asyncio.sleep(0.05)
     raise AssertionError("no checkpoint in time")
 
 
+@pytest.mark.parametrize("rank", [1, 0])
 async def test_a_rank_killed_with_sigkill_resumes_from_the_checkpoint(
-    client: httpx.AsyncClient, trainer: TrainerThread
+    client: httpx.AsyncClient, trainer: TrainerThread, rank: int
 ) -> None:
     train, valid = await setup_classifier(client)
     hp = {"epochs": 12}
@@ -116,13 +117,18 @@ async def test_a_rank_killed_with_sigkill_resumes_from_the_checkpoint(
     r = await client.post("/v1/fine_tuning/jobs", json=body)
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
-    await _kill_a_rank_after_the_first_checkpoint(client, job_id)
+    await _kill_a_rank_after_the_first_checkpoint(client, job_id, rank)
     job = await wait_for(client, job_id, timeout=300)
     assert job["status"] == "succeeded", job
 
     messages = [e["message"] for e in (await _get(client, job_id, "events"))["data"]]
     died = [m for m in messages if "of the distributed job died" in m]
-    assert died and "SIGKILL" in died[0] and "restarts from its last checkpoint" in died[0], messages
+    assert (
+        died
+        and died[0].startswith(f"rank {rank} ")
+        and "SIGKILL" in died[0]
+        and "restarts from its last checkpoint" in died[0]
+    ), messages
     resumed = [m for m in messages if m.startswith("resumed from the checkpoint of epoch ")]
     assert resumed and int(resumed[0].rsplit(" ", 1)[1]) >= 1, messages  # resumed, not started over
     assert sum(m.startswith("training started") for m in messages) == 1

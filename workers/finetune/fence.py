@@ -84,6 +84,13 @@ class TrainingProcess:
             raise _died(exc, limits) from exc
         self.tmp = Path(self.child.tmp_dir).resolve()
         self._quiet_s = 0.0
+        self.stopped = False  # the trainer killed it (silent, malformed): no one else's signal
+
+    def _stop(self, wait_s: float = 0.0) -> None:
+        """Kill the child (after wait_s for it to end by itself), noting whether we did."""
+        if self.child.exitcode(wait_s) is None:
+            self.stopped = True
+        self.child.kill()
 
     def __enter__(self) -> TrainingProcess:
         return self
@@ -97,7 +104,7 @@ class TrainingProcess:
             if not self.child.channel.poll(wait_s):
                 self._quiet_s += wait_s
                 if self._quiet_s >= self.limits.silence_s:
-                    self.child.kill()
+                    self._stop()
                     raise TrainingFailed(
                         "training_process_silent",
                         f"the training process sent nothing for {self.limits.silence_s:g} s and was stopped",
@@ -105,16 +112,16 @@ class TrainingProcess:
                 return None
             header, buffers = self.child.channel.recv()
         except (EOFError, OSError, ValueError, FenceError) as exc:
-            self.child.kill()
+            self._stop(1.0 if isinstance(exc, EOFError) else 0.0)  # EOF: it is ending already
             raise _died(FenceDied(self.child.death()), self.limits) from exc
         self._quiet_s = 0.0
         if "died" in header:
-            self.child.kill()
+            self._stop(1.0)
             raise _died(FenceDied(str(header["died"])[:300]), self.limits)
         try:
             return JOB_MESSAGE.validate_python(header), [bytes(b) for b in buffers]
         except ValidationError as exc:
-            self.child.kill()
+            self._stop()
             raise TrainingFailed("protocol_error", "the training process sent a malformed message") from exc
 
     def store(self, blobs: BlobStore, name: str) -> tuple[str, int]:

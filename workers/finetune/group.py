@@ -98,10 +98,6 @@ class TrainingGroup:
         env = {"CUDA_VISIBLE_DEVICES": str(r), **nccl} if gpu else {"GLOO_SOCKET_IFNAME": "lo"}
         return TrainingProcess(rank_args, read, limits, RankFence((self.dir,), self.net.pid, env))
 
-    @property
-    def pids(self) -> list[int | None]:
-        return [p.child.pid for p in self.ranks]
-
     def __enter__(self) -> TrainingGroup:
         return self
 
@@ -115,30 +111,28 @@ class TrainingGroup:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def next(self, wait_s: float) -> tuple[BaseModel, list[bytes]] | None:
-        """Rank 0's next message (None when none came within wait_s), after a look at the others."""
-        self._watch(0.0)
+        """Rank 0's next message (None when none came within wait_s), after a look at the others.
+        When anything fails, a rank killed by a signal (not by us) is the story: RankDied."""
         try:
+            self._watch()
             got = self.ranks[0].next(wait_s)
         except TrainingFailed:
-            self._watch(_REAP_S)  # rank 0 failed because a peer was killed? then that is the story
-            self._raise_if_killed(0)
+            self._find_killed()
             raise
-        if got is not None and isinstance(got[0], Error):
-            self._watch(_REAP_S)
+        if got is not None and isinstance(got[0], Error):  # a peer's death breaks rank 0's collectives
+            self._find_killed()
         return got
 
-    def _watch(self, wait_s: float) -> None:
-        """Raise for a rank other than 0 that died or reported an error (waiting up to wait_s in
-        all for one to end); note those that ended their training."""
-        deadline = time.monotonic() + wait_s
+    def _watch(self) -> None:
+        """Raise for a rank other than 0 that died or reported an error; note those that ended
+        their training (exit code 0)."""
         for r, proc in enumerate(self.ranks[1:], start=1):
             if r in self.finished:
                 continue
-            code = proc.child.exitcode(max(0.0, deadline - time.monotonic()))
+            code = proc.child.exitcode()
             if code == 0:
                 self.finished.add(r)
             elif code is not None:
-                self._raise_if_killed(r)
                 raise TrainingFailed("training_process_died", f"rank {r} exited with code {code}")
             elif proc.child.channel.poll(0):
                 self._from_rank(r)
@@ -152,16 +146,23 @@ class TrainingGroup:
             if self.ranks[r].child.exitcode(_REAP_S) == 0:
                 self.finished.add(r)
                 return
-            self._raise_if_killed(r)
             raise
         if got is not None and isinstance(got[0], Error):
             raise TrainingFailed(got[0].code, f"rank {r}: {got[0].message}")
         raise TrainingFailed("protocol_error", f"rank {r} sent a message only rank 0 may send")
 
-    def _raise_if_killed(self, r: int) -> None:
-        code = self.ranks[r].child.exitcode()
-        if code is not None and code < 0:
-            raise RankDied(r, self.ranks[r].child.death())
+    def _find_killed(self) -> None:
+        """RankDied for a rank ended by a signal the trainer did not send (kill -9, the OOM
+        killer), looking for up to _REAP_S while ranks are still ending."""
+        deadline = time.monotonic() + _REAP_S
+        while True:
+            codes = [p.child.exitcode() for p in self.ranks]
+            for r, (proc, code) in enumerate(zip(self.ranks, codes, strict=True)):
+                if code is not None and code < 0 and not proc.stopped:
+                    raise RankDied(r, proc.child.death())
+            if None not in codes or time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def store(self, blobs: BlobStore, name: str) -> tuple[str, int]:
         return self.ranks[0].store(blobs, name)
