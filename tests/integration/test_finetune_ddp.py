@@ -19,7 +19,8 @@ import pytest
 from model_store import netns
 from model_store.fence import fence_available
 from service.settings import Settings
-from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, wait_for
+from tests.ft_data import jsonl, rows
+from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
 from workers.contract.finetune_check import FenceLimits
 from workers.finetune import fence as ft_fence
 
@@ -46,7 +47,9 @@ async def _get(client: httpx.AsyncClient, job_id: str, what: str) -> Any:
 async def test_two_processes_reach_the_accuracy_of_one(
     client: httpx.AsyncClient, trainer: TrainerThread
 ) -> None:
-    train, valid = await setup_classifier(client)
+    await setup_classifier(client)  # the model; the data here are larger: 600 validation rows
+    train = (await upload(client, jsonl(*rows(640, 1)))).json()["id"]
+    valid = (await upload(client, jsonl(*rows(600, 2)), "valid.jsonl")).json()["id"]
     hp = {"epochs": 6}
     one = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters=hp))
     body = job_body(train, valid, hyperparameters=hp, suffix="ddp", resources={"processes": 2})
@@ -63,12 +66,12 @@ async def test_two_processes_reach_the_accuracy_of_one(
     job_id = ddp["id"]
     events = (await _get(client, job_id, "events"))["data"]
     assert any("with 2 processes (DDP)" in e["message"] for e in events), events
-    # rank 0 alone reports: one row per step (320 rows: 160 per rank in batches of 16) and one
+    # rank 0 alone reports: one row per step (640 rows: 320 per rank in batches of 16) and one
     # checkpoint per epoch
     metrics = await _get(client, job_id, "metrics")
-    assert [t["step"] for t in metrics["train"]] == list(range(1, 6 * 10 + 1))
+    assert [t["step"] for t in metrics["train"]] == list(range(1, 6 * 20 + 1))
     ckpts = (await _get(client, job_id, "checkpoints"))["data"]
-    assert [c["epoch"] for c in ckpts] == [1, 2, 3, 4, 5, 6]
+    assert [c["epoch"] for c in ckpts] == list(range(1, 7))
     assert (await client.get("/v1/models/clf-ddp")).json()["versions"] == [1]  # registered once
     lineage = (await client.get("/v1/models/clf-ddp/versions/1")).json()["lineage"]
     assert lineage["resources"] == {"processes": 2}
