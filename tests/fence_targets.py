@@ -42,6 +42,8 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         ("tcp6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()),
         ("internet", lambda: socket.create_connection(("192.0.2.1", 80), timeout=1)),
         ("loopback_listen", lambda: socket.create_server(("127.0.0.1", 0)).close()),
+        ("netlink_route", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
+        ("netlink_audit", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9).close()),
     ):
         try:
             attempt()

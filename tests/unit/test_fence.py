@@ -73,7 +73,8 @@ def test_fenced_child_reads_its_artifact_and_nothing_else(tmp_path: Path, listen
         assert seen["parent_environ"] == "PermissionError"
         assert seen["env_secret"] == "KeyError"
         assert seen["unix_socket"] == "PermissionError"  # a Redis or fork-server socket by its path
-        assert seen["udp"] == seen["tcp6"] == seen["loopback_listen"] == "PermissionError"
+        for door in ("udp", "tcp6", "loopback_listen", "netlink_route", "netlink_audit"):
+            assert seen[door] == "PermissionError", door
         assert seen["user"] == "kiln-model"  # getpass.getuser() without /etc/passwd (a fine-tune needed it)
         reply, buffers = child.call({"op": "echo", "x": 1}, [b"abc"], timeout_s=10)
         assert reply == {"echo": {"op": "echo", "x": 1}} and buffers == [b"abc"]
@@ -157,6 +158,7 @@ def test_a_distributed_rank_reaches_only_its_own_loopback(tmp_path: Path, listen
     finally:
         net.close()
     assert seen["loopback_listen"] == "allowed"  # gloo's pairs
+    assert seen["netlink_route"] == "allowed"  # gloo lists the interfaces: only lo here
     assert seen["tcp"] == "ConnectionRefusedError"  # the host's 127.0.0.1 is not this one
     assert seen["internet"] in ("OSError", "TimeoutError")  # no route: "Network is unreachable"
     for door in (
@@ -167,6 +169,7 @@ def test_a_distributed_rank_reaches_only_its_own_loopback(tmp_path: Path, listen
         "unix_socket",
         "udp",
         "tcp6",
+        "netlink_audit",
     ):
         assert seen[door] == "PermissionError", door
     assert seen["env_secret"] == "KeyError"
