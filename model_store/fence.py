@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -40,7 +41,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from model_store import landlock
+from model_store import landlock, netns
 from model_store.channel import Channel, FenceError
 
 log = logging.getLogger("kiln.fence")
@@ -79,19 +80,13 @@ _GPU_PATHS = (
     "/dev/nvidiactl",
     "/dev/nvidia-uvm",
     "/dev/nvidia-uvm-tools",
-    "/dev/nvidia0",
-    "/dev/nvidia1",
-    "/dev/nvidia2",
-    "/dev/nvidia3",
-    "/dev/nvidia4",
-    "/dev/nvidia5",
-    "/dev/nvidia6",
-    "/dev/nvidia7",
+    *(f"/dev/nvidia{i}" for i in range(8)),
     "/proc/driver/nvidia",
     "/sys/devices",
     "/sys/bus/pci",
     "/dev/shm",  # noqa: S108 (CUDA IPC, only with gpu)
 )
+_RANK_READ = ("/sys/bus/pci", "/sys/devices")  # a DDP rank (netns): gloo scans the PCI devices
 _PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "model_store.formats"]  # and what preload() adds
 
 
@@ -109,8 +104,9 @@ class FenceUnavailable(FenceError):
 
 @dataclass(frozen=True)
 class FenceSpec:
-    """What one child may touch. `read` is extra paths (the artifact); `memory_bytes` and `cpu_s`
-    are limits (0: none); `gpu` opens the NVIDIA device files."""
+    """What one child may touch: `read` extra paths (the artifact), `write` extra writable dirs (a
+    DDP group's rendezvous); `memory_bytes`, `cpu_s` limits (0: none); `gpu` opens the NVIDIA
+    device files; `netns` a PrivateNetwork's pid: joined, then IPv4 TCP is open (model_store/netns.py)."""
 
     read: tuple[str, ...] = ()
     memory_bytes: int = 0
@@ -119,6 +115,8 @@ class FenceSpec:
     gpu: bool = False
     require: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    write: tuple[str, ...] = ()
+    netns: int = 0
 
 
 def fence_available() -> bool:
@@ -169,12 +167,13 @@ def cuda_available() -> bool:
         return False
 
 
-def _open_cuda() -> None:
-    """Create this child's CUDA context before the fence closes. Measured on an H100 (driver 580,
-    CUDA 13): the driver's first call (cudaGetDeviceCount) fails with error 304 under the seccomp
-    filter alone (it creates a socket) and under Landlock alone (even with all of / readable and
-    the NVIDIA device files writable), while a context made first keeps working behind both:
-    kernels, cuBLAS loaded lazily afterwards, a new 1 GiB allocation."""
+def _open_cuda(visible: str | None) -> None:
+    """Create this child's CUDA context (on the GPUs `visible` names, a DDP rank's) before the
+    fence closes. Measured on an H100 (driver 580, CUDA 13): the driver's first call fails with
+    error 304 under the seccomp filter alone (it creates a socket) and under Landlock alone, while
+    a context made first keeps working behind both: kernels, cuBLAS loaded lazily, allocations."""
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     import torch
 
     if not torch.cuda.is_available():
@@ -185,8 +184,10 @@ def _open_cuda() -> None:
 def _apply(spec: FenceSpec, tmp: Path) -> None:
     """Runs first in the child, while it is single-threaded (a gpu child opens CUDA first, and
     the driver's threads start then; none runs code of ours)."""
+    if spec.netns:  # first: joining a user namespace needs a single-threaded process
+        netns.join(spec.netns)
     if spec.gpu:
-        _open_cuda()
+        _open_cuda(spec.env.get("CUDA_VISIBLE_DEVICES"))
     keep = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
     os.environ.clear()
     # USER and LOGNAME answer getpass.getuser() (torch's compile caches ask it) without the
@@ -202,12 +203,13 @@ def _apply(spec: FenceSpec, tmp: Path) -> None:
     if spec.cpu_s:
         resource.setrlimit(resource.RLIMIT_CPU, (spec.cpu_s, spec.cpu_s + 1))
     read = [*_python_paths(), *(Path(p) for p in _SYSTEM_READ), *(Path(p) for p in spec.read)]
-    write = [tmp, Path("/dev/null")]
+    read += [Path(p) for p in _RANK_READ] if spec.netns else []
+    write = [tmp, Path("/dev/null"), *(Path(p) for p in spec.write)]
     if spec.gpu:
         write += [Path(p) for p in _GPU_PATHS]
     try:
-        landlock.restrict(read, write)
-        landlock.deny_new_sockets()
+        landlock.restrict(read, write, tcp=bool(spec.netns))
+        landlock.deny_new_sockets(inet_stream=bool(spec.netns))
     except landlock.LandlockUnavailable:
         if spec.require:
             raise
@@ -329,6 +331,11 @@ class FencedChild:
     def alive(self) -> bool:
         return self._proc.is_alive()
 
+    def exitcode(self, wait_s: float = 0.0) -> int | None:
+        """The exit code (negative: the signal that killed it); None while the child runs."""
+        self._proc.join(wait_s)
+        return self._proc.exitcode
+
     @property
     def tmp_dir(self) -> str:
         """The child's own temporary directory (its TMPDIR): where it leaves files for the parent."""
@@ -372,11 +379,8 @@ class FencedChild:
         return reply, bufs
 
     def _death(self) -> str:
-        self._proc.join(1)
-        code = self._proc.exitcode
+        code = self.exitcode(1)
         if code is not None and code < 0:
-            import signal
-
             name = signal.Signals(-code).name
             return f"model process was killed ({name}{', CPU time limit' if name == 'SIGXCPU' else ''})"
         return f"model process exited (code {code})"

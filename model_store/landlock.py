@@ -71,17 +71,19 @@ def _fs_rights(abi: int) -> int:
     return rights
 
 
-def restrict(read: list[Path], write: list[Path]) -> int:
+def restrict(read: list[Path], write: list[Path], tcp: bool = False) -> int:
     """Allow reading (and executing) beneath `read`, reading and writing beneath `write`, no TCP
-    (ABI >= 4), no abstract Unix sockets or signals outside the domain (ABI >= 6); deny the
-    rest of the filesystem. Returns the ABI used. Paths that do not exist are skipped."""
+    (ABI >= 4) unless `tcp` (a distributed job's ranks, inside a private network namespace that
+    holds only loopback: model_store/netns.py), no abstract Unix sockets or signals outside the
+    domain (ABI >= 6); deny the rest of the filesystem. Returns the ABI used. Paths that do not
+    exist are skipped."""
     abi = abi_version()
     if abi < 1:
         raise LandlockUnavailable("Landlock is not available on this kernel")
     create, add_rule, restrict_self = _SYSCALLS[platform.machine()]
     libc = _libc()
     handled = _fs_rights(abi)
-    attr = _RulesetAttr(handled, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0, 0)
+    attr = _RulesetAttr(handled, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 and not tcp else 0, 0)
     if abi >= 6:
         attr.scoped = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
@@ -122,12 +124,19 @@ def _add_path(libc: ctypes.CDLL, add_rule: int, ruleset: int, path: Path, rights
 # seccomp: no new sockets. Landlock does not govern connect() to a Unix socket by its path (the
 # fork server's listener, a Redis socket); a fenced child needs no socket but the pipe it was
 # given, so socket() and io_uring (which can make sockets without socket()) fail with EPERM.
+# A distributed job's rank may make IPv4 stream (TCP) sockets, for gloo's pairs over 127.0.0.1
+# in its private network namespace, and NETLINK_ROUTE sockets, which gloo opens to list the
+# interfaces (getifaddrs; there it sees only lo and, without capabilities, can change nothing);
+# no Unix, packet, raw or UDP socket, no other netlink family.
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _NR_SOCKET = {"x86_64": 41, "aarch64": 198}
 _NR_IO_URING_SETUP = 425  # the same on both
 _X32_BIT = 0x40000000
+_AF_INET, _SOCK_STREAM, _SOCK_TYPE_MASK, _AF_NETLINK, _NETLINK_ROUTE = 2, 1, 0xF, 16, 0
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1
+# BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_ALU|AND|K, BPF_RET|K
+_LD, _JEQ, _JGE, _AND, _RET = 0x20, 0x15, 0x35, 0x54, 0x06
 
 
 class _SockFilter(ctypes.Structure):
@@ -143,24 +152,48 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def deny_new_sockets() -> bool:
+def _socket_filter(machine: str, inet_stream: bool) -> list[tuple[int, int, int, int]]:
+    head = [
+        (_LD, 0, 0, 4),  # seccomp_data.arch
+        (_JEQ, 1, 0, _AUDIT_ARCH[machine]),
+        (_RET, 0, 0, _RET_EPERM),  # another ABI (int 0x80, socketcall): nothing at all
+        (_LD, 0, 0, 0),  # seccomp_data.nr
+    ]
+    if not inet_stream:
+        return [
+            *head,
+            (_JGE, 3, 0, _X32_BIT),
+            (_JEQ, 2, 0, _NR_SOCKET[machine]),
+            (_JEQ, 1, 0, _NR_IO_URING_SETUP),
+            (_RET, 0, 0, _RET_ALLOW),
+            (_RET, 0, 0, _RET_EPERM),
+        ]
+    return [
+        *head,
+        (_JGE, 12, 0, _X32_BIT),
+        (_JEQ, 11, 0, _NR_IO_URING_SETUP),
+        (_JEQ, 1, 0, _NR_SOCKET[machine]),
+        (_RET, 0, 0, _RET_ALLOW),
+        (_LD, 0, 0, 16),  # args[0] (low word): the domain
+        (_JEQ, 0, 3, _AF_INET),
+        (_LD, 0, 0, 24),  # args[1] (low word): the type, with SOCK_CLOEXEC / SOCK_NONBLOCK
+        (_AND, 0, 0, _SOCK_TYPE_MASK),
+        (_JEQ, 3, 4, _SOCK_STREAM),
+        (_JEQ, 0, 3, _AF_NETLINK),
+        (_LD, 0, 0, 32),  # args[2] (low word): the protocol
+        (_JEQ, 0, 1, _NETLINK_ROUTE),
+        (_RET, 0, 0, _RET_ALLOW),
+        (_RET, 0, 0, _RET_EPERM),
+    ]
+
+
+def deny_new_sockets(inet_stream: bool = False) -> bool:
     """Install the seccomp filter above on this thread (and what it creates); needs
     PR_SET_NO_NEW_PRIVS, which `restrict` sets. False where the platform is not known."""
     machine = platform.machine()
     if machine not in _AUDIT_ARCH or platform.system() != "Linux":
         return False
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    program = [
-        (ld, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 1, 0, _AUDIT_ARCH[machine]),
-        (ret, 0, 0, _RET_EPERM),  # another ABI (int 0x80, socketcall): nothing at all
-        (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, 3, 0, _X32_BIT),
-        (jeq, 2, 0, _NR_SOCKET[machine]),
-        (jeq, 1, 0, _NR_IO_URING_SETUP),
-        (ret, 0, 0, _RET_ALLOW),
-        (ret, 0, 0, _RET_EPERM),
-    ]
+    program = _socket_filter(machine, inet_stream)
     filters = (_SockFilter * len(program))(*(_SockFilter(*f) for f in program))
     prog = _SockFprog(len(program), filters)
     libc = _libc()

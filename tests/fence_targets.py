@@ -38,6 +38,12 @@ def probe(ch: Channel, args: dict[str, Any]) -> None:
         ("parent_environ", lambda: open(f"/proc/{args['parent']}/environ", "rb").read()),
         ("env_secret", lambda: os.environ["KILN_FENCE_TEST_SECRET"]),
         ("unix_socket", lambda: _unix_connect(args["unix"])),
+        ("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
+        ("tcp6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()),
+        ("internet", lambda: socket.create_connection(("192.0.2.1", 80), timeout=1)),
+        ("loopback_listen", lambda: socket.create_server(("127.0.0.1", 0)).close()),
+        ("netlink_route", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
+        ("netlink_audit", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9).close()),
     ):
         try:
             attempt()
@@ -108,3 +114,12 @@ def evaluate_unchecked(ch: Channel, args: dict[str, Any]) -> None:
 
     _trainer_without_static_checks()
     ft_child.evaluate_main(ch, args)
+
+
+def train_rank1_exits(ch: Channel, args: dict[str, Any]) -> None:
+    """A distributed job's rank 1 ends at once with exit code 3 (no signal); the others train."""
+    if (args.get("dist") or {}).get("rank") == 1:
+        os._exit(3)
+    from workers.finetune import child as ft_child
+
+    ft_child.train_main(ch, args)

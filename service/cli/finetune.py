@@ -39,6 +39,7 @@ class JobRequest:
     learning_rate: float | None = None
     optimizer: str | None = None
     hyperparameters: str | None = None
+    processes: int | None = None  # resources.processes: DDP ranks
 
 
 def _file_id(client: Any, ref: str | None) -> str | None:
@@ -72,6 +73,8 @@ def job_body(req: JobRequest, client: Any) -> dict[str, Any]:
         "promote": req.promote,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
+    if req.processes is not None:
+        body["resources"] = {"processes": req.processes}
     named = req.model.split(":", 1)[0]
     if req.promote and req.target_model is None:
         result = f"{named}-{req.suffix or 'ft'}"
@@ -113,6 +116,9 @@ def create(
     learning_rate: Annotated[float | None, Opt()] = None,
     optimizer: Annotated[str | None, Opt()] = None,
     hyperparameters: Annotated[str | None, Opt(help="JSON object of further hyperparameters")] = None,
+    processes: Annotated[
+        int | None, Opt(help="train with DDP on this many processes (1-8; GPUs on a GPU trainer)")
+    ] = None,
     idempotency_key: Annotated[str | None, Opt()] = None,
     dry_run: Annotated[bool, Opt("--dry-run")] = False,
     watch: Annotated[bool, Opt("--watch", help="show a progress bar until the job finishes")] = False,
@@ -122,7 +128,7 @@ def create(
     """create a fine-tune job (file paths are uploaded first)"""
     req = JobRequest(
         model, training_file, task.value, validation_file, validation_split, suffix, target_model, seed,
-        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters,
+        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters, processes,
     )  # fmt: skip
     with connect(url, key) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))

@@ -129,6 +129,7 @@ class FinetuneService:
             validation_split=prep.split,
             promote=body.promote,
             metadata=body.metadata,
+            resources=body.resources,
             publish_existing=principal.has("manage"),
         )
         row = FineTuneJobRow(

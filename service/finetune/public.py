@@ -47,6 +47,7 @@ def job_public(row: FineTuneJobRow) -> JobPublic:
         seed=row.seed,
         metadata=spec.metadata,
         promote=spec.promote,
+        resources=spec.resources.model_dump(mode="json"),
         progress=row.progress,
         result=row.result,
         result_files=list((row.result or {}).get("result_files", [])),

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.contract.finetune_spec import Hyperparameters, Task
+from workers.contract.finetune_spec import Hyperparameters, Resources, Task
 
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -25,6 +25,7 @@ class JobCreate(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     promote: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> JobCreate:
@@ -71,6 +72,7 @@ class JobPublic(BaseModel):
     seed: int
     metadata: dict[str, str]
     promote: str | None
+    resources: dict[str, Any] = Field(default_factory=dict)
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     sweep_id: str | None = None  # a trial of this sweep (issue 14)

@@ -38,3 +38,8 @@ def test_the_command_refuses_both_before_any_request(capsys: pytest.CaptureFixtu
     assert main([*argv, "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "not both" in err and "Traceback" not in err
+
+
+def test_processes_flag_asks_for_a_distributed_job() -> None:
+    assert _body(processes=2)["resources"] == {"processes": 2}  # type: ignore[arg-type]
+    assert "resources" not in _body()

@@ -136,6 +136,8 @@ def test_what_the_deployment_needs_is_there() -> None:
     port = trainer["command"][trainer["command"].index("--metrics-port") + 1]
     assert port == annotations["prometheus.io/port"]
     assert trainer["command"][trainer["command"].index("--metrics-host") + 1] == "0.0.0.0"
+    ddp = k[("Job", "kiln-trainer-ddp")]["spec"]["template"]["spec"]["containers"][0]
+    assert ddp["resources"]["limits"]["nvidia.com/gpu"] >= 2 and ddp["command"] == trainer["command"]
     migrate = k[("Job", "kiln-db-upgrade")]["spec"]["template"]["spec"]["containers"][0]
     assert migrate["command"] == ["kiln", "db", "upgrade"]
     hpa = k[("HorizontalPodAutoscaler", "kiln-gateway")]["spec"]["scaleTargetRef"]
@@ -208,7 +210,12 @@ def test_every_pod_runs_non_root_with_a_read_only_root_and_no_api_token() -> Non
     for label, pod in pods:
         assert pod.get("automountServiceAccountToken") is False, label
         assert pod["securityContext"]["runAsNonRoot"] is True, label
-        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
+        # the DDP trainer: unshare/setns for its ranks' network, inside a pod user namespace
+        if label.startswith("trainer-ddp-job.yaml"):
+            assert pod["securityContext"]["seccompProfile"]["type"] == "Unconfined", label
+            assert pod["hostUsers"] is False, label
+        else:
+            assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
         mounts = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             sc = c["securityContext"]

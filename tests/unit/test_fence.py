@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from model_store import netns
 from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, fence_available
 
@@ -72,6 +73,8 @@ def test_fenced_child_reads_its_artifact_and_nothing_else(tmp_path: Path, listen
         assert seen["parent_environ"] == "PermissionError"
         assert seen["env_secret"] == "KeyError"
         assert seen["unix_socket"] == "PermissionError"  # a Redis or fork-server socket by its path
+        for door in ("udp", "tcp6", "loopback_listen", "netlink_route", "netlink_audit"):
+            assert seen[door] == "PermissionError", door
         assert seen["user"] == "kiln-model"  # getpass.getuser() without /etc/passwd (a fine-tune needed it)
         reply, buffers = child.call({"op": "echo", "x": 1}, [b"abc"], timeout_s=10)
         assert reply == {"echo": {"op": "echo", "x": 1}} and buffers == [b"abc"]
@@ -138,3 +141,35 @@ def test_model_code_that_passes_no_check_still_reads_and_writes_nothing(tmp_path
         assert "Permission denied" in header.get("error", ""), header
         assert "result" not in header
     assert not target.exists()
+
+
+@pytest.mark.skipif(not netns.available(), reason="no unprivileged user namespaces here")
+def test_a_distributed_rank_reaches_only_its_own_loopback(tmp_path: Path, listener: socket.socket) -> None:
+    """A DDP rank (model_store/netns.py) may open IPv4 TCP, and only inside a network namespace
+    that holds nothing but its group's loopback: the host's ports (here a listener standing in for
+    Redis or PostgreSQL on 127.0.0.1) and every other address are out of reach; files, signals,
+    Unix and UDP sockets stay closed as for any fenced child."""
+    net = netns.PrivateNetwork()
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    try:
+        child, seen = _child(tmp_path, listener.getsockname()[1], netns=net.pid, write=(str(group_dir),))
+        child.close()
+    finally:
+        net.close()
+    assert seen["loopback_listen"] == "allowed"  # gloo's pairs
+    assert seen["netlink_route"] == "allowed"  # gloo lists the interfaces: only lo here
+    assert seen["tcp"] == "ConnectionRefusedError"  # the host's 127.0.0.1 is not this one
+    assert seen["internet"] in ("OSError", "TimeoutError")  # no route: "Network is unreachable"
+    for door in (
+        "read_secret",
+        "write_outside",
+        "signal_parent",
+        "parent_environ",
+        "unix_socket",
+        "udp",
+        "tcp6",
+        "netlink_audit",
+    ):
+        assert seen[door] == "PermissionError", door
+    assert seen["env_secret"] == "KeyError"

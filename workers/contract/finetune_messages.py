@@ -7,7 +7,9 @@ result is a file in the child's temporary directory, named here; the parent open
 
 child -> parent, during a job (train_main):
   started  the model is built and the parent evaluated: device, row counts, total steps,
-           parent_metrics, resumed_epoch (the checkpoint it resumed from, or null)
+           parent_metrics, resumed_epoch (the checkpoint it resumed from, or null), processes
+           (a distributed job: only rank 0 sends started, step, epoch and done; the other
+           ranks send only error, or exit with code 0 when their training is done)
   step     one optimizer step: row {step, epoch, train_loss, lr}, seconds
   epoch    one finished epoch: epoch, step, valid (validation metrics), checkpoint (file name in
            the child's temp dir); its step rows are the `step` messages before it
@@ -52,6 +54,7 @@ class Started(_Msg):
     total_steps: int = Field(ge=0)
     parent_metrics: dict[str, float | bool]
     resumed_epoch: int | None
+    processes: int = Field(default=1, ge=1, le=64)  # ranks of a distributed job
 
 
 class Step(_Msg):

@@ -6,9 +6,9 @@ ever evaluated as code.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 Optimizer = Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
 Scheduler = Literal["constant", "linear", "cosine", "step"]
@@ -44,6 +44,18 @@ class Hyperparameters(BaseModel):
     )
 
 
+MAX_PROCESSES = 8  # ranks of one distributed job; on a GPU trainer also at most its visible GPUs
+
+
+class Resources(BaseModel):
+    """What a job runs on: `processes` > 1 trains with DDP, one fenced process per rank (gloo on
+    CPU, NCCL with one GPU per rank), started and supervised by the trainer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processes: Annotated[int, Strict()] = Field(default=1, ge=1, le=MAX_PROCESSES)
+
+
 DEFAULT_VALIDATION_SPLIT = 0.2  # the share of training rows held out when no validation file is given
 
 
@@ -57,5 +69,6 @@ class JobSpec(BaseModel):
     validation_split: float | None = None
     promote: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
     # False for a job made by a key without `manage`: it may only create its target model
     publish_existing: bool = True

@@ -28,7 +28,9 @@ from model_store.signature import Signature, VersionConfig
 from workers.contract.datasets import Dataset, parse
 from workers.contract.finetune_messages import VERSION, checkpoint_name
 from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
+from workers.finetune import distributed
 from workers.finetune.build import Built, build
+from workers.finetune.distributed import RankInfo
 from workers.finetune.errors import describe_error
 from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
 from workers.finetune.promote import evaluate_loaded
@@ -105,29 +107,37 @@ def _send(channel: Channel, kind: str, buffers: list[bytes] | None = None, /, **
 
 
 class Reporter:
-    """The step hook of the training loop: one `step` message per optimizer step."""
+    """The step hook of the training loop: one `step` message per optimizer step (rank 0 only:
+    the other ranks of a distributed job report nothing but errors)."""
 
-    def __init__(self, channel: Channel, run: Run) -> None:
-        self.channel, self.run = channel, run
+    def __init__(self, channel: Channel, run: Run, main: bool = True) -> None:
+        self.channel, self.run, self.main = channel, run, main
 
     def __call__(self, row: dict[str, Any]) -> None:
-        _send(self.channel, "step", row=row, seconds=self.run.last_step_seconds)
+        if self.main:
+            _send(self.channel, "step", row=row, seconds=self.run.last_step_seconds)
 
 
 def train_main(channel: Channel, args: dict[str, Any]) -> None:
-    """A whole job: build, evaluate the parent, resume, epochs with checkpoints, export."""
+    """A whole job (or one rank of it): build, evaluate the parent, resume, epochs with
+    checkpoints, export. A rank other than 0 ends with exit code 0 and no message."""
     die_with_parent(channel)
+    rank = distributed.rank_info(args)
     try:
-        _train(channel, args)
+        if rank is not None:
+            distributed.init(rank)
+        _train(channel, args, rank)
     except Exception as exc:
         _send(channel, "error", **describe_error(exc, READABLE))
+    finally:
+        distributed.shutdown()
 
 
 def _model_error(exc: Exception) -> str:
     return describe_error(exc, READABLE)["message"]
 
 
-def _train(channel: Channel, args: dict[str, Any]) -> None:
+def _train(channel: Channel, args: dict[str, Any], rank: RankInfo | None) -> None:
     spec = JobSpec.model_validate(args["spec"])
     seed = int(args["seed"])
     if args.get("threads"):
@@ -135,28 +145,33 @@ def _train(channel: Channel, args: dict[str, Any]) -> None:
     train, valid = load_data(args, spec)
     device = torch.device(args["device"])
     built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, seed)
-    run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode)
-    parent_metrics = run.evaluate()
-    parent_predictions = run.predictions()
+    run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode, rank)
+    main = rank is None or rank.main
+    parent_metrics = run.evaluate() if main else {}
+    parent_predictions = run.predictions() if main else []
     ckpt = args.get("checkpoint")
     if ckpt is not None:
         run.load_state(read_checked(ckpt))
-    _send(
-        channel,
-        "started",
-        device=device.type,
-        train_rows=len(train),
-        valid_rows=len(valid),
-        total_steps=run.total_steps,
-        parent_metrics=parent_metrics,
-        resumed_epoch=None if ckpt is None else int(ckpt["epoch"]),
-    )
+    if main:
+        _send(
+            channel,
+            "started",
+            device=device.type,
+            train_rows=len(train),
+            valid_rows=len(valid),
+            total_steps=run.total_steps,
+            parent_metrics=parent_metrics,
+            resumed_epoch=None if ckpt is None else int(ckpt["epoch"]),
+            processes=rank.world if rank is not None else 1,
+        )
     tmp = Path(os.environ["TMPDIR"])
-    hook = Reporter(channel, run)
+    hook = Reporter(channel, run, main)
     while not run.done():
         t0 = time.perf_counter()
         res = run.train_epoch(hook)
         res.valid["seconds"] = round(time.perf_counter() - t0, 3)
+        if not main:
+            continue
         name = checkpoint_name(res.epoch)
         (tmp / name).write_bytes(run.state_bytes())
         _send(
@@ -167,7 +182,8 @@ def _train(channel: Channel, args: dict[str, Any]) -> None:
             valid=res.valid,
             checkpoint=name,
         )
-    _done(channel, run, built, parent_predictions, tmp)
+    if main:
+        _done(channel, run, built, parent_predictions, tmp)
 
 
 def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any], tmp: Path) -> None:

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,6 +30,15 @@ from workers.contract.finetune_messages import JOB_MESSAGE, plain_name
 _CHUNK = 1 << 20
 # what the fenced children run (workers/finetune/child.py); tests swap in variants
 TRAIN_TARGET = "workers.finetune.child:train_main"
+
+
+class RankFence(NamedTuple):
+    """What a rank of a distributed job gets beyond a training process's fence: the group's
+    rendezvous directory (writable), its private network (model_store/netns.py), its GPU."""
+
+    write: tuple[str, ...]
+    netns: int
+    env: dict[str, str]
 
 
 class TrainingFailed(Exception):
@@ -50,7 +59,9 @@ def _died(exc: FenceError, limits: FenceLimits) -> TrainingFailed:
 class TrainingProcess:
     """One job's fenced training process and the messages it sends."""
 
-    def __init__(self, args: dict[str, Any], read: list[Path], limits: FenceLimits) -> None:
+    def __init__(
+        self, args: dict[str, Any], read: list[Path], limits: FenceLimits, rank: RankFence | None = None
+    ) -> None:
         gpu = limits.use_gpu()
         spec = FenceSpec(
             read=tuple(str(p) for p in read),
@@ -59,6 +70,7 @@ class TrainingProcess:
             file_bytes=limits.file_mb << 20,
             gpu=gpu,
             require=limits.require,
+            **(rank._asdict() if rank is not None else {}),
         )
         self.limits = limits
         self.device = "cuda" if gpu else "cpu"
@@ -72,6 +84,13 @@ class TrainingProcess:
             raise _died(exc, limits) from exc
         self.tmp = Path(self.child.tmp_dir).resolve()
         self._quiet_s = 0.0
+        self.stopped = False  # the trainer killed it (silent, malformed): no one else's signal
+
+    def _stop(self, wait_s: float = 0.0) -> None:
+        """Kill the child (after wait_s for it to end by itself), noting whether we did."""
+        if self.child.exitcode(wait_s) is None:
+            self.stopped = True
+        self.child.kill()
 
     def __enter__(self) -> TrainingProcess:
         return self
@@ -85,7 +104,7 @@ class TrainingProcess:
             if not self.child.channel.poll(wait_s):
                 self._quiet_s += wait_s
                 if self._quiet_s >= self.limits.silence_s:
-                    self.child.kill()
+                    self._stop()
                     raise TrainingFailed(
                         "training_process_silent",
                         f"the training process sent nothing for {self.limits.silence_s:g} s and was stopped",
@@ -93,16 +112,16 @@ class TrainingProcess:
                 return None
             header, buffers = self.child.channel.recv()
         except (EOFError, OSError, ValueError, FenceError) as exc:
-            self.child.kill()
+            self._stop(1.0 if isinstance(exc, EOFError) else 0.0)  # EOF: it is ending already
             raise _died(FenceDied(self.child.death()), self.limits) from exc
         self._quiet_s = 0.0
         if "died" in header:
-            self.child.kill()
+            self._stop(1.0)
             raise _died(FenceDied(str(header["died"])[:300]), self.limits)
         try:
             return JOB_MESSAGE.validate_python(header), [bytes(b) for b in buffers]
         except ValidationError as exc:
-            self.child.kill()
+            self._stop()
             raise TrainingFailed("protocol_error", "the training process sent a malformed message") from exc
 
     def store(self, blobs: BlobStore, name: str) -> tuple[str, int]:

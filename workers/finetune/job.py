@@ -42,7 +42,8 @@ from workers.contract.finetune_check import (
 from workers.contract.finetune_messages import Done, Epoch, Error, Started, Step
 from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 from workers.finetune.child import DatasetUnusable
-from workers.finetune.fence import TrainingFailed, TrainingProcess
+from workers.finetune.fence import TrainingFailed
+from workers.finetune.group import MAX_RESTARTS, RankDied, Training, open_training
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 
@@ -120,15 +121,31 @@ def evaluate_in_fence(ctx: JobContext, row: FineTuneJobRow, version: ResolvedVer
 
 
 def execute(ctx: JobContext, job_id: str) -> None:
+    """Run the job from its last checkpoint; a distributed job whose rank was killed restarts
+    its group from the checkpoint rank 0 wrote last (at most MAX_RESTARTS times)."""
     row = ctx.store.job_by_id(job_id)
     assert row is not None
     base = ctx.registry.by_version_id(row.base_version_id)
+    beat = _Heartbeat(ctx, job_id)
+    for restart in range(MAX_RESTARTS + 1):
+        try:
+            _attempt(ctx, row, base, beat)
+            return
+        except RankDied as exc:
+            if restart == MAX_RESTARTS:
+                raise
+            beat.rows = []  # the unfinished epoch's steps: redone from the checkpoint
+            text = f"{exc.error['message']}; the group restarts from its last checkpoint"
+            ctx.store.add_event(job_id, text, level="warning", restart=restart + 1)
+
+
+def _attempt(ctx: JobContext, row: FineTuneJobRow, base: ResolvedVersion, beat: _Heartbeat) -> None:
     args = child_args(ctx, row, base)
-    ckpt = ctx.store.latest_checkpoint(job_id)
+    ckpt = ctx.store.latest_checkpoint(row.id)
     if ckpt is not None:
         args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
-    beat = _Heartbeat(ctx, job_id)
-    with TrainingProcess(args, readable_paths(args), ctx.limits) as proc:
+    processes = JobSpec.model_validate(row.spec).resources.processes
+    with open_training(args, readable_paths(args), ctx.limits, processes) as proc:
         while True:
             got = proc.next(ctx.renew_interval_s)
             if got is not None and isinstance(got[0], Done):
@@ -139,9 +156,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
             beat()
 
 
-def _on_message(
-    ctx: JobContext, row: FineTuneJobRow, proc: TrainingProcess, beat: _Heartbeat, msg: Any
-) -> None:
+def _on_message(ctx: JobContext, row: FineTuneJobRow, proc: Training, beat: _Heartbeat, msg: Any) -> None:
     job_id = row.id
     if isinstance(msg, Error):
         raise TrainingFailed(msg.code, msg.message)
@@ -159,7 +174,7 @@ def _on_message(
         else:
             ctx.store.add_event(
                 job_id,
-                f"training started on {msg.device}: {msg.train_rows} training rows, "
+                f"training started on {msg.device}{_ranks(msg.processes)}: {msg.train_rows} training rows, "
                 f"{msg.valid_rows} validation rows, {msg.total_steps} steps",
                 parent_metrics=msg.parent_metrics,
             )
@@ -170,6 +185,10 @@ def _on_message(
         sha, _ = proc.store(ctx.blobs, msg.checkpoint)
         rows, beat.rows = [r for r in beat.rows if r.get("epoch") == msg.epoch], []
         ctx.store.record_epoch(job_id, ctx.owner, EpochRecord(msg.epoch, msg.step, sha, rows, msg.valid))
+
+
+def _ranks(processes: int) -> str:
+    return f" with {processes} processes (DDP)" if processes > 1 else ""
 
 
 def _table(buffers: list[bytes]) -> dict[str, list[Any]]:
@@ -190,7 +209,7 @@ def _finish(
     ctx: JobContext,
     row: FineTuneJobRow,
     base: ResolvedVersion,
-    proc: TrainingProcess,
+    proc: Training,
     done: Done,
     table: dict[str, list[Any]],
     parent: dict[str, Any],
@@ -252,6 +271,7 @@ def _lineage(
         else spec.validation_split or DEFAULT_VALIDATION_SPLIT,
         "task": spec.task,
         "hyperparameters": spec.hyperparameters.model_dump(mode="json"),
+        "resources": spec.resources.model_dump(mode="json"),
         "seed": row.seed,
         "epochs_completed": done.epochs_completed,
         "metrics": dict(done.metrics),
@@ -266,7 +286,7 @@ def _register(
     row: FineTuneJobRow,
     spec: JobSpec,
     base: ResolvedVersion,
-    proc: TrainingProcess,
+    proc: Training,
     done: Done,
     lineage: dict[str, Any],
 ) -> int:

@@ -4,6 +4,12 @@ Deterministic on CPU for a given seed, data and hyperparameters: the global torc
 once (and saved in every checkpoint), each epoch's shuffle uses its own generator seeded from
 (seed, epoch), so a run resumed from a checkpoint draws exactly what an uninterrupted one would.
 Checkpoint state holds only tensors, numbers and strings (loadable with weights_only=True).
+
+Distributed (a RankInfo given): the module trains under DDP, each rank on its DistributedSampler
+share of the epoch (seeded with the job's seed, set_epoch per epoch: the same shares after a
+resume) in batches of ceil(batch_size / world), so a step still sees about batch_size rows;
+gradients are averaged across ranks, the step loss reported is the mean over the ranks, and
+every rank evaluates the same (identical) weights on the whole validation set.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from torch.nn import functional as F
 from model_store.signature import Signature
 from workers.contract.datasets import Dataset
 from workers.contract.finetune_spec import Hyperparameters, JobSpec
+from workers.finetune import distributed
+from workers.finetune.distributed import RankInfo
 from workers.finetune.model import first_output, trainable_names
 
 StepHook = Callable[[dict[str, Any]], None]
@@ -125,8 +133,10 @@ class Run:
         seed: int,
         device: torch.device,
         encode: Callable[[list[str]], torch.Tensor] | None = None,
+        rank: RankInfo | None = None,
     ) -> None:
-        """`encode` turns text rows into the model's input tensor (text models: hf-encoder)."""
+        """`encode` turns text rows into the model's input tensor (text models: hf-encoder);
+        `rank`: this process's place in a distributed job (None: the only process)."""
         self.module, self.sig, self.spec, self.seed, self.device = module, sig, spec, seed, device
         self.encode = encode
         self.hp = spec.hyperparameters
@@ -140,7 +150,11 @@ class Run:
             p.requires_grad_(n in names)
             if n in names:
                 self.params.append(p)
-        self.steps_per_epoch = math.ceil(len(train) / self.hp.batch_size)
+        self.rank = rank
+        world = rank.world if rank is not None else 1
+        self.batch_size = math.ceil(self.hp.batch_size / world)  # per rank
+        self.steps_per_epoch = math.ceil(math.ceil(len(train) / world) / self.batch_size)
+        self.train_module = distributed.wrap(module, device) if rank is not None else module
         self.opt = _optimizer(self.params, self.hp)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(self.hp, self.steps_per_epoch))
         self.progress = Progress()
@@ -160,15 +174,16 @@ class Run:
     # one epoch -----------------------------------------------------------------------------------
     def train_epoch(self, on_step: StepHook) -> EpochResult:
         epoch = self.progress.epoch + 1
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_x), generator=gen)
+        order = self._order(epoch)
         self.module.train()
         rows: list[dict[str, Any]] = []
-        for start in range(0, len(order), self.hp.batch_size):
-            idx = order[start : start + self.hp.batch_size].to(self.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size].to(self.device)
             t0 = time.perf_counter()
             loss = self._step(self.train_x[idx], self.train_y[idx])  # float(loss) waits for the device
             self.last_step_seconds = time.perf_counter() - t0
+            if self.rank is not None:
+                loss = distributed.mean(loss, self.device)
             self.progress.step += 1
             row = {
                 "step": self.progress.step,
@@ -183,10 +198,24 @@ class Run:
         self._after_epoch(result)
         return result
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The row order of an epoch: a seeded permutation, or this rank's DistributedSampler share."""
+        if self.rank is None:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            return torch.randperm(len(self.train_x), generator=gen)
+        from torch.utils.data import DistributedSampler
+
+        rows: Any = range(len(self.train_x))  # a sized sequence is all the sampler reads
+        sampler: DistributedSampler[int] = DistributedSampler(
+            rows, self.rank.world, self.rank.rank, shuffle=True, seed=self.seed
+        )
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
+
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         if self.hp.dropout > 0 and x.is_floating_point():
             x = F.dropout(x, p=self.hp.dropout, training=True)
-        out = first_output(self.module, x, self.sig)
+        out = first_output(self.train_module, x, self.sig)
         loss = self._loss(out, y)
         total = loss
         if self.hp.l1 > 0:
@@ -216,6 +245,8 @@ class Run:
         if es is not None and p.bad_epochs >= es.patience:
             p.stopped_early = True
             result.valid["stopped_early"] = True
+        if self.rank is not None:  # the ranks agree on stopping, whatever their float rounding
+            p.stopped_early = distributed.any_rank(p.stopped_early, self.device)
 
     # evaluation ----------------------------------------------------------------------------------
     def evaluate(self, module: Any | None = None) -> dict[str, Any]:
