@@ -202,6 +202,10 @@ class FineTuneJobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0005_compression: "fine-tune" or "compression" (same lease, events, cancel; its own spec)
+    kind: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="fine-tune", server_default="fine-tune"
+    )
 
 
 class JobEventRow(Base):

@@ -26,7 +26,7 @@ from service.inference.versions import VersionResolver
 from service.json_body import JsonBodyContentType
 from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
-from service.routes import async_results, files, finetune, health, inference, models, repository
+from service.routes import async_results, compress, files, finetune, health, inference, models, repository
 from service.routes import keys as key_routes
 from service.routes import sharing as sharing_routes
 from service.routes.fastpath import InferFastPath
@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(finetune.router)
+    app.include_router(compress.router)
     app.include_router(key_routes.router)
     app.include_router(sharing_routes.router)
     app.include_router(async_results.router)

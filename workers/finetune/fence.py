@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from model_store.blobs import BlobStore
 from model_store.channel import FenceError
@@ -50,7 +50,15 @@ def _died(exc: FenceError, limits: FenceLimits) -> TrainingFailed:
 class TrainingProcess:
     """One job's fenced training process and the messages it sends."""
 
-    def __init__(self, args: dict[str, Any], read: list[Path], limits: FenceLimits) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        read: list[Path],
+        limits: FenceLimits,
+        target: str | None = None,
+        messages: TypeAdapter[Any] = JOB_MESSAGE,
+    ) -> None:
+        """`target` and `messages`: what the child runs and sends (default: a fine-tune)."""
         gpu = limits.use_gpu()
         spec = FenceSpec(
             read=tuple(str(p) for p in read),
@@ -60,11 +68,11 @@ class TrainingProcess:
             gpu=gpu,
             require=limits.require,
         )
-        self.limits = limits
+        self.limits, self.messages = limits, messages
         self.device = "cuda" if gpu else "cpu"
         try:
             self.child = FencedChild(
-                TRAIN_TARGET,
+                target or TRAIN_TARGET,
                 {**args, "device": self.device, "threads": limits.threads},
                 spec,
             )
@@ -100,7 +108,7 @@ class TrainingProcess:
             self.child.kill()
             raise _died(FenceDied(str(header["died"])[:300]), self.limits)
         try:
-            return JOB_MESSAGE.validate_python(header), [bytes(b) for b in buffers]
+            return self.messages.validate_python(header), [bytes(b) for b in buffers]
         except ValidationError as exc:
             self.child.kill()
             raise TrainingFailed("protocol_error", "the training process sent a malformed message") from exc

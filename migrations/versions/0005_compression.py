@@ -1,0 +1,27 @@
+"""compression jobs: a `kind` on the fine-tune jobs table (one lease, event and cancel machinery)
+
+Revision ID: 0005_compression
+Revises: 0004_access
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_compression"
+down_revision = "0004_access"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column(
+        "fine_tuning_jobs",
+        sa.Column("kind", sa.String(16), nullable=False, server_default="fine-tune"),
+    )
+    op.create_index("ix_fine_tuning_jobs_kind", "fine_tuning_jobs", ["tenant_id", "kind"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_fine_tuning_jobs_kind", "fine_tuning_jobs")
+    with op.batch_alter_table("fine_tuning_jobs") as batch:
+        batch.drop_column("kind")
