@@ -69,7 +69,7 @@ def trained_mlp() -> bytes:
 async def setup_mlp(client: httpx.AsyncClient, name: str = "mlp") -> tuple[str, str]:
     r = await register(client, name, trained_mlp(), "torchscript", signature=SIG)
     assert r.status_code == 201, r.text
-    train = await upload(client, jsonl(*rows(320, 1)))
+    train = await upload(client, jsonl(*rows(800, 1)))
     valid = await upload(client, jsonl(*rows(200, 2)), "valid.jsonl")
     return train.json()["id"], valid.json()["id"]
 

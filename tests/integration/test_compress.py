@@ -113,7 +113,7 @@ async def test_quantised_and_exported_minilm(client, settings, worker: WorkerThr
 
 async def test_pruned_and_fine_tuned_mlp_keeps_its_accuracy(client, settings) -> None:
     train, valid = await setup_mlp(client)
-    hp = {"epochs": 3, "batch_size": 32, "learning_rate": 0.003}
+    hp = {"epochs": 5, "batch_size": 32, "learning_rate": 0.003}
     body = {
         "model": "mlp",
         "method": "prune",
