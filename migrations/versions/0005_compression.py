@@ -18,10 +18,8 @@ def upgrade() -> None:
         "fine_tuning_jobs",
         sa.Column("kind", sa.String(16), nullable=False, server_default="fine-tune"),
     )
-    op.create_index("ix_fine_tuning_jobs_kind", "fine_tuning_jobs", ["tenant_id", "kind"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_fine_tuning_jobs_kind", "fine_tuning_jobs")
     with op.batch_alter_table("fine_tuning_jobs") as batch:
         batch.drop_column("kind")
