@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from tests.conftest import WorkerThread, make_key
-from tests.ft_data import text_jsonl, topic_texts
+from tests.ft_data import jsonl, rows, text_jsonl, topic_texts
 from tests.integration.compress_helpers import setup_mlp, teacher_bundle, tokens_of, trainer, wait_job
 from tests.integration.ft_helpers import upload
 from tests.integration.helpers import register
@@ -29,9 +29,14 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-async def test_hostile_bodies_and_other_tenants(client, settings) -> None:
-    train, valid = await setup_mlp(client)
+async def test_hostile_bodies(client, settings) -> None:
+    train, _valid = await setup_mlp(client)
+    text = (await upload(client, text_jsonl(topic_texts(8, 1)))).json()["id"]
     bad = [
+        ({"model": "mlp", "method": "prune", "parameters": {f"k{i}": 1 for i in range(17)}}, "parameters"),
+        ({"model": "mlp", "method": "quantize", "validation_file": text}, "numeric rows"),
+        ({"model": "mlp", "method": "quantize", "validation_file": "file-nothere"}, "not found"),
+        ({"model": "mlp", "method": "quantize", "metadata": {"a": "b" * 10}, "extra": 1}, "extra"),
         ({"model": "mlp", "method": "prune", "parameters": {"sparsity": 1.5}}, "sparsity"),
         ({"model": "mlp", "method": "prune", "parameters": {"code": "import os"}}, "code"),
         ({"model": "mlp", "method": "export", "parameters": {"opset": 99}}, "opset"),
@@ -64,6 +69,9 @@ async def test_hostile_bodies_and_other_tenants(client, settings) -> None:
         assert r.status_code in (400, 404, 422) and word in r.text, (body, r.text)
     assert (await client.get(JOBS)).json()["data"] == []
 
+
+async def test_idempotency_paging_cancel_and_other_tenants(client, settings) -> None:
+    _train, valid = await setup_mlp(client)
     body = {"model": "mlp", "method": "quantize", "validation_file": valid}
     first = await client.post(JOBS, json=body, headers={"Idempotency-Key": "k1"})
     again = await client.post(JOBS, json=body, headers={"Idempotency-Key": "k1"})
@@ -86,6 +94,10 @@ async def test_hostile_bodies_and_other_tenants(client, settings) -> None:
     assert (await client.get(JOBS, headers=other)).json()["data"] == []
     r = await client.post(JOBS, json={**body, "validation_file": valid}, headers=other)
     assert r.status_code == 404
+    # tenant A cannot name another tenant's file either
+    theirs = (await upload(client, jsonl(*rows(20, 9)), headers=other)).json()["id"]
+    r = await client.post(JOBS, json={**body, "validation_file": theirs})
+    assert r.status_code == 404, r.text
 
     second = (await client.post(JOBS, json={"model": "mlp", "method": "export"})).json()
     page = (await client.get(f"{JOBS}?limit=1")).json()
