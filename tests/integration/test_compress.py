@@ -5,6 +5,9 @@ its parent measured in the fenced child. Hostile bodies and another tenant's key
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import numpy as np
 
 from tests.conftest import WorkerThread, make_key
@@ -217,3 +220,25 @@ async def test_three_layer_student_keeps_the_teachers_accuracy(client, settings)
     assert (
         version["lineage"]["method"] == "distill" and version["lineage"]["parameters"]["student_layers"] == 3
     )
+
+
+async def test_cancel_stops_a_running_job(client, settings) -> None:
+    train, _valid = await setup_mlp(client)
+    hp = {"epochs": 1000, "batch_size": 2, "learning_rate": 1e-4}
+    body = {"model": "mlp", "method": "prune", "parameters": {"fine_tune": hp}, "training_file": train}
+    job_id = (await client.post(JOBS, json=body)).json()["id"]
+    t = trainer(settings)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((job := (await client.get(f"{JOBS}/{job_id}")).json())["progress"] or {}).get("step"):
+            assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+            await asyncio.sleep(0.1)
+        assert (await client.post(f"{JOBS}/{job_id}/cancel")).json()["status"] == "cancelled"
+        # the trainer lets go (its lease renewal fails) and is free for the next job
+        nxt = (await client.post(JOBS, json={"model": "mlp", "method": "export"})).json()
+        assert (await wait_job(client, nxt["id"]))["status"] == "succeeded"
+    finally:
+        t.stop()
+    job = (await client.get(f"{JOBS}/{job_id}")).json()
+    assert job["status"] == "cancelled" and job["result_model"] is None
+    assert (await client.get("/v1/models/mlp-prune")).status_code == 404

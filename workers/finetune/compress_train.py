@@ -27,10 +27,10 @@ from model_store.limits import ArtifactLimits
 from workers.common.hf_model import tar_files
 from workers.contract.compress_spec import DistillParams, PruneParams
 from workers.contract.datasets import Dataset
-from workers.contract.finetune_spec import JobSpec
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 from workers.finetune.build import Built
 from workers.finetune.model import first_output, head_prefix
-from workers.finetune.training import Run, to_tensors
+from workers.finetune.training import Run, split, to_tensors
 
 StepHook = Callable[[dict[str, Any]], None]
 
@@ -87,7 +87,9 @@ def prune_and_tune(
     apply_masks(built.module, found)
     train, valid = data
     hp = params.fine_tune
-    if hp is not None and train is not None and valid is not None:
+    if hp is not None and train is not None:
+        if valid is None:  # the loop's validation rows (early stopping): a seeded split
+            train, valid = split(train, DEFAULT_VALIDATION_SPLIT, seed)
         spec = JobSpec(task="classification", hyperparameters=hp)
         run = Run(built.module, built.sig, train, valid, spec, seed, torch.device("cpu"), built.encode)
 
