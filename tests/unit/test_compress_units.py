@@ -130,3 +130,22 @@ def test_cli_comparison_rows() -> None:
     rows = comparison_rows(cmp)
     assert rows[0] == ("artifact bytes", 10, 4) and ("validation accuracy", 0.9, 0.89) in rows
     assert rows[-1] == ("cosine_min", "", 0.995)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_an_int8_bundle_serves_dequantised_on_cuda(tmp_path, monkeypatch) -> None:
+    """torch.ao dynamic int8 is CPU-only: on a GPU the runner serves the stored int8 weights
+    dequantised, as close to the CPU's int8 answer as int8 activations allow."""
+    import numpy as np
+
+    from workers.inference.hf_runner import HFEncoderRunner
+
+    monkeypatch.setitem(os.environ, "TMPDIR", str(tmp_path))
+    out = compress_methods.quantize_hf(tiny_bundle(), "dynamic-int8-all")
+    texts = np.array([b"the chef baked bread", b"the team won the match"], dtype=object)
+    answers = [
+        HFEncoderRunner(None, out.data, device, 1, ArtifactLimits()).run({"text": texts})["embedding"]  # type: ignore[arg-type]
+        for device in ("cpu", "cuda")
+    ]
+    cos = (answers[0] * answers[1]).sum(1)
+    assert float(cos.min()) > 0.98
