@@ -149,3 +149,14 @@ def test_an_int8_bundle_serves_dequantised_on_cuda(tmp_path, monkeypatch) -> Non
     ]
     cos = (answers[0] * answers[1]).sum(1)
     assert float(cos.min()) > 0.98
+
+
+def test_an_int8_bundle_fine_tunes_in_fp32(tmp_path, monkeypatch) -> None:
+    from workers.common.hf_model import export_bundle, for_finetune
+
+    monkeypatch.setitem(os.environ, "TMPDIR", str(tmp_path))
+    out = compress_methods.quantize_hf(tiny_bundle(), "dynamic-int8")
+    module, _encode, bundle = for_finetune(out.data, torch.device("cpu"), "classification", 2)
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    again = open_bundle(io.BytesIO(export_bundle(module, bundle, "classification")), ArtifactLimits())
+    assert again.quant is None and again.head == {"task": "classification", "num_outputs": 2}
