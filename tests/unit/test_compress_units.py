@@ -160,3 +160,27 @@ def test_an_int8_bundle_fine_tunes_in_fp32(tmp_path, monkeypatch) -> None:
     assert all(p.dtype == torch.float32 for p in module.parameters())
     again = open_bundle(io.BytesIO(export_bundle(module, bundle, "classification")), ArtifactLimits())
     assert again.quant is None and again.head == {"task": "classification", "num_outputs": 2}
+
+
+def test_torchscript_int8_is_a_valid_onnx_version(tmp_path, monkeypatch) -> None:
+    """TorchScript -> ONNX -> onnxruntime dynamic int8: passes the ONNX upload checks (no custom-op
+    domain, no external data) and answers close to its source."""
+    from model_store.formats import validate
+    from model_store.signature import Signature
+    from tests.ft_data import MLP_SIGNATURE, mlp_bytes
+    from workers.finetune.compress_measure import load_served, outputs
+
+    monkeypatch.setitem(os.environ, "TMPDIR", str(tmp_path))
+    sig = Signature.model_validate(MLP_SIGNATURE)
+    data = mlp_bytes()
+    exported = compress_methods.export_torchscript(data, sig, 17)
+    quantized = compress_methods.quantize_onnx(exported.data, sig)
+    path = tmp_path / "q.onnx"
+    path.write_bytes(quantized.data)
+    assert validate("onnx", path, sig) == sig
+    rows = torch.randn(16, 4).numpy()
+    parent, child = (
+        load_served("torchscript", data, sig, None),
+        load_served("onnx", quantized.data, sig, None),
+    )
+    assert (outputs(parent, rows) - outputs(child, rows)).abs().max() < 0.05
