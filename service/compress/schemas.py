@@ -23,11 +23,14 @@ class CompressionCreate(BaseModel):
     target_model: str | None = Field(default=None, pattern=_NAME)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    promote: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 
     @model_validator(mode="after")
     def _consistent(self) -> CompressionCreate:
         if self.suffix and self.target_model:
             raise ValueError("give suffix or target_model, not both")
+        if self.promote and not self.validation_file:
+            raise ValueError("promote compares accuracy on a validation_file: give one")
         try:
             params = parse_params(self.method, self.parameters)
         except ValidationError as exc:
@@ -65,6 +68,7 @@ class CompressionJobPublic(BaseModel):
     result_files: list[str] = Field(default_factory=list)
     seed: int
     metadata: dict[str, str]
+    promote: str | None
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
 

@@ -60,6 +60,7 @@ def job_public(row: FineTuneJobRow) -> CompressionJobPublic:
         result_files=list(result.get("result_files", [])),
         seed=row.seed,
         metadata=spec.metadata,
+        promote=spec.promote,
         progress=row.progress,
         result=row.result,
     )
@@ -111,6 +112,7 @@ class CompressService:
             params=body.parameters,
             student_version_id=student_id,
             metadata=body.metadata,
+            promote=body.promote,
             publish_existing=principal.has("manage"),
         )
         row = FineTuneJobRow(

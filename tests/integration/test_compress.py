@@ -40,6 +40,7 @@ async def test_hostile_bodies(client, settings) -> None:
         ({"model": "mlp", "method": "quantize", "validation_file": text}, "numeric rows"),
         ({"model": "mlp", "method": "quantize", "validation_file": "file-nothere"}, "not found"),
         ({"model": "mlp", "method": "quantize", "metadata": {"a": "b" * 10}, "extra": 1}, "extra"),
+        ({"model": "mlp", "method": "quantize", "promote": "production"}, "validation_file"),
         ({"model": "mlp", "method": "prune", "parameters": {"sparsity": 1.5}}, "sparsity"),
         ({"model": "mlp", "method": "prune", "parameters": {"code": "import os"}}, "code"),
         ({"model": "mlp", "method": "export", "parameters": {"opset": 99}}, "opset"),
@@ -170,19 +171,34 @@ async def test_pruned_and_fine_tuned_mlp_keeps_its_accuracy(client, settings) ->
         "training_file": train,
         "validation_file": valid,
         "seed": 3,
+        "promote": "production",
     }
+    again = {**body, "target_model": "mlp-prune", "seed": 4}  # its next version, against the alias
     t = trainer(settings)
     try:
         job = await wait_job(client, (await client.post(JOBS, json=body)).json()["id"])
+        second = await wait_job(client, (await client.post(JOBS, json=again)).json()["id"])
     finally:
         t.stop()
     assert job["status"] == "succeeded", job
+    assert second["status"] == "succeeded" and second["result_model"] == "mlp-prune:2", second
+    if job["result"]["promoted"]:  # the alias serves v1: scored in a fenced child on the same file
+        promotion = second["result"]["promotion"]
+        assert promotion["against"] == {"model": "mlp-prune", "version": 1, "source": "alias"}, promotion
+        assert promotion["against_value"] == job["comparison"]["result"]["accuracy"], promotion
+        print(f"\nsecond prune: {promotion}")
     cmp = job["comparison"]
     print(f"\npruned MLP: {job['result']['metrics']} {cmp}")
     assert job["result"]["metrics"]["sparsity"] >= 0.49
     assert cmp["parent"]["accuracy"] >= 0.85
     assert cmp["result"]["accuracy"] >= cmp["parent"]["accuracy"] - 0.02
     assert job["result_files"], job
+    promotion = job["result"]["promotion"]  # the alias was unset: the parent's accuracy is the bar
+    assert promotion["against"]["source"] == "parent" and promotion["promoted"] == (
+        cmp["result"]["accuracy"] > cmp["parent"]["accuracy"]
+    ), promotion
+    aliases = (await client.get("/v1/models/mlp-prune")).json().get("aliases", {})
+    assert ("production" in aliases) == promotion["promoted"], aliases
     events = (await client.get(f"{JOBS}/{job['id']}/events")).json()["data"]
     assert any(ev["message"] == "comparison with the parent" for ev in events)
 

@@ -25,6 +25,7 @@ from workers.contract.compress_messages import COMPRESS_MESSAGE, Compressed
 from workers.contract.compress_spec import CompressSpec
 from workers.contract.finetune_check import file_ref, readable_paths, version_ref
 from workers.contract.finetune_messages import Error, Step
+from workers.finetune.compress_promote import promote
 from workers.finetune.fence import TrainingFailed, TrainingProcess
 from workers.finetune.job import JobContext, _Heartbeat, _results_file, _table
 
@@ -87,13 +88,17 @@ def _finish(
     table = _table(buffers)
     files = [_results_file(ctx, row, table)] if table["lines"] else []
     version = _register(ctx, row, spec, (base, proc), msg, _lineage(ctx, row, spec, base, msg))
-    result = {
+    result: dict[str, Any] = {
         "version": version,
         "comparison": msg.comparison,
         "metrics": dict(msg.metrics),
         "result_files": files,
     }
     ctx.store.add_event(row.id, "comparison with the parent", "info", **msg.comparison)
+    if spec.promote:
+        result["promotion"] = promote(ctx, row, spec, version, msg)
+        result["promoted"] = result["promotion"]["promoted"]
+        ctx.store.add_event(row.id, result["promotion"]["reason"])
     ctx.store.finish(
         row.id,
         ctx.owner,
