@@ -112,6 +112,9 @@ def create(
     ] = None,
     target_model: Annotated[str | None, Opt()] = None,
     seed: Annotated[int | None, Opt()] = None,
+    promote: Annotated[
+        str | None, Opt(help="alias of the result's model, moved if the result beats it")
+    ] = None,
     idempotency_key: Annotated[str | None, Opt()] = None,
     watch: Annotated[bool, Opt("--watch", help="follow the job and show the comparison")] = False,
     url: Url = DEFAULT_URL,
@@ -130,6 +133,7 @@ def create(
             "suffix": suffix,
             "target_model": target_model,
             "seed": seed,
+            "promote": promote,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         job = client.create_compression(body, idempotency_key)
