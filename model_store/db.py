@@ -202,6 +202,10 @@ class FineTuneJobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0006_compression: "fine-tune" or "compression" (same lease, events, cancel; its own spec)
+    kind: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="fine-tune", server_default="fine-tune"
+    )
     # a trial of a sweep (issue 14): its sweep and its number there, unique together
     sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("fine_tuning_sweeps.id"), nullable=True, index=True

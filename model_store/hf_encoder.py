@@ -26,8 +26,14 @@ DEFAULT_MAX_SEQ = 256
 HEAD_CONFIG = "kiln_head.json"
 HEAD_WEIGHTS = "kiln_head.safetensors"
 HEAD_TASKS = ("classification", "regression")
+# a compressed bundle (workers/finetune/compress_*): {"scheme": one of QUANT_SCHEMES}. int8: each
+# linear weight `W` is I8 with a per-row F32 scale `W` + SCALE_SUFFIX, the rest F16; at load the
+# attention projections (or, -all, every linear layer) run torch.ao dynamic int8, the rest fp32
+QUANT_CONFIG = "kiln_quant.json"
+QUANT_SCHEMES = ("dynamic-int8", "dynamic-int8-all", "fp16")
+SCALE_SUFFIX = ".kiln_scale"
 MAX_TOKENIZER_BYTES = 64 << 20
-_SMALL_JSON = ("config.json", "1_Pooling/config.json", "sentence_bert_config.json", HEAD_CONFIG)
+_SMALL_JSON = ("config.json", "1_Pooling/config.json", "sentence_bert_config.json", HEAD_CONFIG, QUANT_CONFIG)
 # validation holds only what it reads; of the weights only their header
 _VALIDATED = (*_SMALL_JSON, "tokenizer.json")
 _HEADERS_ONLY = {"model.safetensors": 8 + MAX_HEADER_BYTES, HEAD_WEIGHTS: 8 + MAX_HEADER_BYTES}
@@ -40,6 +46,7 @@ class EncoderBundle:
     config: dict[str, Any]
     max_seq_length: int
     head: dict[str, Any] | None = None  # the head config, when the bundle carries one
+    quant: str | None = None  # the scheme of a compressed bundle (QUANT_CONFIG)
 
     @property
     def hidden_size(self) -> int:
@@ -100,7 +107,18 @@ def open_bundle(source: Source, limits: ArtifactLimits, weights: bool = True) ->
     _check_pooling(files)
     header = read_header(files["model.safetensors"], bundle.sizes["model.safetensors"])
     check_weights(header, shape, limits)
-    return EncoderBundle(files, config, _max_seq(files, config), _check_head(bundle, shape.hidden))
+    head = _check_head(bundle, shape.hidden)
+    return EncoderBundle(files, config, _max_seq(files, config), head, _check_quant(bundle))
+
+
+def _check_quant(bundle: Bundle) -> str | None:
+    if QUANT_CONFIG not in bundle.sizes:
+        return None
+    quant = _json(bundle.files, QUANT_CONFIG)
+    scheme = quant.get("scheme") if isinstance(quant, dict) else None
+    if scheme not in QUANT_SCHEMES:
+        raise InvalidArtifact(f"{QUANT_CONFIG}: scheme must be one of {', '.join(QUANT_SCHEMES)}")
+    return str(scheme)
 
 
 def _check_head(bundle: Bundle, hidden: int) -> dict[str, Any] | None:

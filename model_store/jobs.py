@@ -31,6 +31,7 @@ from model_store.errors import Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("validating_files", "queued", "running", "paused")
+FINE_TUNE = "fine-tune"  # a row's kind; compression jobs share the table (workers/contract/compress_spec.py)
 MAX_ATTEMPTS = 5  # a job that kills its trainer this often fails instead of looping forever
 
 
@@ -52,8 +53,10 @@ class EpochRecord:
 
 
 class JobStore:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    """`kind` scopes the API's reads and actions to one kind of job (the trainer's are by id)."""
+
+    def __init__(self, sessions: sessionmaker[Session], kind: str = FINE_TUNE) -> None:
+        self.sessions, self.kind = sessions, kind
 
     # files ---------------------------------------------------------------------------------------
     def add_file(self, row: FileRow) -> FileRow:
@@ -138,7 +141,7 @@ class JobStore:
 
     def get_job(self, tenant_id: int, job_id: str) -> FineTuneJobRow:
         with self.sessions() as s:
-            return _job(s, tenant_id, job_id)
+            return _job(s, tenant_id, job_id, kind=self.kind)
 
     def job_by_id(self, job_id: str) -> FineTuneJobRow | None:
         with self.sessions() as s:
@@ -146,9 +149,11 @@ class JobStore:
 
     def list_jobs(self, tenant_id: int, after: str | None, limit: int) -> tuple[list[FineTuneJobRow], bool]:
         with self.sessions() as s:
-            q = select(FineTuneJobRow).where(FineTuneJobRow.tenant_id == tenant_id)
+            q = select(FineTuneJobRow).where(
+                FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.kind == self.kind
+            )
             if after:
-                anchor = _job(s, tenant_id, after)
+                anchor = _job(s, tenant_id, after, kind=self.kind)
                 q = q.where(
                     (FineTuneJobRow.created_at < anchor.created_at)
                     | ((FineTuneJobRow.created_at == anchor.created_at) & (FineTuneJobRow.id < anchor.id))
@@ -162,7 +167,7 @@ class JobStore:
     ) -> FineTuneJobRow:
         """Move a job between states (API actions: cancel, pause, resume)."""
         with self.sessions() as s:
-            row = _job(s, tenant_id, job_id, lock=True)
+            row = _job(s, tenant_id, job_id, lock=True, kind=self.kind)
             if row.status not in allowed:
                 raise Conflict(f"job is {row.status}; cannot move it to {to}")
             row.status = to
@@ -184,7 +189,7 @@ class JobStore:
 
     def events(self, tenant_id: int, job_id: str, after: int, limit: int) -> tuple[list[JobEventRow], bool]:
         with self.sessions() as s:
-            _job(s, tenant_id, job_id)
+            _job(s, tenant_id, job_id, kind=self.kind)
             rows = list(
                 s.scalars(
                     select(JobEventRow)
@@ -352,11 +357,14 @@ class JobStore:
             s.commit()
 
 
-def _job(s: Session, tenant_id: int, job_id: str, *, lock: bool = False) -> FineTuneJobRow:
+def _job(
+    s: Session, tenant_id: int, job_id: str, *, lock: bool = False, kind: str = FINE_TUNE
+) -> FineTuneJobRow:
     q = select(FineTuneJobRow).where(FineTuneJobRow.id == job_id, FineTuneJobRow.tenant_id == tenant_id)
+    q = q.where(FineTuneJobRow.kind == kind)
     row = s.scalar(q.with_for_update() if lock else q)
     if row is None:
-        raise NotFound(f"fine-tuning job {job_id!r} not found")
+        raise NotFound(f"{'fine-tuning' if kind == FINE_TUNE else kind} job {job_id!r} not found")
     return row
 
 

@@ -28,6 +28,7 @@ from service.metrics import GatewayMetrics
 from service.request_id import RequestIdMiddleware
 from service.routes import (
     async_results,
+    compress,
     files,
     finetune,
     health,
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(finetune.router)
     app.include_router(sweeps.router)
+    app.include_router(compress.router)
     app.include_router(key_routes.router)
     app.include_router(sharing_routes.router)
     app.include_router(async_results.router)

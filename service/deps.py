@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from model_store.registry import Registry
+from service.compress.service import CompressService
 from service.errors import Forbidden, PayloadTooLarge
 from service.finetune.jobs import FinetuneService
 from service.finetune.sweeps import SweepService
@@ -103,3 +104,10 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _compress(state: StateDep) -> CompressService:
+    return CompressService(state)
+
+
+CompressDep = Annotated[CompressService, Depends(_compress)]

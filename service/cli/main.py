@@ -13,6 +13,7 @@ import typer
 from service.cli import processes
 from service.cli.admin import db_app, keys_app, tenants_app
 from service.cli.client import KilnError, Unreachable
+from service.cli.compress import compress_app
 from service.cli.files import files_app, usage
 from service.cli.finetune import finetune_app
 from service.cli.models import models_app
@@ -41,6 +42,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(files_app, name="files")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(sweeps_app, name="sweeps")
+app.add_typer(compress_app, name="compress")
 app.command("usage")(usage)
 
 

@@ -42,9 +42,15 @@ OBJECT_PARAMS = {
 }  # a tenant's object
 TEXT_ROUTES = {("POST", p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")}
 # the body names tenant A's model (and files)
-BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs"), ("POST", "/v1/fine_tuning/sweeps"), *TEXT_ROUTES}
+BODY_NAMES_OBJECTS = {
+    ("POST", "/v1/fine_tuning/jobs"),
+    ("POST", "/v1/fine_tuning/sweeps"),
+    ("POST", "/v1/compression/jobs"),
+    *TEXT_ROUTES,
+}
 LEAKS = ("Traceback", 'File "', "/work/", "/tmp/", "/etc/", "127.0.0.1", "redis://", "postgresql", "sqlite")
 _seq = itertools.count()
+COMPRESSION = {"model": "clf", "method": "quantize"}  # tenant A's model
 
 
 def iter_routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:
@@ -80,7 +86,7 @@ class World:
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
-        self.train = self.valid = self.job = self.async_id = self.sweep = ""
+        self.train = self.valid = self.job = self.cjob = self.async_id = self.sweep = ""
 
     async def setup(self) -> None:
         assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
@@ -89,6 +95,7 @@ class World:
         self.train, self.valid = await setup_classifier(self.client)
         self.job = await self.new_job()
         self.sweep = await self.new_sweep()
+        self.cjob = await self.new_compression()
         r = await self.client.post(
             "/v2/models/demo/infer",
             json=infer_body("x", [1, 2, 3, 4], [1, 4]),
@@ -109,6 +116,11 @@ class World:
             assert (await self.client.post(f"/v1/fine_tuning/jobs/{job_id}/pause")).status_code == 200
         return job_id
 
+    async def new_compression(self) -> str:
+        r = await self.client.post("/v1/compression/jobs", json=COMPRESSION)
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
     async def path(self, method: str, path: str) -> str:
         values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
         values.update(file_id=self.train, job_id=self.job, request_id=self.async_id, sweep_id=self.sweep)
@@ -117,8 +129,12 @@ class World:
             values["key_id"] = str((await new_key(self.client, ["manage"]))[0])
         if method == "DELETE" and "{file_id}" in path:
             values["file_id"] = (await upload(self.client, jsonl(*rows(40, 3)))).json()["id"]
+        compression = path.startswith("/v1/compression/")
+        if compression:
+            values["job_id"] = self.cjob
         if method == "POST" and "{job_id}" in path:  # cancel / pause / resume change the job
-            values["job_id"] = await self.new_job(paused=path.endswith("/resume"))
+            new = self.new_compression() if compression else self.new_job(paused=path.endswith("/resume"))
+            values["job_id"] = await new
         if method == "POST" and "{sweep_id}" in path:  # cancel / promote change the sweep
             values["sweep_id"] = await self.new_sweep(finished=path.endswith("/promote"))
         return path.format(**values)
@@ -141,6 +157,8 @@ class World:
             return {"json": job_body(self.train, self.valid)}
         if (method, path) == ("POST", "/v1/fine_tuning/sweeps"):
             return {"json": sweep_body(self.train, self.valid, {"method": "grid"})}
+        if (method, path) == ("POST", "/v1/compression/jobs"):
+            return {"json": COMPRESSION}
         return await _body(self.client, method, path)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from model_store.blobs import BlobStore
 from model_store.channel import FenceError
@@ -60,8 +60,16 @@ class TrainingProcess:
     """One job's fenced training process and the messages it sends."""
 
     def __init__(
-        self, args: dict[str, Any], read: list[Path], limits: FenceLimits, rank: RankFence | None = None
+        self,
+        args: dict[str, Any],
+        read: list[Path],
+        limits: FenceLimits,
+        rank: RankFence | None = None,
+        target: str | None = None,
+        messages: TypeAdapter[Any] = JOB_MESSAGE,
     ) -> None:
+        """`rank`: one rank of a distributed job; `target` and `messages`: what the child runs
+        and sends (default: a fine-tune)."""
         gpu = limits.use_gpu()
         spec = FenceSpec(
             read=tuple(str(p) for p in read),
@@ -72,11 +80,11 @@ class TrainingProcess:
             require=limits.require,
             **(rank._asdict() if rank is not None else {}),
         )
-        self.limits = limits
+        self.limits, self.messages = limits, messages
         self.device = "cuda" if gpu else "cpu"
         try:
             self.child = FencedChild(
-                TRAIN_TARGET,
+                target or TRAIN_TARGET,
                 {**args, "device": self.device, "threads": limits.threads},
                 spec,
             )
@@ -119,7 +127,7 @@ class TrainingProcess:
             self._stop(1.0)
             raise _died(FenceDied(str(header["died"])[:300]), self.limits)
         try:
-            return JOB_MESSAGE.validate_python(header), [bytes(b) for b in buffers]
+            return self.messages.validate_python(header), [bytes(b) for b in buffers]
         except ValidationError as exc:
             self._stop()
             raise TrainingFailed("protocol_error", "the training process sent a malformed message") from exc

@@ -29,10 +29,12 @@ from model_store.jobs import JobStore, LeaseLost
 from model_store.registry import Registry
 from workers.common.retry import run_until_stopped
 from workers.common.signals import stop_on_signals
+from workers.contract.compress_spec import KIND as COMPRESSION
 from workers.contract.finetune_check import FenceLimits
 from workers.contract.finetune_queue import JobQueue
 from workers.contract.redis_keys import RedisKeys
 from workers.contract.sweep_spec import SWEEP_PREFIX
+from workers.finetune.compress_job import execute_compression
 from workers.finetune.errors import describe_error
 from workers.finetune.fence import TrainingFailed
 from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
@@ -104,7 +106,9 @@ class Trainer:
     def run(self) -> None:
         log.info("trainer %s started", self.trainer_id)
         # the training child's module is imported once by the fork server, not by every job
-        fence.preload("workers.common.fork_server_init", "workers.finetune.child")
+        fence.preload(
+            "workers.common.fork_server_init", "workers.finetune.child", "workers.finetune.compress_child"
+        )
         threading.Thread(target=fence.prestart, name="kiln-fence-prestart", daemon=True).start()
         # sweeps advance (new trials, pruning) while this trainer is busy with a job, too
         interval = self.config.reconcile_interval_s
@@ -168,7 +172,11 @@ class Trainer:
 
     def _run(self, job_id: str) -> str:
         try:
-            execute(self.ctx, job_id)
+            row = self.store.job_by_id(job_id)
+            if row is not None and row.kind == COMPRESSION:
+                execute_compression(self.ctx, job_id)
+            else:
+                execute(self.ctx, job_id)
             return "succeeded"
         except LeaseLost:
             return self._lost(job_id)

@@ -28,7 +28,8 @@ class HFEncoderRunner:
         if threads:
             torch.set_num_threads(threads)
         bundle = open_bundle(io.BytesIO(data), limits)  # refused before anything is built
-        model, self._wants_types = build_encoder(bundle)
+        # dynamic int8 (a quantised bundle) runs on CPU; on a GPU its weights run dequantised
+        model, self._wants_types = build_encoder(bundle, serve=device == "cpu")
         self.device = device
         self._torch = torch
         self._device = torch.device(device)

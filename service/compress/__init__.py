@@ -1,0 +1,1 @@
+"""Compression jobs as the gateway sees them: creation, reading, cancel, public shapes."""
