@@ -74,22 +74,6 @@ class JobStore:
             q = select(FileRow).where(FileRow.tenant_id == tenant_id).order_by(FileRow.created_at.desc())
             return list(s.scalars(q))
 
-    def delete_file(self, tenant_id: int, file_id: str) -> None:
-        with self.sessions() as s:
-            row = s.get(FileRow, file_id)
-            if row is None or row.tenant_id != tenant_id:
-                raise NotFound(f"file {file_id!r} not found")
-            in_use = s.scalar(
-                select(FineTuneJobRow.id).where(
-                    FineTuneJobRow.status.in_(ACTIVE),
-                    (FineTuneJobRow.training_file == file_id) | (FineTuneJobRow.validation_file == file_id),
-                )
-            )
-            if in_use is not None:
-                raise Conflict(f"file {file_id!r} is used by the active job {in_use}")
-            s.delete(row)
-            s.commit()
-
     # idempotency ---------------------------------------------------------------------------------
     def reserve_key(self, tenant_id: int, key: str, body_sha256: str) -> str | None:
         """Reserve an Idempotency-Key; returns the job id of an earlier identical request, if any.

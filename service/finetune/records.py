@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
+from model_store.blob_refs import delete_file
 from model_store.blobs import BlobStore
 from model_store.db import FileRow
 from model_store.jobs import TERMINAL, JobStore
@@ -65,15 +66,11 @@ class FinetuneRecords:
         return file_public(await run_in_threadpool(self.store.get_file, tenant_id, file_id))
 
     async def delete_file(self, tenant_id: int, file_id: str) -> None:
-        await run_in_threadpool(self.store.delete_file, tenant_id, file_id)
+        """NotFound, or Conflict saying what still needs it; the blob goes once nothing does."""
+        await run_in_threadpool(delete_file, self.store.sessions, self.blobs, tenant_id, file_id)
 
-    async def file_content(self, tenant_id: int, file_id: str) -> tuple[FileRow, bytes]:
-        """The file's row and its bytes (checked against their digest)."""
-        return await run_in_threadpool(self._content, tenant_id, file_id)
-
-    def _content(self, tenant_id: int, file_id: str) -> tuple[FileRow, bytes]:
-        row = self.store.get_file(tenant_id, file_id)
-        return row, self.blobs.read_verified(row.sha256)
+    async def file_row(self, tenant_id: int, file_id: str) -> FileRow:
+        return await run_in_threadpool(self.store.get_file, tenant_id, file_id)
 
     # jobs ----------------------------------------------------------------------------------------
     async def list_jobs(self, tenant_id: int, after: str | None, limit: int) -> JobList:

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.contract.finetune_spec import Hyperparameters, Task
+from service.finetune.openai_compat import normalize
+from workers.contract.finetune_spec import Hyperparameters, Task, check_metric
 
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -25,9 +26,22 @@ class JobCreate(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     promote: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    promote_metric: str | None = Field(
+        default=None, max_length=32, description="what promotion and early stopping compare"
+    )
+    keep_checkpoints: int = Field(
+        default=1, ge=0, le=100, description="when the job ends, keep the best and this many last"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_shapes(cls, data: Any) -> Any:
+        """OpenAI's names, "auto" and `method` (service/finetune/openai_compat.py)."""
+        return normalize(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> JobCreate:
+        check_metric(self.task, self.promote_metric)
         if self.validation_file and self.validation_split:
             raise ValueError("give validation_file or validation_split, not both")
         if self.suffix and self.target_model:
@@ -45,6 +59,7 @@ class FilePublic(BaseModel):
     format: str
     sha256: str
     stats: dict[str, Any]
+    status: str = "processed"  # OpenAI's: validated at upload, so always processed
 
 
 class FileList(BaseModel):
@@ -73,6 +88,11 @@ class JobPublic(BaseModel):
     promote: str | None
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
+    promote_metric: str | None = None
+    method: dict[str, Any] | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    organization_id: str | None = None
 
 
 class JobList(BaseModel):

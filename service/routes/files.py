@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from service.deps import FinetuneDep, FinetunePrincipal
+from service.downloads import blob_response
 from service.errors import PayloadTooLarge
 from service.finetune.schemas import FileList, FilePublic
 
@@ -45,8 +46,6 @@ async def delete_file(file_id: str, principal: FinetunePrincipal, svc: FinetuneD
 
 @router.get("/{file_id}/content")
 async def file_content(file_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> Response:
-    row, data = await svc.records.file_content(principal.tenant_id, file_id)
+    row = await svc.records.file_row(principal.tenant_id, file_id)
     media = "text/csv" if row.format == "csv" else "application/jsonl"
-    return Response(
-        data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{row.id}"'}
-    )
+    return await blob_response(svc.state.blobs, row.sha256, row.filename, media)

@@ -11,9 +11,10 @@ child -> parent, during a job (train_main):
   step     one optimizer step: row {step, epoch, train_loss, lr}, seconds
   epoch    one finished epoch: epoch, step, valid (validation metrics), checkpoint (file name in
            the child's temp dir); its step rows are the `step` messages before it
-  done     the final metrics, epochs_completed, stopped_early, format, signature, artifact (file
-           name in the child's temp dir); one buffer: JSON {lines, labels, predicted,
-           parent_predicted} for the results file
+  done     the final metrics, epochs_completed, stopped_early, best_epoch (the epoch early
+           stopping restored, or null), trained_tokens (text models, else null), format,
+           signature, artifact (file name in the child's temp dir); one buffer: JSON {lines,
+           labels, predicted, parent_predicted[, probabilities]} for the results file
   error    the job cannot go on: code (a readable class, or "" for the model's own error), message
 child -> parent, one answer each: checked (check_main), evaluated (evaluate_main).
 parent -> child: nothing during a job (closing the pipe stops it); one request for check/evaluate.
@@ -73,6 +74,8 @@ class Done(_Msg):
     metrics: dict[str, float | bool]
     epochs_completed: int = Field(ge=0)
     stopped_early: bool
+    best_epoch: int | None = Field(default=None, ge=1)
+    trained_tokens: int | None = Field(default=None, ge=0)
     format: Literal["torchscript", "hf-encoder"]
     signature: dict[str, Any]
     artifact: str = Field(max_length=64)

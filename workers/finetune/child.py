@@ -137,10 +137,12 @@ def _train(channel: Channel, args: dict[str, Any]) -> None:
     built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, seed)
     run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode)
     parent_metrics = run.evaluate()
-    parent_predictions = run.predictions()
+    parent_predictions, _ = run.predictions()
     ckpt = args.get("checkpoint")
     if ckpt is not None:
         run.load_state(read_checked(ckpt))
+    if args.get("best_checkpoint"):
+        run.load_best(read_checked(args["best_checkpoint"]))
     _send(
         channel,
         "started",
@@ -171,13 +173,17 @@ def _train(channel: Channel, args: dict[str, Any]) -> None:
 
 
 def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any], tmp: Path) -> None:
+    restored = run.restore_best()
     final = run.evaluate()
-    table = {
+    predicted, probabilities = run.predictions()
+    table: dict[str, Any] = {
         "lines": run.valid_lines,
         "labels": run.valid_y.cpu().tolist(),
-        "predicted": run.predictions(),
+        "predicted": predicted,
         "parent_predicted": parent_predictions,
     }
+    if probabilities is not None:
+        table["probabilities"] = probabilities
     run.module.to("cpu")
     run.module.eval()
     data, fmt = built.export(run.module)
@@ -189,6 +195,8 @@ def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any
         metrics=final,
         epochs_completed=run.progress.epoch,
         stopped_early=run.progress.stopped_early,
+        best_epoch=run.progress.best_epoch if restored else None,
+        trained_tokens=run.trained_tokens,
         format=fmt,
         artifact=RESULT_NAME,
         signature=run.sig.model_dump(mode="json"),

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from model_store.blob_refs import prune_checkpoints
 from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
@@ -119,14 +120,26 @@ def evaluate_in_fence(ctx: JobContext, row: FineTuneJobRow, version: ResolvedVer
     return evaluate_version(args, readable_paths(args), ctx.limits)
 
 
+def _resume_args(ctx: JobContext, row: FineTuneJobRow, args: dict[str, Any]) -> None:
+    """Resume from the last checkpoint and, when early stopping's best epoch is an earlier one,
+    hand its checkpoint over too (its weights are what the result restores)."""
+    ckpt = ctx.store.latest_checkpoint(row.id)
+    if ckpt is None:
+        return
+    args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
+    best = ckpt.metrics.get("best_epoch")
+    if best and int(best) != ckpt.epoch:
+        found = [c for c in ctx.store.checkpoints(row.tenant_id, row.id) if c.epoch == int(best)]
+        if found:
+            args["best_checkpoint"] = {"path": _blob(ctx, found[0].sha256), "sha256": found[0].sha256}
+
+
 def execute(ctx: JobContext, job_id: str) -> None:
     row = ctx.store.job_by_id(job_id)
     assert row is not None
     base = ctx.registry.by_version_id(row.base_version_id)
     args = child_args(ctx, row, base)
-    ckpt = ctx.store.latest_checkpoint(job_id)
-    if ckpt is not None:
-        args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
+    _resume_args(ctx, row, args)
     beat = _Heartbeat(ctx, job_id)
     with TrainingProcess(args, readable_paths(args), ctx.limits) as proc:
         while True:
@@ -178,7 +191,9 @@ def _table(buffers: list[bytes]) -> dict[str, list[Any]]:
         table = json.loads(buffers[0]) if len(buffers) == 1 else None
     except ValueError:
         table = None
-    keys = ("lines", "labels", "predicted", "parent_predicted")
+    keys = ["lines", "labels", "predicted", "parent_predicted"]
+    if isinstance(table, dict) and "probabilities" in table:
+        keys.append("probabilities")
     if not isinstance(table, dict) or not all(isinstance(table.get(k), list) for k in keys):
         raise TrainingFailed("protocol_error", "the training process sent malformed results")
     if len({len(table[k]) for k in keys}) != 1:
@@ -205,6 +220,8 @@ def _finish(
         "version": version,
         "epochs_completed": done.epochs_completed,
         "stopped_early": done.stopped_early,
+        "best_epoch": done.best_epoch,
+        "trained_tokens": done.trained_tokens,
         "result_files": [results_file],
     }
     if spec.promote:
@@ -222,6 +239,22 @@ def _finish(
         result=result,
         message=f"fine-tuned model {row.target_model}:{version} is ready",
     )
+    try:  # the job has succeeded: tidying its checkpoints must not fail it
+        best = done.best_epoch or _best_epoch(ctx, row)
+        pruned = prune_checkpoints(ctx.store.sessions, ctx.blobs, row.id, spec.keep_checkpoints, best)
+    except Exception:
+        log.exception("job %s: pruning its checkpoints failed", row.id)
+        return
+    if pruned:
+        ctx.store.add_event(
+            row.id, f"deleted the checkpoints of epochs {pruned} (kept the best and the last)"
+        )
+
+
+def _best_epoch(ctx: JobContext, row: FineTuneJobRow) -> int | None:
+    last = ctx.store.latest_checkpoint(row.id)
+    best = (last.metrics if last is not None else {}).get("best_epoch")
+    return int(best) if best else None
 
 
 def _lineage(
@@ -307,9 +340,9 @@ def _results_file(ctx: JobContext, row: FineTuneJobRow, table: dict[str, list[An
     (CSV, a file of purpose fine-tune-results): what the fine-tune fixed, and what it broke."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["line", "label", "predicted", "parent_predicted"])
-    for line, label, new, old in zip(*table.values(), strict=True):
-        writer.writerow([line, _cell(label), _cell(new), _cell(old)])
+    writer.writerow(["line", "label", "predicted", "parent_predicted", "probabilities"][: len(table)])
+    for cells in zip(*table.values(), strict=True):
+        writer.writerow([cells[0], *(_cell(c) for c in cells[1:])])
     data = out.getvalue().encode()
     sha, size = ctx.blobs.put_bytes(data)
     file_id = new_id("file")
