@@ -48,10 +48,13 @@ def normalize(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _method(method: Any) -> dict[str, Any]:
-    if not isinstance(method, dict) or set(method) - {"type", "supervised"}:
-        raise ValueError('method must be {"type": "supervised", "supervised": {"hyperparameters": {...}}}')
+    shape = 'method must be {"type": "supervised", "supervised": {"hyperparameters": {...}}}'
+    if not isinstance(method, dict):
+        raise ValueError(shape)
     if method.get("type") != "supervised":
         raise ValueError(f"method type {method.get('type')!r} is not supported; use 'supervised'")
+    if set(method) - {"type", "supervised"}:
+        raise ValueError(shape)
     supervised = method.get("supervised") or {}
     if not isinstance(supervised, dict) or set(supervised) - {"hyperparameters"}:
         raise ValueError("method.supervised may hold only hyperparameters")

@@ -58,9 +58,11 @@ class FinetuneRecords:
         self.engine = engine
 
     # files ---------------------------------------------------------------------------------------
-    async def list_files(self, tenant_id: int) -> FileList:
-        rows = await run_in_threadpool(self.store.list_files, tenant_id)
-        return FileList(data=[file_public(r) for r in rows])
+    async def list_files(
+        self, tenant_id: int, after: str | None, limit: int, purpose: str | None
+    ) -> FileList:
+        rows, more = await run_in_threadpool(self.store.list_files, tenant_id, after, limit, purpose)
+        return FileList(data=[file_public(r) for r in rows], has_more=more)
 
     async def get_file(self, tenant_id: int, file_id: str) -> FilePublic:
         return file_public(await run_in_threadpool(self.store.get_file, tenant_id, file_id))

@@ -65,6 +65,7 @@ class FilePublic(BaseModel):
 class FileList(BaseModel):
     object: str = "list"
     data: list[FilePublic]
+    has_more: bool = False
 
 
 class JobPublic(BaseModel):

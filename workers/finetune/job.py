@@ -231,6 +231,7 @@ def _finish(
         result["promotion"] = decide(ctx, cand, spec, (base, parent), evaluate)
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
+    _prune(ctx, row, spec, done)
     ctx.store.finish(
         row.id,
         ctx.owner,
@@ -239,9 +240,15 @@ def _finish(
         result=result,
         message=f"fine-tuned model {row.target_model}:{version} is ready",
     )
-    try:  # the job has succeeded: tidying its checkpoints must not fail it
-        best = done.best_epoch or _best_epoch(ctx, row)
-        pruned = prune_checkpoints(ctx.store.sessions, ctx.blobs, row.id, spec.keep_checkpoints, best)
+
+
+def _prune(ctx: JobContext, row: FineTuneJobRow, spec: JobSpec, done: Done) -> None:
+    """The result is registered: keep the best epoch's checkpoint and the last N, delete the rest
+    (before the job's last event, so that a follower of the events sees it). Never fails the job."""
+    try:
+        last = ctx.store.latest_checkpoint(row.id)
+        best = done.best_epoch or int((last.metrics if last is not None else {}).get("best_epoch") or 0)
+        pruned = prune_checkpoints(ctx.store.sessions, ctx.blobs, row.id, spec.keep_checkpoints, best or None)
     except Exception:
         log.exception("job %s: pruning its checkpoints failed", row.id)
         return
@@ -249,12 +256,6 @@ def _finish(
         ctx.store.add_event(
             row.id, f"deleted the checkpoints of epochs {pruned} (kept the best and the last)"
         )
-
-
-def _best_epoch(ctx: JobContext, row: FineTuneJobRow) -> int | None:
-    last = ctx.store.latest_checkpoint(row.id)
-    best = (last.metrics if last is not None else {}).get("best_epoch")
-    return int(best) if best else None
 
 
 def _lineage(
