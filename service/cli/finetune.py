@@ -1,7 +1,6 @@
 """`kiln finetune ...`: fine-tune jobs over HTTP (create, list, get, cancel, ..., plot)."""
 
 import json
-import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from service.cli.curve import watch
 from service.cli.files import when
 from service.cli.output import note, print_json, table
 from service.cli.remote import DEFAULT_URL, AsJson, Key, Url, connect
@@ -115,7 +115,9 @@ def create(
     hyperparameters: Annotated[str | None, Opt(help="JSON object of further hyperparameters")] = None,
     idempotency_key: Annotated[str | None, Opt()] = None,
     dry_run: Annotated[bool, Opt("--dry-run")] = False,
-    watch: Annotated[bool, Opt("--watch", help="show a progress bar until the job finishes")] = False,
+    watch_: Annotated[
+        bool, Opt("--watch", help="show a progress bar and the live loss curve until the job finishes")
+    ] = False,
     url: Url = DEFAULT_URL,
     key: Key = "",
 ) -> None:
@@ -126,11 +128,10 @@ def create(
     )  # fmt: skip
     with connect(url, key) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))
-        if dry_run or not watch:
+        if dry_run or not watch_:
             print_json(job)
             return
-        job = client.wait_job(job["id"], on_update=lambda j: print(progress_line(j), end="", file=sys.stderr))
-    print(file=sys.stderr)
+        job = watch(client.wait_job, job["id"], progress_line)
     print_json(job)
     if job["status"] != "succeeded":
         raise typer.Exit(1)
