@@ -127,3 +127,38 @@ async def test_bad_metric_choices_are_refused(client, extra, needle) -> None:
     train, valid = await setup_classifier(client)
     r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, **extra))
     assert r.status_code == 422 and needle in r.text, r.text
+
+
+async def test_a_checkpoint_becomes_a_version(client, settings, trainer) -> None:
+    import torch
+
+    train, valid = await setup_classifier(client)
+    body = job_body(train, valid, keep_checkpoints=3, hyperparameters={"epochs": 3})
+    job = await wait_for(client, (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"])
+    assert job["status"] == "succeeded", job
+    ckpts = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")).json()["data"]
+    first = ckpts[0]
+    assert first["epoch"] == 1 and len(ckpts) == 3
+    url = f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/{first['id']}/promote"
+
+    other = {"Authorization": f"Bearer {make_key(settings, ['manage', 'finetune'], tenant='other')}"}
+    assert (await client.post(url, headers=other)).status_code == 404
+    for bad in ("ftckpt-999999999", "ftckpt-x", "1; drop"):
+        r = await client.post(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/{bad}/promote")
+        assert r.status_code == 404, r.text
+
+    r = await client.post(url)
+    assert r.status_code == 201, r.text
+    version = r.json()
+    assert version["version"] == 2 and version["lineage"]["checkpoint"]["epoch"] == 1
+    assert version["lineage"]["job_id"] == job["id"]
+    again = await client.post(url)  # the same checkpoint again: the version it made
+    assert again.status_code == 201 and again.json()["version"] == 2
+
+    # the exported weights are epoch 1's: the accuracy its checkpoint recorded
+    data = (await client.get("/v1/models/clf-tuned/versions/2/content")).content
+    module = torch.jit.load(io.BytesIO(data))
+    x, y = rows(120, 2)
+    with torch.no_grad():
+        pred = module(torch.from_numpy(x)).argmax(dim=1).numpy()
+    assert float((pred == y).mean()) == pytest.approx(first["metrics"]["accuracy"], abs=1e-6)

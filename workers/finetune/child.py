@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import json
 import os
 import signal
@@ -221,6 +222,37 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
         _send(channel, "checked", ok=False, message=f"the model could not be built: {_model_error(exc)}")
         return
     _send(channel, "checked", ok=True, counts=counts)
+
+
+# a checkpoint made a version (POST .../checkpoints/{id}/promote) ------------------------------------
+def export_main(channel: Channel, args: dict[str, Any]) -> None:
+    """Build the job's model as training did, load a checkpoint's weights, export it; one answer."""
+    channel.recv()
+    spec = JobSpec.model_validate(args["spec"])
+    try:
+        train, valid = load_data(args, spec)
+        device = torch.device("cpu")
+        built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, 0)
+        state = torch.load(
+            io.BytesIO(read_checked(args["checkpoint"])), map_location=device, weights_only=True
+        )
+        built.module.load_state_dict(state["model"])
+        built.module.eval()
+        data, fmt = built.export(built.module)
+        (Path(os.environ["TMPDIR"]) / RESULT_NAME).write_bytes(data)
+    except READABLE as exc:
+        _send(channel, "exported", ok=False, message=str(exc)[:500])
+        return
+    except Exception as exc:
+        _send(
+            channel,
+            "exported",
+            ok=False,
+            message=f"the checkpoint could not be exported: {_model_error(exc)}",
+        )
+        return
+    sig = built.sig.model_dump(mode="json")
+    _send(channel, "exported", ok=True, artifact=RESULT_NAME, format=fmt, signature=sig)
 
 
 # promotion: another version evaluated on the job's validation data ---------------------------------
