@@ -68,6 +68,11 @@ async def test_metrics_checkpoints_download_and_deletes(client, settings, traine
     assert all(blobs.path_for(c["sha256"]).exists() for c in ckpts)
     events = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/events")).json()["data"]
     assert any(e["message"].startswith("deleted the checkpoints of epochs") for e in events)
+    per_epoch = [e["data"] for e in events if e["type"] == "metrics"]
+    assert [d["epoch"] for d in per_epoch] == [1, 2, 3, 4, 5]
+    assert all(
+        {"accuracy", "f1", "roc_auc", "log_loss", "valid_loss", "best_epoch"} <= set(d) for d in per_epoch
+    )
 
     # the version's artifact, streamed, with its digest as the ETag
     version = (await client.get("/v1/models/clf-tuned/versions/1")).json()
