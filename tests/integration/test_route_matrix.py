@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 from fastapi.routing import APIRoute
 
+from service.settings import Settings
 from tests.conftest import WorkerThread
 from tests.ft_data import jsonl, rows
-from tests.integration.ft_helpers import job_body, setup_classifier, upload
+from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
 from tests.integration.helpers import infer_body, register
 from tests.integration.tenancy import new_key, new_tenant
 from tests.models import demo_onnx_bytes
@@ -35,6 +36,7 @@ OBJECT_PARAMS = {
     "file_id",
     "job_id",
     "request_id",
+    "checkpoint_id",
 }  # a tenant's object
 BODY_NAMES_OBJECTS = {("POST", "/v1/fine_tuning/jobs")}  # the body names tenant A's model and files
 LEAKS = ("Traceback", 'File "', "/work/", "/tmp/", "/etc/", "127.0.0.1", "redis://", "postgresql", "sqlite")
@@ -72,15 +74,17 @@ def route_table(app: Any) -> list[tuple[str, str, APIRoute]]:
 class World:
     """Tenant A's objects that the routes name."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self.client, self.settings = client, settings
         self.train = self.valid = self.job = self.async_id = ""
+        self.trained = self.checkpoint = ""  # a finished job and one of its checkpoints
 
     async def setup(self) -> None:
         assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
         r = await self.client.put("/v1/models/demo/aliases/staging", json={"version": 1})
         assert r.status_code == 200
         self.train, self.valid = await setup_classifier(self.client)
+        await self.train_one()  # before any other job: its trainer would train those too
         self.job = await self.new_job()
         r = await self.client.post(
             "/v2/models/demo/infer",
@@ -94,6 +98,20 @@ class World:
             assert time.monotonic() < deadline, "the asynchronous request was never answered"
             await asyncio.sleep(0.05)
 
+    async def train_one(self) -> None:
+        trainer = TrainerThread(self.settings).start()
+        try:
+            body = job_body(self.train, self.valid, suffix="trained", hyperparameters={"epochs": 1})
+            job = await wait_for(
+                self.client, (await self.client.post("/v1/fine_tuning/jobs", json=body)).json()["id"]
+            )
+        finally:
+            trainer.stop()
+        assert job["status"] == "succeeded", job
+        self.trained = job["id"]
+        r = await self.client.get(f"/v1/fine_tuning/jobs/{self.trained}/checkpoints")
+        self.checkpoint = r.json()["data"][0]["id"]
+
     async def new_job(self, paused: bool = False) -> str:
         r = await self.client.post("/v1/fine_tuning/jobs", json=job_body(self.train, self.valid))
         assert r.status_code == 200, r.text
@@ -105,6 +123,9 @@ class World:
     async def path(self, method: str, path: str) -> str:
         values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
         values.update(file_id=self.train, job_id=self.job, request_id=self.async_id)
+        if "{checkpoint_id}" in path:  # promoting a checkpoint: the trained job's
+            values.update(job_id=self.trained, checkpoint_id=self.checkpoint)
+            return path.format(**values)
         if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
             # (a manage key: revoking or rotating needs at least the target key's power)
             values["key_id"] = str((await new_key(self.client, ["manage"]))[0])
@@ -158,8 +179,8 @@ def _class(status: int) -> str:
     return "2xx" if 200 <= status < 300 else str(status)
 
 
-async def test_route_by_credential_matrix(client, worker: WorkerThread) -> None:
-    world = World(client)
+async def test_route_by_credential_matrix(client, settings, worker: WorkerThread) -> None:
+    world = World(client, settings)
     await world.setup()
     creds: dict[str, dict[str, str]] = {"none": {"Authorization": ""}}
     for scope in SCOPES:
