@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import NotFoundError, OpenAI, UnprocessableEntityError
+from openai import ConflictError, NotFoundError, OpenAI, UnprocessableEntityError
 
 from service.cli.client import KilnClient
 from tests.e2e.conftest import AUTH
@@ -92,21 +92,30 @@ def test_openai_sdk_files_and_jobs(stack: Stack, tmp_path: Path) -> None:
     assert cancelled.status == "cancelled"
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [second.id, job.id]
 
+    _refusals_and_deletes(stack, client, train.id, valid.id, job.id, done.result_files)
+
+
+def _refusals_and_deletes(
+    stack: Stack, client: OpenAI, train: str, valid: str, job: str, result_files: list[str]
+) -> None:
     # hostile: a method this platform does not run, a string where a number goes
     for bad in (
         {"type": "dpo", "dpo": {}},
         {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "3"}}},
     ):
         with pytest.raises(UnprocessableEntityError):
-            client.fine_tuning.jobs.create(model="clf", training_file=train.id, method=bad)  # type: ignore[arg-type]
+            client.fine_tuning.jobs.create(model="clf", training_file=train, method=bad)  # type: ignore[arg-type]
 
     # files: a dataset a version's lineage names stays; an unused one is deleted
-    (results,) = done.result_files
+    with pytest.raises(ConflictError) as conflict:
+        client.files.delete(train)
+    assert "lineage of clf-oai:1" in str(conflict.value.body)  # our error body: {"error", "code"}
+    (results,) = result_files
     assert client.files.delete(results).deleted is True
     with pytest.raises(NotFoundError):
         client.files.retrieve(results)
     other = OpenAI(base_url=f"{stack.url}/v1", api_key=_tenant_key(stack.url, "other"), max_retries=0)
     with pytest.raises(NotFoundError):
-        other.files.delete(valid.id)
+        other.files.delete(valid)
     with pytest.raises(NotFoundError):
-        other.fine_tuning.jobs.cancel(job.id)
+        other.fine_tuning.jobs.cancel(job)
