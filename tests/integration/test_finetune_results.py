@@ -167,3 +167,49 @@ async def test_a_checkpoint_becomes_a_version(client, settings, trainer) -> None
     with torch.no_grad():
         pred = module(torch.from_numpy(x)).argmax(dim=1).numpy()
     assert float((pred == y).mean()) == pytest.approx(first["metrics"]["accuracy"], abs=1e-6)
+
+
+async def test_early_stopping_restores_the_best_epoch_through_the_trainer(client, settings, trainer) -> None:
+    """Validation loss falls until epoch 2 and rises after (tests/unit/test_early_stopping.py has
+    the arithmetic): the job stops after epoch 4, its result is epoch 2's model."""
+    import torch
+
+    from tests.integration.helpers import register
+    from tests.models import torchscript_bytes
+    from tests.unit.test_early_stopping import SIG, Slope
+
+    sig = SIG.model_dump(mode="json")
+    assert (
+        await register(client, "slope", torchscript_bytes(Slope()), "torchscript", signature=sig)
+    ).status_code == 201
+
+    def data(k: float) -> bytes:
+        return "".join(f'{{"input": [{x}], "label": {k * x}}}\n' for x in [1.0, -1.0] * 4).encode()
+
+    train = (await upload(client, data(3.0))).json()["id"]
+    valid = (await upload(client, data(1.0), "valid.jsonl")).json()["id"]
+    hp = {
+        "epochs": 20,
+        "batch_size": 8,
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+        "early_stopping": {"patience": 2},
+    }
+    body = {"model": "slope", "training_file": train, "validation_file": valid, "task": "regression"}
+    r = await client.post("/v1/fine_tuning/jobs", json={**body, "hyperparameters": hp, "seed": 1})
+    assert r.status_code == 200, r.text
+    job = await wait_for(client, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["stopped_early"] and result["epochs_completed"] == 4 and result["best_epoch"] == 2
+    valid_rows = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics")).json()["valid"]
+    losses = [v["valid_loss"] for v in valid_rows]
+    assert losses[1] < losses[0] and losses[1] < losses[2] < losses[3]
+    assert result["metrics"]["valid_loss"] == pytest.approx(losses[1])
+    assert result["metrics"]["r2"] == pytest.approx(valid_rows[1]["r2"])
+    ckpts = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")).json()["data"]
+    assert [c["epoch"] for c in ckpts] == [2, 4]  # the best and the last
+
+    served = (await client.get("/v1/models/slope-ft/versions/1/content")).content
+    module = torch.jit.load(io.BytesIO(served))
+    assert float(module.lin.weight.detach().reshape(())) == pytest.approx(1.08, abs=1e-5)
