@@ -39,6 +39,8 @@ class JobRequest:
     learning_rate: float | None = None
     optimizer: str | None = None
     hyperparameters: str | None = None
+    promote_metric: str | None = None
+    keep_checkpoints: int | None = None
 
 
 def _file_id(client: Any, ref: str | None) -> str | None:
@@ -70,6 +72,8 @@ def job_body(req: JobRequest, client: Any) -> dict[str, Any]:
         "seed": req.seed,
         "validation_split": req.validation_split,
         "promote": req.promote,
+        "promote_metric": req.promote_metric,
+        "keep_checkpoints": req.keep_checkpoints,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     named = req.model.split(":", 1)[0]
@@ -113,6 +117,12 @@ def create(
     learning_rate: Annotated[float | None, Opt()] = None,
     optimizer: Annotated[str | None, Opt()] = None,
     hyperparameters: Annotated[str | None, Opt(help="JSON object of further hyperparameters")] = None,
+    promote_metric: Annotated[
+        str | None, Opt(help="what promotion and early stopping compare (default accuracy / r2)")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, Opt(help="checkpoints kept at the end beside the best (default 1)")
+    ] = None,
     idempotency_key: Annotated[str | None, Opt()] = None,
     dry_run: Annotated[bool, Opt("--dry-run")] = False,
     watch_: Annotated[
@@ -124,7 +134,8 @@ def create(
     """create a fine-tune job (file paths are uploaded first)"""
     req = JobRequest(
         model, training_file, task.value, validation_file, validation_split, suffix, target_model, seed,
-        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters,
+        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters, promote_metric,
+        keep_checkpoints,
     )  # fmt: skip
     with connect(url, key) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))
@@ -188,6 +199,13 @@ def _job_command(name: str, method: str) -> None:
 
 for _name, _method in _JOB_CALLS.items():
     _job_command(_name, _method)
+
+
+@finetune_app.command("promote-checkpoint")
+def promote_checkpoint(job: str, checkpoint: str, url: Url = DEFAULT_URL, key: Key = "") -> None:
+    """make a job's checkpoint the next version of its model (needs manage)"""
+    with connect(url, key) as client:
+        print_json(client.promote_checkpoint(job, checkpoint))
 
 
 def plot_curves(metrics: dict[str, Any], out: Path, title: str = "") -> None:

@@ -5,6 +5,8 @@ cancel another, page and delete files."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,14 @@ def test_openai_sdk_files_and_jobs(stack: Stack, tmp_path: Path) -> None:
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [second.id, job.id]
 
     _refusals_and_deletes(stack, client, train.id, valid.id, job.id, done.result_files)
+
+    # this platform's own client: a checkpoint made a version, a version downloaded
+    with KilnClient(stack.url, key) as kiln:
+        made = kiln.promote_checkpoint(job.id, checkpoints[0].id)
+        assert made["model"] == "clf-oai" and made["version"] == 2
+        buf = io.BytesIO()
+        etag, digest = kiln.download_version("clf-oai", 2, buf)
+        assert etag == digest == made["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def _refusals_and_deletes(
