@@ -26,6 +26,7 @@ from workers.finetune import scores
 from workers.finetune.model import first_output, trainable_names
 
 StepHook = Callable[[dict[str, Any]], None]
+MAX_PROBABILITY_CLASSES = 64  # more classes: the results file has no probabilities column
 
 
 @dataclass(slots=True)
@@ -265,7 +266,10 @@ class Run:
         module.train(was_training)
         if self.classification:
             probs = torch.softmax(out.double(), dim=1).cpu()
-            return [int(v) for v in probs.argmax(dim=1).tolist()], probs.tolist()
+            predicted = [int(v) for v in probs.argmax(dim=1).tolist()]
+            if probs.shape[1] > MAX_PROBABILITY_CLASSES:  # keep the results file to a sane size
+                return predicted, None
+            return predicted, probs.tolist()
         return list(out.reshape(self.valid_y.shape).cpu().tolist()), None
 
     # checkpoint state ----------------------------------------------------------------------------
