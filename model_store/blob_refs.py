@@ -3,7 +3,8 @@ content-addressed store (identical bytes are stored once), so a blob goes only w
 tenant names its digest any more.
 
 Deleting a file refuses (Conflict, saying why) while an active job trains on it or a version's
-lineage names it; a job's surplus checkpoints (beyond the best and the last N) go when it ends.
+lineage names it; a job's surplus checkpoints (beyond the best and the last N) go when it ends
+(succeeded or failed: the trainer; cancelled: the gateway).
 The rows go first, in one transaction; the blob is unlinked after, and only if nothing references
 it then (an upload of the same bytes that lands between the two keeps a row: the next delete of
 it finds the blob gone and it reads as an integrity failure, not as someone else's data).
@@ -99,3 +100,12 @@ def prune_checkpoints(
         digests = {r.sha256 for r in drop}
     release(sessions, blobs, digests)
     return [r.epoch for r in drop]
+
+
+def prune_ended(sessions: sessionmaker[Session], blobs: BlobStore, job_id: str, keep_last: int) -> list[int]:
+    """prune_checkpoints with the best epoch that the job's last checkpoint records."""
+    with sessions() as s:
+        q = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+        last = s.scalar(q.order_by(CheckpointRow.epoch.desc()).limit(1))
+        best = int((last.metrics or {}).get("best_epoch") or 0) if last is not None else 0
+    return prune_checkpoints(sessions, blobs, job_id, keep_last, best or None)

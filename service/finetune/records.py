@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
-from model_store.blob_refs import delete_file
+from model_store.blob_refs import delete_file, prune_ended
 from model_store.blobs import BlobStore
 from model_store.db import FileRow
 from model_store.jobs import TERMINAL, JobStore
@@ -88,6 +88,9 @@ class FinetuneRecords:
         row = await run_in_threadpool(self.store.transition, tenant_id, job_id, allowed, to, message)
         if to == "queued":
             await dispatch(self.engine, job_id)
+        if to == "cancelled":  # ended: keep the best and the last checkpoints only
+            keep = int(row.spec.get("keep_checkpoints", 1))
+            await run_in_threadpool(prune_ended, self.store.sessions, self.blobs, job_id, keep)
         return job_public(row)
 
     async def events(self, tenant_id: int, job_id: str, after: int, limit: int) -> EventList:

@@ -213,3 +213,18 @@ async def test_early_stopping_restores_the_best_epoch_through_the_trainer(client
     served = (await client.get("/v1/models/slope-ft/versions/1/content")).content
     module = torch.jit.load(io.BytesIO(served))
     assert float(module.lin.weight.detach().reshape(())) == pytest.approx(1.08, abs=1e-5)
+
+
+async def test_a_cancelled_job_keeps_its_best_and_last_checkpoints(client, settings, trainer) -> None:
+    train, valid = await setup_classifier(client)
+    body = job_body(train, valid, hyperparameters={"epochs": 200, "batch_size": 4})
+    job_id = (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"]
+    await wait_for(client, job_id, ("running",), pred=lambda j: (j["progress"] or {}).get("epoch", 0) >= 3)
+    assert (await client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")).status_code == 200
+    await wait_for(client, job_id, ("cancelled",), pred=lambda _j: trainer.trainer.current_job is None)
+    await client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")  # 409 now; nothing changes
+    ckpts = (await client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")).json()["data"]
+    valid_rows = (await client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics")).json()["valid"]
+    recorded = [v["epoch"] for v in valid_rows]
+    best = int(valid_rows[-1]["best_epoch"])
+    assert len(recorded) >= 2 and [c["epoch"] for c in ckpts] == sorted({best, recorded[-1]})

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.blob_refs import prune_checkpoints
+from model_store.blob_refs import prune_ended
 from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
@@ -48,7 +48,7 @@ from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 
 log = logging.getLogger("kiln.trainer")
-__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute"]
+__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute", "prune"]
 
 
 class HandBack(Exception):
@@ -231,7 +231,7 @@ def _finish(
         result["promotion"] = decide(ctx, cand, spec, (base, parent), evaluate)
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
-    _prune(ctx, row, spec, done)
+    prune(ctx, row.id, spec.keep_checkpoints)
     ctx.store.finish(
         row.id,
         ctx.owner,
@@ -242,19 +242,17 @@ def _finish(
     )
 
 
-def _prune(ctx: JobContext, row: FineTuneJobRow, spec: JobSpec, done: Done) -> None:
-    """The result is registered: keep the best epoch's checkpoint and the last N, delete the rest
-    (before the job's last event, so that a follower of the events sees it). Never fails the job."""
+def prune(ctx: JobContext, job_id: str, keep_last: int) -> None:
+    """The job has ended: keep the best epoch's checkpoint and the last N, delete the rest (on
+    success before the job's last event, so that a follower of the events sees it). Never raises."""
     try:
-        last = ctx.store.latest_checkpoint(row.id)
-        best = done.best_epoch or int((last.metrics if last is not None else {}).get("best_epoch") or 0)
-        pruned = prune_checkpoints(ctx.store.sessions, ctx.blobs, row.id, spec.keep_checkpoints, best or None)
+        pruned = prune_ended(ctx.store.sessions, ctx.blobs, job_id, keep_last)
     except Exception:
-        log.exception("job %s: pruning its checkpoints failed", row.id)
+        log.exception("job %s: pruning its checkpoints failed", job_id)
         return
     if pruned:
         ctx.store.add_event(
-            row.id, f"deleted the checkpoints of epochs {pruned} (kept the best and the last)"
+            job_id, f"deleted the checkpoints of epochs {pruned} (kept the best and the last)"
         )
 
 
