@@ -84,7 +84,7 @@ def file_ref(blobs: BlobStore, row: FileRow) -> dict[str, Any]:
 
 def readable_paths(args: dict[str, Any]) -> list[Path]:
     """The files named in a child's arguments: all it may read beyond the Python installation."""
-    refs = [args.get("base"), args.get("train"), args.get("valid"), args.get("checkpoint")]
+    refs = [args.get(k) for k in ("base", "train", "valid", "checkpoint", "best_checkpoint")]
     return [Path(r["path"]) for r in refs if r]
 
 

@@ -128,7 +128,8 @@ def _resume_args(ctx: JobContext, row: FineTuneJobRow, args: dict[str, Any]) -> 
         return
     args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
     best = ckpt.metrics.get("best_epoch")
-    if best and int(best) != ckpt.epoch:
+    early_stopping = (row.spec.get("hyperparameters") or {}).get("early_stopping")
+    if early_stopping and best and int(best) != ckpt.epoch:
         found = [c for c in ctx.store.checkpoints(row.tenant_id, row.id) if c.epoch == int(best)]
         if found:
             args["best_checkpoint"] = {"path": _blob(ctx, found[0].sha256), "sha256": found[0].sha256}
