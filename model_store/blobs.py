@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 from model_store.errors import ArtifactTooLarge, IntegrityFailure, NotFound
@@ -67,6 +67,35 @@ class BlobStore:
             os.replace(tmp, dest)
             os.chmod(dest, 0o444)
         return dest
+
+    def delete(self, sha256: str) -> bool:
+        """Unlink a blob (callers check first that nothing references it: model_store/blob_refs.py)."""
+        try:
+            self.path_for(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def open_verified(self, sha256: str, chunk: int = _CHUNK) -> tuple[int, Iterator[bytes]]:
+        """The blob's size and its bytes in chunks, never whole in memory; the iterator raises
+        IntegrityFailure at the end if they did not hash to the digest (a streamed response is
+        then cut short, so the client never takes bad bytes for good ones)."""
+        path = self.path_for(sha256)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise IntegrityFailure("artifact bytes are missing from the store") from exc
+
+        def chunks() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while block := f.read(chunk):
+                    digest.update(block)
+                    yield block
+            if digest.hexdigest() != sha256:
+                raise IntegrityFailure("artifact bytes do not match the sha256 recorded at registration")
+
+        return size, chunks()
 
     def read_verified(self, sha256: str) -> bytes:
         """The blob's bytes, refused if they no longer hash to the recorded digest."""

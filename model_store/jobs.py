@@ -72,26 +72,23 @@ class JobStore:
                 raise NotFound(f"file {file_id!r} not found")
             return row
 
-    def list_files(self, tenant_id: int) -> list[FileRow]:
+    def list_files(
+        self, tenant_id: int, after: str | None = None, limit: int = 10_000, purpose: str | None = None
+    ) -> tuple[list[FileRow], bool]:
+        """Newest first, a page after the file `after` (OpenAI's cursor), and whether more follow."""
         with self.sessions() as s:
-            q = select(FileRow).where(FileRow.tenant_id == tenant_id).order_by(FileRow.created_at.desc())
-            return list(s.scalars(q))
-
-    def delete_file(self, tenant_id: int, file_id: str) -> None:
-        with self.sessions() as s:
-            row = s.get(FileRow, file_id)
-            if row is None or row.tenant_id != tenant_id:
-                raise NotFound(f"file {file_id!r} not found")
-            in_use = s.scalar(
-                select(FineTuneJobRow.id).where(
-                    FineTuneJobRow.status.in_(ACTIVE),
-                    (FineTuneJobRow.training_file == file_id) | (FineTuneJobRow.validation_file == file_id),
+            q = select(FileRow).where(FileRow.tenant_id == tenant_id)
+            if purpose:
+                q = q.where(FileRow.purpose == purpose)
+            if after:
+                anchor = self.get_file(tenant_id, after)
+                q = q.where(
+                    (FileRow.created_at < anchor.created_at)
+                    | ((FileRow.created_at == anchor.created_at) & (FileRow.id < anchor.id))
                 )
-            )
-            if in_use is not None:
-                raise Conflict(f"file {file_id!r} is used by the active job {in_use}")
-            s.delete(row)
-            s.commit()
+            q = q.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit + 1)
+            rows = list(s.scalars(q))
+            return rows[:limit], len(rows) > limit
 
     # idempotency ---------------------------------------------------------------------------------
     def reserve_key(self, tenant_id: int, key: str, body_sha256: str) -> str | None:

@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from model_store.blobs import BlobStore
 from model_store.db import ModelRow, ModelVersionRow
-from model_store.registry import Registry
+from model_store.errors import NotFound
+from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature, VersionConfig
 from service.inference.versions import VersionResolver
 from service.schemas import AliasPublic, ModelList, ModelPublic, VersionPublic
@@ -125,6 +126,13 @@ class ModelCatalog:
         model = self.registry.get_model(tenant_id, name)
         row = next(v for v in self.registry.list_versions(model.id) if v.id == resolved.version_id)
         return version_public(name, row)
+
+    async def own_version(self, tenant_id: int, name: str, ref: int | str) -> ResolvedVersion:
+        """A version of one of this tenant's own models (NotFound for one only shared with it)."""
+        resolved = await run_in_threadpool(self.registry.resolve, tenant_id, name, ref)
+        if resolved.tenant_id != tenant_id:
+            raise NotFound(f"model {name!r} not found")
+        return resolved
 
     async def set_alias(self, tenant_id: int, name: str, alias: str, version: int) -> AliasPublic:
         await run_in_threadpool(self.registry.set_alias, tenant_id, name, alias, version)

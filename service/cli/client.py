@@ -3,6 +3,7 @@ OIP: any KServe v2 / Triton HTTP client works)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -226,6 +227,24 @@ class KilnClient:
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")))
+
+    def promote_checkpoint(self, job_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The checkpoint's weights as the next version of the job's model (`manage`)."""
+        url = f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/promote"
+        return dict(self._check(self._http.post(url), 201))
+
+    def download_version(self, name: str, version: str | int, out: Any) -> tuple[str, str]:
+        """Stream a version's artifact into the binary file `out`: (the sha256 the server
+        announced as the ETag, the sha256 of the bytes received)."""
+        digest = hashlib.sha256()
+        with self._http.stream("GET", f"/v1/models/{name}/versions/{version}/content") as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            for chunk in r.iter_bytes():
+                digest.update(chunk)
+                out.write(chunk)
+            return str(r.headers.get("etag", "")).strip('"'), digest.hexdigest()
 
     def metrics(self, job_id: str) -> dict[str, Any]:
         return dict(self._check(self._http.get(f"/v1/fine_tuning/jobs/{job_id}/metrics")))

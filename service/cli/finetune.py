@@ -1,7 +1,6 @@
 """`kiln finetune ...`: fine-tune jobs over HTTP (create, list, get, cancel, ..., plot)."""
 
 import json
-import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from service.cli.curve import watch
 from service.cli.files import when
 from service.cli.output import note, print_json, table
 from service.cli.remote import DEFAULT_URL, AsJson, Key, Url, connect
@@ -40,6 +40,8 @@ class JobRequest:
     optimizer: str | None = None
     hyperparameters: str | None = None
     processes: int | None = None  # resources.processes: DDP ranks
+    promote_metric: str | None = None
+    keep_checkpoints: int | None = None
 
 
 def _file_id(client: Any, ref: str | None) -> str | None:
@@ -71,6 +73,8 @@ def job_body(req: JobRequest, client: Any) -> dict[str, Any]:
         "seed": req.seed,
         "validation_split": req.validation_split,
         "promote": req.promote,
+        "promote_metric": req.promote_metric,
+        "keep_checkpoints": req.keep_checkpoints,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     if req.processes is not None:
@@ -119,24 +123,32 @@ def create(
     processes: Annotated[
         int | None, Opt(help="train with DDP on this many processes (1-8; GPUs on a GPU trainer)")
     ] = None,
+    promote_metric: Annotated[
+        str | None, Opt(help="what promotion and early stopping compare (default accuracy / r2)")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, Opt(help="checkpoints kept at the end beside the best (default 1)")
+    ] = None,
     idempotency_key: Annotated[str | None, Opt()] = None,
     dry_run: Annotated[bool, Opt("--dry-run")] = False,
-    watch: Annotated[bool, Opt("--watch", help="show a progress bar until the job finishes")] = False,
+    watch_: Annotated[
+        bool, Opt("--watch", help="show a progress bar and the live loss curve until the job finishes")
+    ] = False,
     url: Url = DEFAULT_URL,
     key: Key = "",
 ) -> None:
     """create a fine-tune job (file paths are uploaded first)"""
     req = JobRequest(
         model, training_file, task.value, validation_file, validation_split, suffix, target_model, seed,
-        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters, processes,
+        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters, processes, promote_metric,
+        keep_checkpoints,
     )  # fmt: skip
     with connect(url, key) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))
-        if dry_run or not watch:
+        if dry_run or not watch_:
             print_json(job)
             return
-        job = client.wait_job(job["id"], on_update=lambda j: print(progress_line(j), end="", file=sys.stderr))
-    print(file=sys.stderr)
+        job = watch(client.wait_job, job["id"], progress_line)
     print_json(job)
     if job["status"] != "succeeded":
         raise typer.Exit(1)
@@ -193,6 +205,13 @@ def _job_command(name: str, method: str) -> None:
 
 for _name, _method in _JOB_CALLS.items():
     _job_command(_name, _method)
+
+
+@finetune_app.command("promote-checkpoint")
+def promote_checkpoint(job: str, checkpoint: str, url: Url = DEFAULT_URL, key: Key = "") -> None:
+    """make a job's checkpoint the next version of its model (needs manage)"""
+    with connect(url, key) as client:
+        print_json(client.promote_checkpoint(job, checkpoint))
 
 
 def plot_curves(metrics: dict[str, Any], out: Path, title: str = "") -> None:

@@ -122,3 +122,25 @@ def rollback(
     with connect(url, key) as client:
         target = to if to is not None else previous_version(client.get_model(name), alias)
         print_json(client.set_alias(name, alias, target))
+
+
+@models_app.command("download")
+def download(
+    name: str,
+    version: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the artifact")],
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+) -> None:
+    """stream a version's artifact to a file (needs manage; the model's owner only)"""
+    part = output.with_name(output.name + ".part")
+    try:
+        with connect(url, key) as client, part.open("wb") as out:
+            etag, digest = client.download_version(name, version, out)
+        if etag and digest != etag:
+            raise typer.BadParameter(f"downloaded bytes hash to {digest}, the server said {etag}")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(output)
+    print(f"{output} sha256 {digest}")

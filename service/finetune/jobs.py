@@ -128,6 +128,8 @@ class FinetuneService:
             hyperparameters=body.hyperparameters,
             validation_split=prep.split,
             promote=body.promote,
+            promote_metric=body.promote_metric,
+            keep_checkpoints=body.keep_checkpoints,
             metadata=body.metadata,
             resources=body.resources,
             publish_existing=principal.has("manage"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from model_store.db import CheckpointRow, FileRow, FineTuneJobRow, JobEventRow, JobMetricRow
 from model_store.jobs import unix
 from service.errors import Unprocessable
+from service.finetune.openai_compat import estimated_finish, method, public_hyperparameters
 from service.finetune.schemas import (
     CheckpointPublic,
     EventPublic,
@@ -12,7 +13,7 @@ from service.finetune.schemas import (
     JobPublic,
     MetricsPublic,
 )
-from workers.contract.finetune_spec import JobSpec
+from workers.contract.finetune_spec import JobSpec, chosen_metric
 
 
 def file_public(row: FileRow) -> FilePublic:
@@ -40,7 +41,12 @@ def job_public(row: FineTuneJobRow) -> JobPublic:
         status=row.status,
         error=row.error,
         task=spec.task,
-        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
+        hyperparameters=public_hyperparameters(spec.hyperparameters),
+        method=method(spec.hyperparameters),
+        promote_metric=chosen_metric(spec.task, spec.promote_metric),
+        trained_tokens=(row.result or {}).get("trained_tokens"),
+        estimated_finish=estimated_finish(row),
+        organization_id=f"tenant-{row.tenant_id}",
         training_file=row.training_file,
         validation_file=row.validation_file,
         validation_split=spec.validation_split,

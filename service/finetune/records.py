@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
+from model_store.blob_refs import delete_file, prune_ended
 from model_store.blobs import BlobStore
 from model_store.db import FileRow
 from model_store.jobs import TERMINAL, JobStore
@@ -57,23 +58,21 @@ class FinetuneRecords:
         self.engine = engine
 
     # files ---------------------------------------------------------------------------------------
-    async def list_files(self, tenant_id: int) -> FileList:
-        rows = await run_in_threadpool(self.store.list_files, tenant_id)
-        return FileList(data=[file_public(r) for r in rows])
+    async def list_files(
+        self, tenant_id: int, after: str | None, limit: int, purpose: str | None
+    ) -> FileList:
+        rows, more = await run_in_threadpool(self.store.list_files, tenant_id, after, limit, purpose)
+        return FileList(data=[file_public(r) for r in rows], has_more=more)
 
     async def get_file(self, tenant_id: int, file_id: str) -> FilePublic:
         return file_public(await run_in_threadpool(self.store.get_file, tenant_id, file_id))
 
     async def delete_file(self, tenant_id: int, file_id: str) -> None:
-        await run_in_threadpool(self.store.delete_file, tenant_id, file_id)
+        """NotFound, or Conflict saying what still needs it; the blob goes once nothing does."""
+        await run_in_threadpool(delete_file, self.store.sessions, self.blobs, tenant_id, file_id)
 
-    async def file_content(self, tenant_id: int, file_id: str) -> tuple[FileRow, bytes]:
-        """The file's row and its bytes (checked against their digest)."""
-        return await run_in_threadpool(self._content, tenant_id, file_id)
-
-    def _content(self, tenant_id: int, file_id: str) -> tuple[FileRow, bytes]:
-        row = self.store.get_file(tenant_id, file_id)
-        return row, self.blobs.read_verified(row.sha256)
+    async def file_row(self, tenant_id: int, file_id: str) -> FileRow:
+        return await run_in_threadpool(self.store.get_file, tenant_id, file_id)
 
     # jobs ----------------------------------------------------------------------------------------
     async def list_jobs(self, tenant_id: int, after: str | None, limit: int) -> JobList:
@@ -89,6 +88,9 @@ class FinetuneRecords:
         row = await run_in_threadpool(self.store.transition, tenant_id, job_id, allowed, to, message)
         if to == "queued":
             await dispatch(self.engine, job_id)
+        if to == "cancelled":  # ended: keep the best and the last checkpoints only
+            keep = int(row.spec.get("keep_checkpoints", 1))
+            await run_in_threadpool(prune_ended, self.store.sessions, self.blobs, job_id, keep)
         return job_public(row)
 
     async def events(self, tenant_id: int, job_id: str, after: int, limit: int) -> EventList:

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.contract.finetune_spec import Hyperparameters, Resources, Task
+from service.finetune.openai_compat import normalize
+from workers.contract.finetune_spec import Hyperparameters, Resources, Task, check_metric
 
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -26,9 +27,22 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     promote: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     resources: Resources = Field(default_factory=Resources)
+    promote_metric: str | None = Field(
+        default=None, max_length=32, description="what promotion and early stopping compare"
+    )
+    keep_checkpoints: int = Field(
+        default=1, ge=0, le=100, description="when the job ends, keep the best and this many last"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_shapes(cls, data: Any) -> Any:
+        """OpenAI's names, "auto" and `method` (service/finetune/openai_compat.py)."""
+        return normalize(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> JobCreate:
+        check_metric(self.task, self.promote_metric)
         if self.validation_file and self.validation_split:
             raise ValueError("give validation_file or validation_split, not both")
         if self.suffix and self.target_model:
@@ -46,11 +60,13 @@ class FilePublic(BaseModel):
     format: str
     sha256: str
     stats: dict[str, Any]
+    status: str = "processed"  # OpenAI's: validated at upload, so always processed
 
 
 class FileList(BaseModel):
     object: str = "list"
     data: list[FilePublic]
+    has_more: bool = False
 
 
 class JobPublic(BaseModel):
@@ -77,6 +93,11 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     sweep_id: str | None = None  # a trial of this sweep (issue 14)
     sweep_trial: int | None = None
+    promote_metric: str | None = None
+    method: dict[str, Any] | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    organization_id: str | None = None
 
 
 class JobList(BaseModel):

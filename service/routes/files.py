@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 
 from service.deps import FinetuneDep, FinetunePrincipal
+from service.downloads import blob_response
 from service.errors import PayloadTooLarge
 from service.finetune.schemas import FileList, FilePublic
 
@@ -28,8 +29,15 @@ async def upload_file(
 
 
 @router.get("", response_model=FileList)
-async def list_files(principal: FinetunePrincipal, svc: FinetuneDep) -> FileList:
-    return await svc.records.list_files(principal.tenant_id)
+async def list_files(
+    principal: FinetunePrincipal,
+    svc: FinetuneDep,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    purpose: Annotated[str | None, Query(max_length=32)] = None,
+) -> FileList:
+    """Newest first; `after` and `limit` page as OpenAI's do (the SDK follows `has_more`)."""
+    return await svc.records.list_files(principal.tenant_id, after, limit, purpose)
 
 
 @router.get("/{file_id}", response_model=FilePublic)
@@ -45,8 +53,6 @@ async def delete_file(file_id: str, principal: FinetunePrincipal, svc: FinetuneD
 
 @router.get("/{file_id}/content")
 async def file_content(file_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> Response:
-    row, data = await svc.records.file_content(principal.tenant_id, file_id)
+    row = await svc.records.file_row(principal.tenant_id, file_id)
     media = "text/csv" if row.format == "csv" else "application/jsonl"
-    return Response(
-        data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{row.id}"'}
-    )
+    return await blob_response(svc.state.blobs, row.sha256, row.filename, media)

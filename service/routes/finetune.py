@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from service.deps import FinetuneDep, FinetunePrincipal
+from service.deps import FinetuneDep, FinetunePrincipal, ManagePrincipal
+from service.finetune import checkpoints
 from service.finetune.public import parse_event_after
 from service.finetune.schemas import (
     CheckpointList,
@@ -18,6 +19,7 @@ from service.finetune.schemas import (
     JobPublic,
     MetricsPublic,
 )
+from service.schemas import VersionPublic
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -84,6 +86,14 @@ async def list_events(
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 async def list_checkpoints(job_id: str, principal: FinetunePrincipal, svc: FinetuneDep) -> CheckpointList:
     return await svc.records.checkpoints(principal.tenant_id, job_id)
+
+
+@router.post("/{job_id}/checkpoints/{checkpoint_id}/promote", status_code=201, response_model=VersionPublic)
+async def promote_checkpoint(
+    job_id: str, checkpoint_id: str, principal: ManagePrincipal, svc: FinetuneDep
+) -> VersionPublic:
+    """The checkpoint's weights as the next version of the job's model (needs `manage`)."""
+    return await checkpoints.promote_checkpoint(svc.state, svc.store, principal, job_id, checkpoint_id)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)

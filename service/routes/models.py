@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import ValidationError
 
 from model_store.formats import FORMATS
 from model_store.names import check_alias, parse_version_ref
 from model_store.signature import Signature, VersionConfig
 from service.deps import ManagePrincipal, ModelReaderPrincipal, SettingsDep, StateDep
+from service.downloads import version_response
 from service.errors import PayloadTooLarge, Unprocessable
 from service.schemas import AliasPublic, AliasSet, ModelCreate, ModelList, ModelPublic, VersionPublic
 
@@ -75,6 +76,14 @@ async def create_version(
 @router.get("/{name}/versions/{version}", response_model=VersionPublic)
 async def get_version(name: str, version: str, principal: ManagePrincipal, state: StateDep) -> VersionPublic:
     return await state.catalog.get_version(principal.tenant_id, name, parse_version_ref(version))
+
+
+@router.get("/{name}/versions/{version}/content")
+async def version_content(name: str, version: str, principal: ManagePrincipal, state: StateDep) -> Response:
+    """The version's artifact, streamed (the owner's only: a model shared with this tenant is
+    not theirs to download)."""
+    resolved = await state.catalog.own_version(principal.tenant_id, name, parse_version_ref(version))
+    return await version_response(state.blobs, resolved)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasPublic)

@@ -86,6 +86,7 @@ def test_finetune_survives_kill9_and_serves_the_result(stack: Stack, tmp_path: P
         seed=11,
         suffix="tuned",
         hyperparameters={"epochs": epochs, "batch_size": 4, "learning_rate": 0.005, "optimizer": "adam"},
+        keep_checkpoints=epochs,  # all of them, to show none was lost or recorded twice
     )
     job_id = job["id"]
     _poll(stack, lambda: kiln.checkpoints(job_id)["data"], lambda c: len(c) >= 2)

@@ -24,7 +24,8 @@ def trainer(settings: Settings) -> Iterator[TrainerThread]:
 
 async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: WorkerThread) -> None:
     train, valid = await setup_classifier(client)
-    r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, promote="production"))
+    body = job_body(train, valid, promote="production", keep_checkpoints=4)
+    r = await client.post("/v1/fine_tuning/jobs", json=body)
     assert r.status_code == 200, r.text
     job = r.json()
     assert job["object"] == "fine_tuning.job" and job["status"] == "queued" and job["seed"] == 7
@@ -64,7 +65,7 @@ async def test_finetune_job_becomes_a_servable_version(client, trainer, worker: 
     (results,) = job["result_files"]
     assert (await client.get(f"/v1/files/{results}")).json()["purpose"] == "fine-tune-results"
     content = (await client.get(f"/v1/files/{results}/content")).text.splitlines()
-    assert content[0] == "line,label,predicted,parent_predicted" and len(content) == 121
+    assert content[0] == "line,label,predicted,parent_predicted,probabilities" and len(content) == 121
     table = [line.split(",") for line in content[1:]]
     assert [int(r[0]) for r in table] == list(range(1, 121))
     right = sum(r[1] == r[2] for r in table) / 120

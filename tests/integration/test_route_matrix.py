@@ -20,9 +20,10 @@ from fastapi.routing import APIRoute
 
 from model_store.sweeps import SweepStore
 from service.openai_errors import is_openai
+from service.settings import Settings
 from tests.conftest import WorkerThread
 from tests.ft_data import jsonl, rows
-from tests.integration.ft_helpers import job_body, setup_classifier, upload
+from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
 from tests.integration.helpers import infer_body, register
 from tests.integration.sweep_helpers import sweep_body
 from tests.integration.tenancy import new_key, new_tenant
@@ -39,6 +40,7 @@ OBJECT_PARAMS = {
     "job_id",
     "request_id",
     "sweep_id",
+    "checkpoint_id",
 }  # a tenant's object
 TEXT_ROUTES = {("POST", p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")}
 # the body names tenant A's model (and files)
@@ -84,15 +86,17 @@ def route_table(app: Any) -> list[tuple[str, str, APIRoute]]:
 class World:
     """Tenant A's objects that the routes name."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self.client, self.settings = client, settings
         self.train = self.valid = self.job = self.cjob = self.async_id = self.sweep = ""
+        self.trained = self.checkpoint = ""  # a finished job and one of its checkpoints
 
     async def setup(self) -> None:
         assert (await register(self.client, "demo", demo_onnx_bytes(), "onnx")).status_code == 201
         r = await self.client.put("/v1/models/demo/aliases/staging", json={"version": 1})
         assert r.status_code == 200
         self.train, self.valid = await setup_classifier(self.client)
+        await self.train_one()  # before any other job: its trainer would train those too
         self.job = await self.new_job()
         self.sweep = await self.new_sweep()
         self.cjob = await self.new_compression()
@@ -107,6 +111,20 @@ class World:
         while (await self.client.get(f"/v1/async/{self.async_id}")).status_code != 200:
             assert time.monotonic() < deadline, "the asynchronous request was never answered"
             await asyncio.sleep(0.05)
+
+    async def train_one(self) -> None:
+        trainer = TrainerThread(self.settings).start()
+        try:
+            body = job_body(self.train, self.valid, suffix="trained", hyperparameters={"epochs": 1})
+            job = await wait_for(
+                self.client, (await self.client.post("/v1/fine_tuning/jobs", json=body)).json()["id"]
+            )
+        finally:
+            trainer.stop()
+        assert job["status"] == "succeeded", job
+        self.trained = job["id"]
+        r = await self.client.get(f"/v1/fine_tuning/jobs/{self.trained}/checkpoints")
+        self.checkpoint = r.json()["data"][0]["id"]
 
     async def new_job(self, paused: bool = False) -> str:
         r = await self.client.post("/v1/fine_tuning/jobs", json=job_body(self.train, self.valid))
@@ -124,6 +142,9 @@ class World:
     async def path(self, method: str, path: str) -> str:
         values = {"model": "demo", "name": "demo", "version": "1", "alias": "staging", "tenant": "default"}
         values.update(file_id=self.train, job_id=self.job, request_id=self.async_id, sweep_id=self.sweep)
+        if "{checkpoint_id}" in path:  # promoting a checkpoint: the trained job's
+            values.update(job_id=self.trained, checkpoint_id=self.checkpoint)
+            return path.format(**values)
         if "{key_id}" in path:  # a fresh key of tenant A each time: revoke/rotate must not interfere
             # (a manage key: revoking or rotating needs at least the target key's power)
             values["key_id"] = str((await new_key(self.client, ["manage"]))[0])
@@ -207,8 +228,8 @@ def _class(status: int) -> str:
     return "2xx" if 200 <= status < 300 else str(status)
 
 
-async def test_route_by_credential_matrix(client, worker: WorkerThread) -> None:
-    world = World(client)
+async def test_route_by_credential_matrix(client, settings, worker: WorkerThread) -> None:
+    world = World(client, settings)
     await world.setup()
     creds: dict[str, dict[str, str]] = {"none": {"Authorization": ""}}
     for scope in SCOPES:

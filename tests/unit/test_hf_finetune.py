@@ -66,6 +66,8 @@ def test_head_only_training_learns_and_exports_a_servable_bundle() -> None:
         run.train_epoch(lambda _row: None)
     after = run.evaluate()
     assert after["valid_loss"] < before["valid_loss"] and after["accuracy"] >= 0.75
+    tokens = int(run.train_x[:, 1].sum())  # the attention mask: real tokens, no padding
+    assert 0 < tokens <= run.train_x[:, 0].numel() and run.trained_tokens == 3 * tokens
     for k, v in run.module.encoder.state_dict().items():
         assert torch.equal(v, encoder_before[k]), k
 

@@ -5,7 +5,10 @@ evaluates a version for promotion. Limits of every fenced fine-tune process are 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,12 @@ from model_store.channel import FenceError
 from model_store.db import FileRow
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, cuda_available
 from model_store.registry import ResolvedVersion
-from workers.contract.finetune_messages import Checked, Evaluated
+from workers.contract.finetune_messages import Checked, Evaluated, Exported, open_child_file
 
 # what the fenced children run (workers/finetune/child.py); tests swap in variants
 CHECK_TARGET = "workers.finetune.child:check_main"
 EVALUATE_TARGET = "workers.finetune.child:evaluate_main"
+EXPORT_TARGET = "workers.finetune.child:export_main"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +84,19 @@ def file_ref(blobs: BlobStore, row: FileRow) -> dict[str, Any]:
 
 def readable_paths(args: dict[str, Any]) -> list[Path]:
     """The files named in a child's arguments: all it may read beyond the Python installation."""
-    refs = [args.get("base"), args.get("train"), args.get("valid"), args.get("checkpoint")]
+    refs = [args.get(k) for k in ("base", "train", "valid", "checkpoint", "best_checkpoint")]
     return [Path(r["path"]) for r in refs if r]
 
 
-def _one_call(target: str, args: dict[str, Any], read: list[Path], limits: FenceLimits) -> dict[str, Any]:
-    """One request to a fresh fenced child and its answer, within check_timeout_s."""
+def _one_call(
+    target: str,
+    args: dict[str, Any],
+    read: list[Path],
+    limits: FenceLimits,
+    then: Callable[[FencedChild, dict[str, Any]], Any] | None = None,
+) -> Any:
+    """One request to a fresh fenced child and its answer, within check_timeout_s; `then` (if
+    given) acts on the answer while the child's temp dir still exists, and its value is returned."""
     spec = FenceSpec(
         read=tuple(str(p) for p in read),
         memory_bytes=limits.check_memory_mb << 20,
@@ -102,6 +113,8 @@ def _one_call(target: str, args: dict[str, Any], read: list[Path], limits: Fence
         raise CheckFailed(f"the model check could not run: {exc}") from exc
     try:
         reply, _ = child.call({"v": 1, "op": "run"}, timeout_s=max(0.0, deadline - time.monotonic()))
+        if then is not None:
+            return then(child, reply)
     except FenceTimeout as exc:
         raise CheckFailed(f"the model check did not finish within {timeout:g} s") from exc
     except FenceDied as exc:
@@ -134,3 +147,51 @@ def evaluate_version(args: dict[str, Any], read: list[Path], limits: FenceLimits
     if not answer.ok:
         raise CheckFailed(answer.message or "the version could not be evaluated")
     return dict(answer.metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedArtifact:
+    tmp: Path  # in the blob store's temp area: commit or unlink it
+    sha256: str
+    size: int
+    format: str
+    signature: dict[str, Any]
+
+
+def export_checkpoint(
+    args: dict[str, Any], read: list[Path], limits: FenceLimits, blobs: BlobStore
+) -> ExportedArtifact:
+    """A checkpoint's weights in the job's model, exported as a version artifact, fenced. `args`
+    as for a job, with `checkpoint`; CheckFailed when it cannot be."""
+
+    def take(child: FencedChild, reply: dict[str, Any]) -> ExportedArtifact:
+        try:
+            answer = Exported.model_validate(reply)
+        except ValidationError as exc:
+            raise CheckFailed("the export answered a malformed message") from exc
+        if not answer.ok or not answer.format:
+            raise CheckFailed(answer.message or "the checkpoint could not be exported")
+        try:
+            src = open_child_file(Path(child.tmp_dir).resolve(), answer.artifact, limits.file_mb << 20)
+        except OSError as exc:
+            raise CheckFailed("the export left no artifact of its own") from exc
+        tmp, sha, size = _copy(src, blobs)
+        return ExportedArtifact(tmp, sha, size, answer.format, answer.signature)
+
+    result: ExportedArtifact = _one_call(EXPORT_TARGET, {**args, "device": "cpu"}, read, limits, take)
+    return result
+
+
+def _copy(src: int, blobs: BlobStore) -> tuple[Path, str, int]:
+    fd, tmp = blobs.new_tempfile()
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(src, "rb") as inp, os.fdopen(fd, "wb") as out:
+            while block := inp.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+                out.write(block)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest.hexdigest(), size

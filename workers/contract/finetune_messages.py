@@ -13,17 +13,22 @@ child -> parent, during a job (train_main):
   step     one optimizer step: row {step, epoch, train_loss, lr}, seconds
   epoch    one finished epoch: epoch, step, valid (validation metrics), checkpoint (file name in
            the child's temp dir); its step rows are the `step` messages before it
-  done     the final metrics, epochs_completed, stopped_early, format, signature, artifact (file
-           name in the child's temp dir); one buffer: JSON {lines, labels, predicted,
-           parent_predicted} for the results file
+  done     the final metrics, epochs_completed, stopped_early, best_epoch (the epoch early
+           stopping restored, or null), trained_tokens (text models, else null), format,
+           signature, artifact (file name in the child's temp dir); one buffer: JSON {lines,
+           labels, predicted, parent_predicted[, probabilities]} for the results file
   error    the job cannot go on: code (a readable class, or "" for the model's own error), message
-child -> parent, one answer each: checked (check_main), evaluated (evaluate_main).
+child -> parent, one answer each: checked (check_main), evaluated (evaluate_main), exported
+  (export_main: a checkpoint's weights in the job's model, exported as a version artifact).
 parent -> child: nothing during a job (closing the pipe stops it); one request for check/evaluate.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -39,6 +44,19 @@ def checkpoint_name(epoch: int) -> str:
 def plain_name(name: str) -> bool:
     """A file name the parent will open in the child's temp dir: no path, no dot-dot."""
     return bool(_NAME.match(name)) and ".." not in name
+
+
+def open_child_file(tmp: Path, name: str, max_bytes: int) -> int:
+    """A file the child wrote, never through a link: a plain name in its temp dir, a regular file
+    with one link, at most max_bytes."""
+    if not plain_name(name):
+        raise OSError("not a plain file name")
+    fd = os.open(tmp / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > max_bytes:
+        os.close(fd)
+        raise OSError("not a regular file of its own")
+    return fd
 
 
 class _Msg(BaseModel):
@@ -76,6 +94,8 @@ class Done(_Msg):
     metrics: dict[str, float | bool]
     epochs_completed: int = Field(ge=0)
     stopped_early: bool
+    best_epoch: int | None = Field(default=None, ge=1)
+    trained_tokens: int | None = Field(default=None, ge=0)
     format: Literal["torchscript", "hf-encoder"]
     signature: dict[str, Any]
     artifact: str = Field(max_length=64)
@@ -95,6 +115,18 @@ class Checked(_Msg):
     type: Literal["checked"]
     ok: bool
     counts: dict[str, int] = Field(default_factory=dict)
+    message: str = Field(default="", max_length=1000)
+
+
+class Exported(_Msg):
+    """export_main's answer: the checkpoint's model exported as a version artifact (a file in
+    the child's temp dir), its format and signature."""
+
+    type: Literal["exported"]
+    ok: bool
+    artifact: str = Field(default="", max_length=64)
+    format: Literal["torchscript", "hf-encoder", ""] = ""
+    signature: dict[str, Any] = Field(default_factory=dict)
     message: str = Field(default="", max_length=1000)
 
 

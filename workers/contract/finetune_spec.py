@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 Optimizer = Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
 Scheduler = Literal["constant", "linear", "cosine", "step"]
@@ -56,6 +56,28 @@ class Resources(BaseModel):
     processes: Annotated[int, Strict()] = Field(default=1, ge=1, le=MAX_PROCESSES)
 
 
+# the metrics each task reports (workers/finetune/scores.py), the one `promote_metric` defaults to,
+# and which way each points; promotion and early stopping compare the chosen one
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "valid_loss"),
+    "regression": ("r2", "mae", "rmse", "valid_loss"),
+    "causal-lm": ("valid_loss", "perplexity"),
+}
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2", "causal-lm": "valid_loss"}
+HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "r2"})
+
+
+def check_metric(task: str, metric: str | None) -> None:
+    """ValueError unless `metric` is one the task reports (None: the task's default)."""
+    if metric is not None and metric not in TASK_METRICS.get(task, ()):
+        known = ", ".join(TASK_METRICS.get(task, ()))
+        raise ValueError(f"promote_metric {metric!r} is not a {task} metric; use one of: {known}")
+
+
+def chosen_metric(task: str, promote_metric: str | None) -> str:
+    return promote_metric or DEFAULT_METRIC[task]
+
+
 DEFAULT_VALIDATION_SPLIT = 0.2  # the share of training rows held out when no validation file is given
 
 
@@ -68,7 +90,14 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters
     validation_split: float | None = None
     promote: str | None = None
+    promote_metric: str | None = None  # None: DEFAULT_METRIC[task]
+    keep_checkpoints: int = 1  # when the job ends, keep the best and this many last checkpoints
     metadata: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     # False for a job made by a key without `manage`: it may only create its target model
     publish_existing: bool = True
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> JobSpec:
+        check_metric(self.task, self.promote_metric)
+        return self

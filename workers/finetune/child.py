@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import json
 import os
 import signal
@@ -148,10 +149,12 @@ def _train(channel: Channel, args: dict[str, Any], rank: RankInfo | None) -> Non
     run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode, rank)
     main = rank is None or rank.main
     parent_metrics = run.evaluate() if main else {}
-    parent_predictions = run.predictions() if main else []
+    parent_predictions = run.predictions()[0] if main else []
     ckpt = args.get("checkpoint")
     if ckpt is not None:
         run.load_state(read_checked(ckpt))
+    if args.get("best_checkpoint"):
+        run.load_best(read_checked(args["best_checkpoint"]))
     if main:
         _send(
             channel,
@@ -187,13 +190,17 @@ def _train(channel: Channel, args: dict[str, Any], rank: RankInfo | None) -> Non
 
 
 def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any], tmp: Path) -> None:
+    restored = run.restore_best()
     final = run.evaluate()
-    table = {
+    predicted, probabilities = run.predictions()
+    table: dict[str, Any] = {
         "lines": run.valid_lines,
         "labels": run.valid_y.cpu().tolist(),
-        "predicted": run.predictions(),
+        "predicted": predicted,
         "parent_predicted": parent_predictions,
     }
+    if probabilities is not None:
+        table["probabilities"] = probabilities
     run.module.to("cpu")
     run.module.eval()
     data, fmt = built.export(run.module)
@@ -205,6 +212,8 @@ def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any
         metrics=final,
         epochs_completed=run.progress.epoch,
         stopped_early=run.progress.stopped_early,
+        best_epoch=run.progress.best_epoch if restored else None,
+        trained_tokens=run.trained_tokens,
         format=fmt,
         artifact=RESULT_NAME,
         signature=run.sig.model_dump(mode="json"),
@@ -229,6 +238,37 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
         _send(channel, "checked", ok=False, message=f"the model could not be built: {_model_error(exc)}")
         return
     _send(channel, "checked", ok=True, counts=counts)
+
+
+# a checkpoint made a version (POST .../checkpoints/{id}/promote) ------------------------------------
+def export_main(channel: Channel, args: dict[str, Any]) -> None:
+    """Build the job's model as training did, load a checkpoint's weights, export it; one answer."""
+    channel.recv()
+    spec = JobSpec.model_validate(args["spec"])
+    try:
+        train, valid = load_data(args, spec)
+        device = torch.device("cpu")
+        built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, 0)
+        state = torch.load(
+            io.BytesIO(read_checked(args["checkpoint"])), map_location=device, weights_only=True
+        )
+        built.module.load_state_dict(state["model"])
+        built.module.eval()
+        data, fmt = built.export(built.module)
+        (Path(os.environ["TMPDIR"]) / RESULT_NAME).write_bytes(data)
+    except READABLE as exc:
+        _send(channel, "exported", ok=False, message=str(exc)[:500])
+        return
+    except Exception as exc:
+        _send(
+            channel,
+            "exported",
+            ok=False,
+            message=f"the checkpoint could not be exported: {_model_error(exc)}",
+        )
+        return
+    sig = built.sig.model_dump(mode="json")
+    _send(channel, "exported", ok=True, artifact=RESULT_NAME, format=fmt, signature=sig)
 
 
 # promotion: another version evaluated on the job's validation data ---------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -25,7 +24,7 @@ from model_store.blobs import BlobStore
 from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceDied, FenceSpec
 from workers.contract.finetune_check import FenceLimits
-from workers.contract.finetune_messages import JOB_MESSAGE, plain_name
+from workers.contract.finetune_messages import JOB_MESSAGE, open_child_file
 
 _CHUNK = 1 << 20
 # what the fenced children run (workers/finetune/child.py); tests swap in variants
@@ -160,16 +159,3 @@ class TrainingProcess:
         with contextlib.suppress(OSError):
             (self.tmp / name).unlink()
         return tmp, digest.hexdigest(), size
-
-
-def open_child_file(tmp: Path, name: str, max_bytes: int) -> int:
-    """A file the child wrote, never through a link: a plain name in its temp dir, a regular file
-    with one link, at most max_bytes."""
-    if not plain_name(name):
-        raise OSError("not a plain file name")
-    fd = os.open(tmp / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > max_bytes:
-        os.close(fd)
-        raise OSError("not a regular file of its own")
-    return fd

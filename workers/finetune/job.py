@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from model_store.blob_refs import prune_ended
 from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
@@ -48,7 +49,7 @@ from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 
 log = logging.getLogger("kiln.trainer")
-__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute"]
+__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute", "prune"]
 
 
 class HandBack(Exception):
@@ -120,6 +121,21 @@ def evaluate_in_fence(ctx: JobContext, row: FineTuneJobRow, version: ResolvedVer
     return evaluate_version(args, readable_paths(args), ctx.limits)
 
 
+def _resume_args(ctx: JobContext, row: FineTuneJobRow, args: dict[str, Any]) -> None:
+    """Resume from the last checkpoint and, when early stopping's best epoch is an earlier one,
+    hand its checkpoint over too (its weights are what the result restores)."""
+    ckpt = ctx.store.latest_checkpoint(row.id)
+    if ckpt is None:
+        return
+    args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
+    best = ckpt.metrics.get("best_epoch")
+    early_stopping = (row.spec.get("hyperparameters") or {}).get("early_stopping")
+    if early_stopping and best and int(best) != ckpt.epoch:
+        found = [c for c in ctx.store.checkpoints(row.tenant_id, row.id) if c.epoch == int(best)]
+        if found:
+            args["best_checkpoint"] = {"path": _blob(ctx, found[0].sha256), "sha256": found[0].sha256}
+
+
 def execute(ctx: JobContext, job_id: str) -> None:
     """Run the job from its last checkpoint; a distributed job whose rank was killed restarts
     its group from the checkpoint rank 0 wrote last (at most MAX_RESTARTS times)."""
@@ -141,9 +157,7 @@ def execute(ctx: JobContext, job_id: str) -> None:
 
 def _attempt(ctx: JobContext, row: FineTuneJobRow, base: ResolvedVersion, beat: _Heartbeat) -> None:
     args = child_args(ctx, row, base)
-    ckpt = ctx.store.latest_checkpoint(row.id)
-    if ckpt is not None:
-        args["checkpoint"] = {"path": _blob(ctx, ckpt.sha256), "sha256": ckpt.sha256, "epoch": ckpt.epoch}
+    _resume_args(ctx, row, args)
     processes = JobSpec.model_validate(row.spec).resources.processes
     with open_training(args, readable_paths(args), ctx.limits, processes) as proc:
         while True:
@@ -197,7 +211,9 @@ def _table(buffers: list[bytes]) -> dict[str, list[Any]]:
         table = json.loads(buffers[0]) if len(buffers) == 1 else None
     except ValueError:
         table = None
-    keys = ("lines", "labels", "predicted", "parent_predicted")
+    keys = ["lines", "labels", "predicted", "parent_predicted"]
+    if isinstance(table, dict) and "probabilities" in table:
+        keys.append("probabilities")
     if not isinstance(table, dict) or not all(isinstance(table.get(k), list) for k in keys):
         raise TrainingFailed("protocol_error", "the training process sent malformed results")
     if len({len(table[k]) for k in keys}) != 1:
@@ -224,6 +240,8 @@ def _finish(
         "version": version,
         "epochs_completed": done.epochs_completed,
         "stopped_early": done.stopped_early,
+        "best_epoch": done.best_epoch,
+        "trained_tokens": done.trained_tokens,
         "result_files": [results_file],
     }
     if spec.promote:
@@ -233,6 +251,7 @@ def _finish(
         result["promotion"] = decide(ctx, cand, spec, (base, parent), evaluate)
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
+    prune(ctx, row.id, spec.keep_checkpoints)
     ctx.store.finish(
         row.id,
         ctx.owner,
@@ -241,6 +260,20 @@ def _finish(
         result=result,
         message=f"fine-tuned model {row.target_model}:{version} is ready",
     )
+
+
+def prune(ctx: JobContext, job_id: str, keep_last: int) -> None:
+    """The job has ended: keep the best epoch's checkpoint and the last N, delete the rest (on
+    success before the job's last event, so that a follower of the events sees it). Never raises."""
+    try:
+        pruned = prune_ended(ctx.store.sessions, ctx.blobs, job_id, keep_last)
+    except Exception:
+        log.exception("job %s: pruning its checkpoints failed", job_id)
+        return
+    if pruned:
+        ctx.store.add_event(
+            job_id, f"deleted the checkpoints of epochs {pruned} (kept the best and the last)"
+        )
 
 
 def _lineage(
@@ -332,9 +365,9 @@ def _results_file(ctx: JobContext, row: FineTuneJobRow, table: dict[str, list[An
     (CSV, a file of purpose fine-tune-results): what the fine-tune fixed, and what it broke."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["line", "label", "predicted", "parent_predicted"])
-    for line, label, new, old in zip(*table.values(), strict=True):
-        writer.writerow([line, _cell(label), _cell(new), _cell(old)])
+    writer.writerow(["line", "label", "predicted", "parent_predicted", "probabilities"][: len(table)])
+    for cells in zip(*table.values(), strict=True):
+        writer.writerow([cells[0], *(_cell(c) for c in cells[1:])])
     data = out.getvalue().encode()
     sha, size = ctx.blobs.put_bytes(data)
     file_id = new_id("file")

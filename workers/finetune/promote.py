@@ -1,11 +1,12 @@
 """`promote`: move an alias to a fine-tune's result only if it beats what the alias serves now.
 
-The comparison is on the job's own validation data, with the task's metric (accuracy for
-classification, validation loss for regression). The version the alias points at is loaded and
-evaluated in a fenced child (workers/finetune/fence.py), never in the trainer; when it cannot be
-evaluated on that data (a format the trainer does not run, another signature), nothing moves and
-the result says why. With the alias unset, the baseline is the parent the job started from. The
-move is a compare-and-set: if the alias moved while the job was comparing, it is left alone.
+The comparison is on the job's own validation data, with the job's `promote_metric` (by default
+accuracy for classification, R² for regression, validation loss for language models). The
+version the alias points at is loaded and evaluated in a fenced child (workers/finetune/fence.py),
+never in the trainer; when it cannot be evaluated on that data (a format the trainer does not
+run, another signature), nothing moves and the result says why. With the alias unset, the
+baseline is the parent the job started from. The move is a compare-and-set: if the alias moved
+while the job was comparing, it is left alone.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from model_store.errors import NotFound
 from model_store.registry import ResolvedVersion
 from model_store.signature import Signature
 from workers.contract.datasets import Dataset
-from workers.contract.finetune_spec import JobSpec
+from workers.contract.finetune_spec import JobSpec, chosen_metric
 from workers.finetune.build import build
-from workers.finetune.training import better, evaluate, to_tensors
+from workers.finetune.scores import is_better
+from workers.finetune.training import evaluate, to_tensors
 
 EVALUATED_FORMATS = ("torchscript", "hf-encoder")
 
@@ -41,10 +43,6 @@ class Candidate:
     format: str
     sig: Signature
     metrics: dict[str, Any]
-
-
-def metric_name(task: str) -> str:
-    return "accuracy" if task == "classification" else "valid_loss"
 
 
 def current_version(registry: Any, tenant_id: int, model: str, alias: str) -> ResolvedVersion | None:
@@ -95,9 +93,9 @@ def decide(
     `evaluate_version` scores a version on the job's validation data (in a fenced child)."""
     alias = spec.promote
     assert alias is not None
-    metric = metric_name(spec.task)
+    metric = chosen_metric(spec.task, spec.promote_metric)
     out: dict[str, Any] = {"alias": alias, "model": cand.model, "metric": metric, "promoted": False}
-    out["result_value"] = cand.metrics[metric]
+    out["result_value"] = cand.metrics.get(metric)
     current = current_version(ctx.registry, cand.tenant_id, cand.model, alias)
     base, parent_metrics = parent
     if current is None:
@@ -123,12 +121,12 @@ def decide(
                 "reason": f"not promoted: evaluating "
                 f"{current.model}:{current.version} failed: {type(e).__name__}",
             }
-    out.update(against=against, against_value=baseline[metric])
-    if not better(spec.task, cand.metrics, baseline):
+    out.update(against=against, against_value=baseline.get(metric))
+    if not is_better(metric, cand.metrics, baseline):
         return {
             **out,
-            "reason": f"not promoted: {metric} {cand.metrics[metric]:.6g} does not beat "
-            f"{baseline[metric]:.6g} of {against['model']}:{against['version']}",
+            "reason": f"not promoted: {metric} {_fmt(cand.metrics.get(metric))} does not beat "
+            f"{_fmt(baseline.get(metric))} of {against['model']}:{against['version']}",
         }
     expect = None if current is None else current.version
     if not ctx.registry.set_alias(cand.tenant_id, cand.model, alias, cand.version, expect=expect):
@@ -136,6 +134,10 @@ def decide(
     return {
         **out,
         "promoted": True,
-        "reason": f"{metric} {cand.metrics[metric]:.6g} beats "
-        f"{baseline[metric]:.6g} of {against['model']}:{against['version']}",
+        "reason": f"{metric} {_fmt(cand.metrics.get(metric))} beats "
+        f"{_fmt(baseline.get(metric))} of {against['model']}:{against['version']}",
     }
+
+
+def _fmt(value: Any) -> str:
+    return "(none)" if value is None else f"{value:.6g}"

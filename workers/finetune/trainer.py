@@ -37,7 +37,7 @@ from workers.contract.sweep_spec import SWEEP_PREFIX
 from workers.finetune.compress_job import execute_compression
 from workers.finetune.errors import describe_error
 from workers.finetune.fence import TrainingFailed
-from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute
+from workers.finetune.job import DatasetUnusable, HandBack, JobContext, execute, prune
 from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.model import ModelNotTrainable
 from workers.finetune.sweep import SweepAdvancer
@@ -195,7 +195,13 @@ class Trainer:
                 self.store.finish(
                     job_id, self.trainer_id, "failed", error=error, message=f"job failed: {error['message']}"
                 )
+                self._prune_failed(job_id)
             return "failed"
+
+    def _prune_failed(self, job_id: str) -> None:
+        row = self.store.job_by_id(job_id)
+        if row is not None and row.status == "failed":
+            prune(self.ctx, job_id, int(row.spec.get("keep_checkpoints", 1)))
 
     def _lost(self, job_id: str) -> str:
         """Why the lease went: the job was cancelled or paused, or else taken over ("lost")."""

@@ -27,21 +27,23 @@ from torch.nn import functional as F
 
 from model_store.signature import Signature
 from workers.contract.datasets import Dataset
-from workers.contract.finetune_spec import Hyperparameters, JobSpec
-from workers.finetune import distributed
+from workers.contract.finetune_spec import Hyperparameters, JobSpec, chosen_metric
+from workers.finetune import distributed, scores
 from workers.finetune.distributed import RankInfo
 from workers.finetune.model import first_output, trainable_names
 
 StepHook = Callable[[dict[str, Any]], None]
+MAX_PROBABILITY_CLASSES = 64  # more classes: the results file has no probabilities column
 
 
 @dataclass(slots=True)
 class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
-    best: float = math.inf
+    best: float = math.inf  # the chosen metric's best value, oriented so that lower is better
     bad_epochs: int = 0
     stopped_early: bool = False
+    best_epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -141,6 +143,9 @@ class Run:
         self.encode = encode
         self.hp = spec.hyperparameters
         self.classification = spec.task == "classification"
+        self.metric = chosen_metric(spec.task, spec.promote_metric)
+        # early stopping keeps the best epoch's weights (on the CPU) to restore into the result
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.train_x, self.train_y = self._tensors(train)
         self.valid_x, self.valid_y = self._tensors(valid)
         self.valid_lines = list(valid.lines)
@@ -167,6 +172,13 @@ class Run:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.hp.epochs
+
+    @property
+    def trained_tokens(self) -> int | None:
+        """Text models: the non-padding tokens of the training rows times the epochs run."""
+        if self.encode is None or self.train_x.ndim != 3:
+            return None
+        return int(self.train_x[:, 1].sum()) * self.progress.epoch
 
     def done(self) -> bool:
         return self.progress.epoch >= self.hp.epochs or self.progress.stopped_early
@@ -234,26 +246,48 @@ class Run:
         return F.mse_loss(out.reshape(y.shape), y)
 
     def _after_epoch(self, result: EpochResult) -> None:
+        """Track the best epoch by the chosen metric; stop after `patience` epochs without one."""
         p = self.progress
         p.epoch = result.epoch
         es = self.hp.early_stopping
-        loss = result.valid["valid_loss"]
-        if loss < p.best - (es.min_delta if es else 0.0):
-            p.best, p.bad_epochs = loss, 0
+        value = result.valid.get(self.metric)
+        score = scores.oriented(self.metric, float(value)) if value is not None else math.inf
+        if score < p.best - (es.min_delta if es else 0.0):
+            p.best, p.bad_epochs, p.best_epoch = score, 0, result.epoch
+            if es is not None:
+                self.best_state = self._snapshot()
         else:
             p.bad_epochs += 1
+        result.valid["best_epoch"] = p.best_epoch
         if es is not None and p.bad_epochs >= es.patience:
             p.stopped_early = True
             result.valid["stopped_early"] = True
         if self.rank is not None:  # the ranks agree on stopping, whatever their float rounding
             p.stopped_early = distributed.any_rank(p.stopped_early, self.device)
 
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
+    def restore_best(self) -> bool:
+        """With early stopping, put the best epoch's weights back (True if that changed them)."""
+        p = self.progress
+        if self.hp.early_stopping is None or self.best_state is None or p.best_epoch == p.epoch:
+            return False
+        self.module.load_state_dict(self.best_state)
+        return True
+
+    def load_best(self, data: bytes) -> None:
+        """The best epoch's weights from its checkpoint (a resumed run whose best is earlier)."""
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        self.best_state = dict(state["model"])
+
     # evaluation ----------------------------------------------------------------------------------
     def evaluate(self, module: Any | None = None) -> dict[str, Any]:
         return evaluate(module or self.module, self.sig, self.valid_x, self.valid_y, self.classification)
 
-    def predictions(self, module: Any | None = None) -> list[Any]:
-        """Per validation row: the predicted class (classification) or value(s) (regression)."""
+    def predictions(self, module: Any | None = None) -> tuple[list[Any], list[list[float]] | None]:
+        """Per validation row: the predicted class and the class probabilities (classification)
+        or the predicted value(s) and None (regression)."""
         module = module or self.module
         was_training = module.training
         module.eval()
@@ -261,8 +295,12 @@ class Run:
             out = forward_all(module, self.valid_x, self.sig)
         module.train(was_training)
         if self.classification:
-            return [int(v) for v in out.argmax(dim=1).tolist()]
-        return list(out.reshape(self.valid_y.shape).cpu().tolist())
+            probs = torch.softmax(out.double(), dim=1).cpu()
+            predicted = [int(v) for v in probs.argmax(dim=1).tolist()]
+            if probs.shape[1] > MAX_PROBABILITY_CLASSES:  # keep the results file to a sane size
+                return predicted, None
+            return predicted, probs.tolist()
+        return list(out.reshape(self.valid_y.shape).cpu().tolist()), None
 
     # checkpoint state ----------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
@@ -278,6 +316,7 @@ class Run:
                 "best": p.best,
                 "bad_epochs": p.bad_epochs,
                 "stopped_early": p.stopped_early,
+                "best_epoch": p.best_epoch,
             },
         }
         buf = io.BytesIO()
@@ -291,6 +330,8 @@ class Run:
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
         self.progress = Progress(**state["progress"])
+        if self.hp.early_stopping is not None and self.progress.best_epoch == self.progress.epoch:
+            self.best_state = self._snapshot()
 
 
 EVAL_CHUNK = 256
@@ -313,19 +354,11 @@ def evaluate(
         out = forward_all(module, x, sig)
         if classification:
             loss = F.cross_entropy(out, y)
-            metrics = {"valid_loss": float(loss), "accuracy": float((out.argmax(dim=1) == y).float().mean())}
+            probs = torch.softmax(out.double(), dim=1).cpu().numpy()
+            metrics = scores.classification(probs, y.cpu().numpy())
         else:
             pred = out.reshape(y.shape)
             loss = F.mse_loss(pred, y)
-            var = float(((y - y.mean(dim=0)) ** 2).sum())
-            r2 = 1.0 - float(((y - pred) ** 2).sum()) / var if var > 0 else 0.0
-            metrics = {"valid_loss": float(loss), "r2": r2}
+            metrics = scores.regression(pred.double().cpu().numpy(), y.double().cpu().numpy())
     module.train(was_training)
-    return metrics
-
-
-def better(task: str, new: dict[str, Any], old: dict[str, Any]) -> bool:
-    """Does `new` beat `old` on the task's validation metric?"""
-    if task == "classification":
-        return bool(new["accuracy"] > old["accuracy"])
-    return bool(new["valid_loss"] < old["valid_loss"])
+    return {"valid_loss": float(loss), **metrics}
