@@ -61,7 +61,11 @@ def inprocess(args: argparse.Namespace, src: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"streams": {}}
     ids_of = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m in prompts(64)]
     ids_of = [x if isinstance(x, list) else list(x["input_ids"]) for x in ids_of]
-    manager = lm.init_continuous_batching(generation_config=gen)
+    from workers.generation.engine import EngineOptions
+
+    # the same paged-cache and batch sizes the worker's engine uses: the same scheduler, no server
+    cb = EngineOptions().cb_config(args.device)
+    manager = lm.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
     manager.start()  # one manager for every wave, as a server keeps it: steady state, not start-up
     try:
         wave(manager, ids_of[:2])  # warm up
@@ -152,7 +156,15 @@ async def streams(url: str, headers: dict[str, str], model: str, n: int, max_tok
 
 
 def run_kiln(args: argparse.Namespace, work: Path, src: dict[str, Any]) -> dict[int, Any]:
-    os.environ.setdefault("KILN_MAX_UPLOAD_BYTES", str(8 << 30))
+    # a ~1B bf16 bundle is over the default upload (2 GiB), parameter (1e9) and check limits
+    for name, value in {
+        "KILN_MAX_UPLOAD_BYTES": str(8 << 30),
+        "KILN_MAX_MODEL_PARAMETERS": str(3_000_000_000),
+        "KILN_CHECK_MEMORY_MB": str(32 << 10),
+        "KILN_CHECK_TIMEOUT_S": "600",
+        "KILN_MODEL_MEMORY_MB": str(32 << 10),
+    }.items():
+        os.environ.setdefault(name, value)
     kiln = Kiln(work / "kiln", 1, 1, args.threads)
     try:
         register(
