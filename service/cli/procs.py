@@ -28,12 +28,13 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def curl_line(url: str, key: str, model: str, body: dict[str, Any]) -> str:
-    """A curl command line that pastes into a POSIX shell as it is."""
+def curl_line(url: str, key: str, model: str, body: dict[str, Any], path: str = "") -> str:
+    """A curl command line that pastes into a POSIX shell as it is (default: the model's OIP
+    infer route; else `path`)."""
     return (
         f"curl -s -H {shlex.quote('Authorization: Bearer ' + key)} "
         f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))} "
-        f"{url}/v2/models/{model}/infer"
+        f"{url}{path or f'/v2/models/{model}/infer'}"
     )
 
 
