@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.cli.demo import smollm2_gguf
 from tests.e2e.harness import ROOT, free_port
 from tests.models import demo_reference
 
 pytestmark = pytest.mark.e2e
 
 
-def _wait_for_curl(proc: subprocess.Popen[str], log: Path, timeout: float = 90) -> str:
+def _wait_for_curl(proc: subprocess.Popen[str], log: Path, timeout: float = 90, route: str = "/infer") -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         for line in text.splitlines():
-            if line.startswith("curl "):
+            if line.startswith("curl ") and line.endswith(route):
                 return line
         if proc.poll() is not None:
             raise RuntimeError(f"kiln serve exited:\n{text[-3000:]}")
@@ -68,6 +69,10 @@ def test_serve_demo_prints_a_curl_that_matches_the_model(tmp_path: Path) -> None
         (y,) = body["outputs"]
         np.testing.assert_allclose(np.array(y["data"]).reshape(y["shape"]), demo_reference(x), atol=1e-5)
         assert not (tmp_path / "data" / "redis.sock").is_symlink()
+        if smollm2_gguf() is not None:  # the chat curl answers too (the first call loads SmolLM2)
+            chat = shlex.split(_wait_for_curl(proc, log, route="/v1/chat/completions"))
+            answer = subprocess.run(chat, capture_output=True, text=True, timeout=300, check=True)
+            assert "Paris" in json.loads(answer.stdout)["choices"][0]["message"]["content"], answer.stdout
     finally:
         os.killpg(proc.pid, 15)
         try:
