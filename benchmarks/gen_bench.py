@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -263,6 +264,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kiln-gen-bench-"))
     src = build_model(args.model, work, args.dtype)
     base = inprocess(args, src)
+    gc.collect()  # the baseline's model and paged cache go before the server's worker loads its own
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
     kiln = {} if args.no_kiln else run_kiln(args, work, src)
     lit = {} if args.no_litserve else run_litserve(args, src)
     text = report(args, base, kiln, lit)

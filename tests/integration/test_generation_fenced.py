@@ -173,3 +173,20 @@ def test_smollm2_gguf_answers_paris_through_the_fence_and_later_loads_use_its_co
     assert hit is not None and sha256_file(hit[0]) == hit[1]
     assert validate("hf-causal-lm", hit[0], None) == causal_lm_signature()  # a bundle like any upload
     assert _ask_paris(path, settings) == first  # loaded from the conversion: the same greedy text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_continuous_batching_on_cuda_in_the_fence_matches_each_request_alone(tiny_path: Path) -> None:
+    """The engine on CUDA (its context opened before the fence closes): 16 concurrent greedy
+    requests each give what the same prompt gives alone, and the running gauge empties."""
+    version = dataclasses.replace(_version(tiny_path), config=VersionConfig(device="cuda"))
+    backend = load_backend(version, tiny_path, SETTINGS)
+    try:
+        prompts = [f"gpu prompt {i} " + "xyz"[i % 3] * (1 + i % 4) for i in range(16)]
+        alone = [drain(backend, [completion(p, max_tokens=12, temperature=0.0)])[0].text for p in prompts]
+        together = drain(backend, [completion(p, max_tokens=12, temperature=0.0) for p in prompts])
+        assert [r.text for r in together] == alone
+        assert backend.stats().running == 0
+    finally:
+        backend.close()
