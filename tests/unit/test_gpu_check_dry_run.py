@@ -19,8 +19,8 @@ PLANNED = [
     "gpu-tests",
     "bench-minilm",
     "bench-resnet",
-    "bench-litserve",
     "bench-llama-generation",
+    "bench-litserve",
 ]
 
 
@@ -56,7 +56,7 @@ def test_every_planned_step_has_a_status_and_cuda_steps_are_skipped(dry_run) -> 
     assert tests and all(t["outcome"] == "skipped" for t in tests)
     assert any("load_unload_50" in t["test"] for t in tests)
     assert steps["bench-litserve"]["status"] == "not built"
-    assert steps["bench-llama-generation"]["status"] == "not built"
+    assert steps["bench-llama-generation"]["status"] == "ok (dry run on CPU)", steps["bench-llama-generation"]
     assert report["device"]["cuda_available"] is False and report["device"]["torch"]
 
 
@@ -72,6 +72,10 @@ def test_benchmarks_record_figures_against_same_run_baselines(dry_run) -> None: 
         for f in with_baseline:
             assert f["value"] > 0 and f["baseline"] > 0
             assert f["ratio"] == pytest.approx(f["value"] / f["baseline"])
+    gen = steps["bench-llama-generation"]["result"]  # modelkiln's streams against in-process CB
+    for n, baseline in gen["in_process"]["streams"].items():
+        assert baseline["tokens_s"] > 0 and gen["modelkiln"][n]["tokens_s"] > 0
+        assert gen["modelkiln"][n]["ttft_p50_ms"] > 0
 
 
 def test_a_step_past_its_budget_is_killed_and_recorded(tmp_path: Path) -> None:
