@@ -42,6 +42,14 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     ]
 
 
+T0 = time.perf_counter()
+
+
+def say(text: str) -> None:
+    """Progress, so that a run cut off by its budget shows how far it came."""
+    print(f"[{time.perf_counter() - T0:6.1f} s] {text}", flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * q))] if s else float("nan")
@@ -76,6 +84,7 @@ def inprocess(args: argparse.Namespace, src: dict[str, Any]) -> dict[str, Any]:
             tokens = wave(manager, [ids_of[i % len(ids_of)] for i in range(n)])
             wall = time.perf_counter() - start
             out["streams"][n] = {"tokens_s": tokens / wall, "tokens": tokens, "seconds": wall}
+            say(f"in-process CB, {n} streams: {tokens / wall:.1f} tok/s")
     finally:
         manager.stop(block=True)
     one = torch.tensor([ids_of[0]], device=args.device)
@@ -169,6 +178,7 @@ def run_kiln(args: argparse.Namespace, work: Path, src: dict[str, Any]) -> dict[
         os.environ.setdefault(name, value)
     kiln = Kiln(work / "kiln", 1, 1, args.threads)
     try:
+        say("modelkiln up; registering the model")
         register(
             kiln,
             "chat",
@@ -179,7 +189,13 @@ def run_kiln(args: argparse.Namespace, work: Path, src: dict[str, Any]) -> dict[
         )
         headers = {"Authorization": f"Bearer {KEY}"}
         url = f"{kiln.url}/v1/chat/completions"
-        return {n: asyncio.run(streams(url, headers, "chat", n, args.max_tokens)) for n in args.streams}
+        say("registered")
+        out = {}
+        for n in args.streams:
+            out[n] = asyncio.run(streams(url, headers, "chat", n, args.max_tokens))
+            r = out[n]
+            say(f"modelkiln, {n} streams: {r['tokens_s']:.1f} tok/s, TTFT p50 {r['ttft_p50_ms']:.0f} ms")
+        return out
     finally:
         kiln.stop()
 
@@ -264,6 +280,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="kiln-gen-bench-"))
     src = build_model(args.model, work, args.dtype)
+    say(f"model {args.model} built")
     base = inprocess(args, src)
     gc.collect()  # the baseline's model and paged cache go before the server's worker loads its own
     if args.device == "cuda":

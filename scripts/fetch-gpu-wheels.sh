@@ -30,6 +30,7 @@ WHEELS=(
   sqlalchemy==2.1.9 greenlet==3.3.2 alembic==1.20.1 mako==1.4.3
   psycopg==3.3.9 psycopg-binary==3.3.9
   opentelemetry-api==1.45.2
+  optuna==5.0.0 colorlog==6.12.0
   pytest-asyncio==1.5.0 sniffio==1.3.1 typing-extensions==4.16.0
 )
 PLAT=()

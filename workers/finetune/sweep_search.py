@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState, create_trial
+from typing import TYPE_CHECKING, Any
 
 from workers.contract.sweep_spec import Choice, IntRange, Param, SweepSpec, grid_points
 
-_STATES = {
-    "succeeded": TrialState.COMPLETE,
-    "failed": TrialState.FAIL,
-    "cancelled": TrialState.FAIL,
-    "pruned": TrialState.PRUNED,
-}
+if TYPE_CHECKING:  # optuna is imported where a search runs: a trainer that runs no sweep needs none
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.trial import FrozenTrial
+
+_STATES = {"succeeded": "COMPLETE", "failed": "FAIL", "cancelled": "FAIL", "pruned": "PRUNED"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +36,8 @@ class TrialView:
 
 
 def _distribution(p: Param) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if isinstance(p, Choice):
         return CategoricalDistribution(p.values)
     if isinstance(p, IntRange):
@@ -57,7 +54,9 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 def _frozen(view: TrialView, dists: dict[str, BaseDistribution]) -> FrozenTrial:
-    state = _STATES.get(view.state, TrialState.RUNNING)
+    from optuna.trial import TrialState, create_trial
+
+    state = getattr(TrialState, _STATES.get(view.state, "RUNNING"))
     value = view.value if state == TrialState.COMPLETE else None
     if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
         state, value = TrialState.FAIL, None  # finished without a usable metric
@@ -74,6 +73,9 @@ def _frozen(view: TrialView, dists: dict[str, BaseDistribution]) -> FrozenTrial:
 def study(
     spec: SweepSpec, views: list[TrialView], sampler: optuna.samplers.BaseSampler | None = None
 ) -> optuna.Study:
+    import optuna
+    from optuna.study import StudyDirection
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = StudyDirection.MAXIMIZE if spec.maximize else StudyDirection.MINIMIZE
     out = optuna.create_study(direction=direction, sampler=sampler)
@@ -84,6 +86,8 @@ def study(
 
 
 def _sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if spec.search.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # a few random points first, then TPE: a third of the budget, at least 2, at most 10
@@ -105,6 +109,8 @@ def should_prune(spec: SweepSpec, views: list[TrialView], running: TrialView) ->
     et = spec.early_termination
     if et is None or not running.by_epoch:
         return False
+    import optuna
+
     pruner = optuna.pruners.MedianPruner(n_startup_trials=et.min_trials, n_warmup_steps=et.warmup_epochs)
     others = [v for v in views if v.number != running.number]
     s = study(spec, others)
