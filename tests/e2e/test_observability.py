@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from service.cli.client import KilnClient
+from tests.causal_tiny import tiny_bundle
 from tests.conftest import ADMIN_KEY
 from tests.e2e import prom
+from tests.e2e.conftest import register_http
 from tests.e2e.harness import Stack
 from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.models import onnx_add_bytes
@@ -85,6 +87,18 @@ def _tiny_finetune_job(url: str, tmp_path: Path) -> str:
     return str(job["id"])
 
 
+def _generate(url: str) -> None:
+    """One streamed completion of the tiny causal model and one over its context (an error the
+    metrics record), so the generation row has data."""
+    with httpx.Client(base_url=url, headers=AUTH, timeout=120) as c:
+        body = {"model": "talker", "prompt": "hello", "max_tokens": 8, "temperature": 0, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            assert any(line == "data: [DONE]" for line in r.iter_lines())
+        too_long = {"model": "talker", "prompt": "x" * 300, "max_tokens": 8}  # the context is 256
+        assert c.post("/v1/completions", json=too_long).status_code == 400
+
+
 def _value(server: prom.Prometheus, expr: str) -> float | None:
     result = server.query(expr)["data"]["result"]
     return float(result[0]["value"][1]) if result else None
@@ -114,6 +128,7 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
     stack.start_worker("worker-2")
     stack.start_trainer("trainer")
     _register_add_model(stack.url)
+    register_http(stack.url, "talker", tiny_bundle("llama", seed=5), "hf-causal-lm")
     job_id = _tiny_finetune_job(stack.url, tmp_path)
     workers = [f"127.0.0.1:{p}" for n, p in stack.worker_ports.items() if n.startswith("worker")]
     server = prom.Prometheus(
@@ -133,6 +148,7 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_and_alert_query_runs(
         while (problems or not _value(server, succeeded)) and time.monotonic() < deadline:
             codes = asyncio.run(_burst(stack.url, "adder", 48))  # load, let it scrape, ask again
             assert codes.count(200) == 48 and codes.count(400) == 2, codes
+            _generate(stack.url)
             stack.check_alive()
             problems = _missing(server)
         targets = httpx.get(f"{server.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]

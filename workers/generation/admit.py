@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,11 +39,19 @@ def peek(fields: dict[bytes, bytes]) -> tuple[str, str] | None:
 
 
 class Admitter:
-    def __init__(self, queue: GenQueue, backends: GenBackends, worker_id: str, max_deliveries: int) -> None:
+    def __init__(
+        self,
+        queue: GenQueue,
+        backends: GenBackends,
+        worker_id: str,
+        max_deliveries: int,
+        rejected: Callable[[str, int, str], None] | None = None,
+    ) -> None:
         self.queue = queue
         self.backends = backends
         self.worker_id = worker_id
         self.max_deliveries = max_deliveries
+        self.rejected = rejected  # (model, version, code) of a request the model refused
 
     def _fail(
         self, entry: Entry, rid: str, reply: str, stream: bool, code: str, message: str, seq: int = -1
@@ -93,6 +102,7 @@ class Admitter:
     def _submit(self, entry: Entry, msg: GenRequestMsg, remaining_ms: int) -> Running | Out | None:
         rid, reply, stream = msg.request_id, msg.reply_to, msg.stream
         version_id = self.queue.keys.gen_version_of(entry.stream)
+        hosted = None
         try:
             hosted = self.backends.get(version_id)
             if hosted is None:
@@ -101,14 +111,16 @@ class Admitter:
         except LoadFailed as exc:
             return self._fail(entry, rid, reply, stream, exc.code, str(exc))
         except GenInputError as exc:
-            return self._fail(
-                entry, rid, reply, stream, exc.code or GenErrorCode.INVALID_INPUT, str(exc)[:1000]
-            )
+            code = exc.code or GenErrorCode.INVALID_INPUT
+            if self.rejected is not None and hosted is not None:
+                self.rejected(hosted.version.model, hosted.version.version, code)
+            return self._fail(entry, rid, reply, stream, code, str(exc)[:1000])
         except Exception as exc:  # a backend that fails a submit fails that request alone
             log.warning("generation submit failed: %s", type(exc).__name__)
             return self._fail(
                 entry, rid, reply, stream, GenErrorCode.MODEL_ERROR, "the model failed to start"
             )
+        assert hosted is not None
         hosted.running.add(rid)
         now = time.monotonic()
         v = hosted.version

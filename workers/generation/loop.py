@@ -67,7 +67,9 @@ class GenerationLoop:
         self.commands = Commands(client, keys)
         self.backends = GenBackends(registry, blobs, loader, self.metrics, self.commands.unloaded)
         self.sessions = Sessions(self.backends, self.metrics, config)
-        self.admitter = Admitter(self.queue, self.backends, self.worker_id, config.max_deliveries)
+        self.admitter = Admitter(
+            self.queue, self.backends, self.worker_id, config.max_deliveries, self.metrics.rejected
+        )
         self.leases = Leases(self.queue)
         self._stop = threading.Event()
         self._finished = threading.Event()

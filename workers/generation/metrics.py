@@ -102,6 +102,13 @@ class GenMetrics:
         except Exception:
             log.exception("metrics hook failed")
 
+    def rejected(self, model: str, version: int, code: str) -> None:
+        """A request the model refused at submit (over its context, a chat it cannot template)."""
+        try:
+            self.failures.labels(model, str(version), code).inc()
+        except Exception:
+            log.exception("metrics hook failed")
+
     def charged(self, c: TokenCharge) -> None:
         try:
             lv = (c.model, str(c.version))
