@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from tests.conftest import WorkerThread, make_key
 from tests.ft_data import jsonl, rows, text_jsonl, topic_texts
@@ -185,7 +186,7 @@ async def test_pruned_and_fine_tuned_mlp_keeps_its_accuracy(client, settings) ->
     if job["result"]["promoted"]:  # the alias serves v1: scored in a fenced child on the same file
         promotion = second["result"]["promotion"]
         assert promotion["against"] == {"model": "mlp-prune", "version": 1, "source": "alias"}, promotion
-        assert promotion["against_value"] == job["comparison"]["result"]["accuracy"], promotion
+        assert promotion["against_value"] == pytest.approx(job["comparison"]["result"]["accuracy"]), promotion
         print(f"\nsecond prune: {promotion}")
     cmp = job["comparison"]
     print(f"\npruned MLP: {job['result']['metrics']} {cmp}")

@@ -52,7 +52,9 @@ async def test_two_processes_reach_the_accuracy_of_one(
     valid = (await upload(client, jsonl(*rows(600, 2)), "valid.jsonl")).json()["id"]
     hp = {"epochs": 6}
     one = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters=hp))
-    body = job_body(train, valid, hyperparameters=hp, suffix="ddp", resources={"processes": 2})
+    body = job_body(
+        train, valid, hyperparameters=hp, suffix="ddp", resources={"processes": 2}, keep_checkpoints=100
+    )
     two = await client.post("/v1/fine_tuning/jobs", json=body)
     assert one.status_code == two.status_code == 200, (one.text, two.text)
     assert two.json()["resources"] == {"processes": 2}
@@ -116,7 +118,7 @@ async def test_a_rank_killed_with_sigkill_resumes_from_the_checkpoint(
 ) -> None:
     train, valid = await setup_classifier(client)
     hp = {"epochs": 12}
-    body = job_body(train, valid, hyperparameters=hp, resources={"processes": 2})
+    body = job_body(train, valid, hyperparameters=hp, resources={"processes": 2}, keep_checkpoints=100)
     r = await client.post("/v1/fine_tuning/jobs", json=body)
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
