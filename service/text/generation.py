@@ -171,7 +171,7 @@ class TextService:
         version = await self.resolver.resolve(principal.tenant_id, name, ref)
         if version.format != fmt:
             raise InvalidInput(
-                f"model {model[:64]!r} is a {version.format} model; {what} needs a {fmt} model"
+                f"model {model[:64]!r} has format {version.format}; {what} needs a model of format {fmt}"
             )
         return version
 
