@@ -10,7 +10,6 @@ with its owner's fine-tune grant; a `finetune` key creates new models only).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from starlette.concurrency import run_in_threadpool
@@ -21,8 +20,8 @@ from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
 from service.compress.schemas import CompressionCreate, CompressionJobList, CompressionJobPublic
 from service.errors import InvalidDataset, Unprocessable
+from service.finetune.create_once import create_once
 from service.finetune.public import event_public
-from service.finetune.records import dispatch
 from service.finetune.schemas import EventList
 from service.state import AppState
 from service.tenancy import access
@@ -75,24 +74,20 @@ class CompressService:
         self, principal: Principal, body: CompressionCreate, idempotency_key: str | None
     ) -> CompressionJobPublic:
         tenant_id = principal.tenant_id
-        idem: tuple[int, str] | None = None
-        if idempotency_key:
-            digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-            try:
-                existing = await run_in_threadpool(self.store.reserve_key, tenant_id, idempotency_key, digest)
-            except ValueError as exc:
-                raise Unprocessable(str(exc)) from exc
-            if existing is not None:
-                return job_public(await run_in_threadpool(self.store.get_job, tenant_id, existing))
-            idem = (tenant_id, idempotency_key)
-        try:
-            row = await run_in_threadpool(self._create_row, principal, body, idem)
-        except BaseException:
-            if idem is not None:
-                await run_in_threadpool(self.store.release_key, *idem)
-            raise
-        await dispatch(self.state.engine, row.id)
-        return job_public(row)
+
+        async def existing(job_id: str) -> CompressionJobPublic:
+            return job_public(await run_in_threadpool(self.store.get_job, tenant_id, job_id))
+
+        return await create_once(
+            self.store,
+            self.state.engine,
+            tenant_id,
+            idempotency_key,
+            body.model_dump_json().encode(),
+            lambda idem: self._create_row(principal, body, idem),
+            existing,
+            job_public,
+        )
 
     def _create_row(
         self, principal: Principal, body: CompressionCreate, idem: tuple[int, str] | None

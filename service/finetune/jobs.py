@@ -10,7 +10,6 @@ answers 422 with a line-numbered report.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -26,8 +25,9 @@ from model_store.names import check_model_name, parse_version_ref
 from model_store.registry import ResolvedVersion
 from service.checks import finetune_check
 from service.errors import InvalidDataset, Unprocessable
+from service.finetune.create_once import create_once
 from service.finetune.public import file_public, job_public
-from service.finetune.records import FinetuneRecords, dispatch
+from service.finetune.records import FinetuneRecords
 from service.finetune.schemas import (
     DryRunPublic,
     FilePublic,
@@ -97,24 +97,20 @@ class FinetuneService:
         tenant_id = principal.tenant_id
         if dry_run:
             return await run_in_threadpool(self._dry_run, principal, body)
-        idem: tuple[int, str] | None = None
-        if idempotency_key:
-            digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-            try:
-                existing = await run_in_threadpool(self.store.reserve_key, tenant_id, idempotency_key, digest)
-            except ValueError as exc:
-                raise Unprocessable(str(exc)) from exc
-            if existing is not None:
-                return job_public(await run_in_threadpool(self.store.get_job, tenant_id, existing))
-            idem = (tenant_id, idempotency_key)
-        try:
-            row = await run_in_threadpool(self._create_row, principal, body, idem)
-        except BaseException:
-            if idem is not None:
-                await run_in_threadpool(self.store.release_key, *idem)
-            raise
-        await dispatch(self.state.engine, row.id)
-        return job_public(row)
+
+        async def existing(job_id: str) -> JobPublic:
+            return job_public(await run_in_threadpool(self.store.get_job, tenant_id, job_id))
+
+        return await create_once(
+            self.store,
+            self.state.engine,
+            tenant_id,
+            idempotency_key,
+            body.model_dump_json().encode(),
+            lambda idem: self._create_row(principal, body, idem),
+            existing,
+            job_public,
+        )
 
     def _create_row(
         self, principal: Principal, body: JobCreate, idem: tuple[int, str] | None

@@ -5,7 +5,6 @@ gateway only writes the sweep row and says "look at sweep X" on the job stream.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +13,7 @@ from model_store.db import FineTuneJobRow, SweepRow
 from model_store.jobs import new_id, unix
 from model_store.sweeps import SweepStore
 from service.errors import Unprocessable
+from service.finetune.create_once import create_once
 from service.finetune.jobs import FinetuneService, _needs_model_check
 from service.finetune.records import dispatch
 from service.finetune.schemas import JobCreate
@@ -44,26 +44,16 @@ class SweepService:
     ) -> SweepPublic:
         spec = _spec(principal, body)  # the search spec first: cheap, and a 422 before any file is read
         tenant_id = principal.tenant_id
-        idem: tuple[int, str] | None = None
-        if idempotency_key:
-            digest = hashlib.sha256(b"sweep:" + body.model_dump_json().encode()).hexdigest()
-            try:
-                existing = await run_in_threadpool(
-                    self.ft.store.reserve_key, tenant_id, idempotency_key, digest
-                )
-            except ValueError as exc:
-                raise Unprocessable(str(exc)) from exc
-            if existing is not None:
-                return await self.get(tenant_id, existing)
-            idem = (tenant_id, idempotency_key)
-        try:
-            row = await run_in_threadpool(self._create_row, principal, body, spec, idem)
-        except BaseException:
-            if idem is not None:
-                await run_in_threadpool(self.ft.store.release_key, *idem)
-            raise
-        await dispatch(self.ft.state.engine, row.id)
-        return sweep_public(row, [])
+        return await create_once(
+            self.ft.store,
+            self.ft.state.engine,
+            tenant_id,
+            idempotency_key,
+            b"sweep:" + body.model_dump_json().encode(),
+            lambda idem: self._create_row(principal, body, spec, idem),
+            lambda sweep_id: self.get(tenant_id, sweep_id),
+            lambda row: sweep_public(row, []),
+        )
 
     def _create_row(
         self, principal: Principal, body: SweepCreate, spec: SweepSpec, idem: tuple[int, str] | None
