@@ -10,7 +10,6 @@ its trainer died starts again from its parent.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -18,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from model_store.db import FineTuneJobRow
-from model_store.errors import Conflict
 from model_store.registry import ResolvedVersion
-from model_store.signature import Signature
 from workers.contract.compress_messages import COMPRESS_MESSAGE, Compressed
 from workers.contract.compress_spec import CompressSpec
 from workers.contract.finetune_check import file_ref, readable_paths, version_ref
 from workers.contract.finetune_messages import Error, Step
 from workers.finetune.compress_promote import promote
 from workers.finetune.fence import TrainingFailed, TrainingProcess
-from workers.finetune.job import JobContext, _Heartbeat, _results_file, _table
+from workers.finetune.job import JobContext, _Heartbeat, _results_file, _table, register_result
 
 # what the fenced child runs; tests may swap in variants
 COMPRESS_TARGET = "workers.finetune.compress_child:compress_main"
@@ -87,7 +84,10 @@ def _finish(
     base = ctx.registry.by_version_id(row.base_version_id)
     table = _table(buffers)
     files = [_results_file(ctx, row, table)] if table["lines"] else []
-    version = _register(ctx, row, spec, (base, proc), msg, _lineage(ctx, row, spec, base, msg))
+    lineage = _lineage(ctx, row, spec, base, msg)
+    version = register_result(
+        ctx, row, spec.publish_existing, (base, proc), msg, lineage, f"{spec.method} of {row.model}"
+    )
     result: dict[str, Any] = {
         "version": version,
         "comparison": msg.comparison,
@@ -136,34 +136,3 @@ def _lineage(
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
     }
-
-
-def _register(
-    ctx: JobContext,
-    row: FineTuneJobRow,
-    spec: CompressSpec,
-    source: tuple[ResolvedVersion, TrainingProcess],
-    msg: Compressed,
-    lineage: dict[str, Any],
-) -> int:
-    """Register the result once (a retried finish finds the version this job already made); a
-    job without `publish_existing` publishes only into a model it created."""
-    base, proc = source
-    with contextlib.suppress(Conflict):
-        ctx.registry.create_model(row.tenant_id, row.target_model, f"{spec.method} of {row.model}")
-    model = ctx.registry.get_model(row.tenant_id, row.target_model)
-    versions = ctx.registry.list_versions(model.id)
-    for v in versions:
-        if (v.lineage or {}).get("job_id") == row.id:
-            return v.version
-    if versions and not spec.publish_existing:
-        raise Conflict(
-            f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
-            "existing model needs the 'manage' scope"
-        )
-    tmp, sha, size = proc.take(ctx.blobs, msg.artifact)
-    sig = Signature.model_validate(msg.signature)
-    created = ctx.registry.add_version(
-        row.tenant_id, row.target_model, msg.format, tmp, sha, size, sig, base.config, lineage=lineage
-    )
-    return created.version

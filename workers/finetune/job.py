@@ -233,7 +233,10 @@ def _finish(
     spec = JobSpec.model_validate(row.spec)
     final = dict(done.metrics)
     results_file = _results_file(ctx, row, table)
-    version = _register(ctx, row, spec, base, proc, done, _lineage(ctx, row, spec, base, done, parent))
+    lineage = _lineage(ctx, row, spec, base, done, parent)
+    version = register_result(
+        ctx, row, spec.publish_existing, (base, proc), done, lineage, f"fine-tuned from {row.model}"
+    )
     result: dict[str, Any] = {
         "metrics": final,
         "parent_metrics": parent,
@@ -314,20 +317,22 @@ def _lineage(
     }
 
 
-def _register(
+def register_result(
     ctx: JobContext,
     row: FineTuneJobRow,
-    spec: JobSpec,
-    base: ResolvedVersion,
-    proc: Training,
-    done: Done,
+    publish_existing: bool,
+    source: tuple[ResolvedVersion, Any],
+    result: Any,
     lineage: dict[str, Any],
+    description: str,
 ) -> int:
-    """Register the result once (a retried finish finds the version this job already made).
-    A job without `publish_existing` (its key lacked `manage`) publishes only into a model that
-    holds no other versions: one it created."""
+    """Register a job's result (its `artifact`, `signature`, `format`, taken from the process in
+    `source`) once: a retried finish finds the version this job already made. A job without
+    `publish_existing` (its key lacked `manage`) publishes only into a model that holds no other
+    versions (one it created), or only versions of its own sweep."""
+    base, proc = source
     with contextlib.suppress(Conflict):
-        ctx.registry.create_model(row.tenant_id, row.target_model, f"fine-tuned from {row.model}")
+        ctx.registry.create_model(row.tenant_id, row.target_model, description)
     model = ctx.registry.get_model(row.tenant_id, row.target_model)
     versions = ctx.registry.list_versions(model.id)
     for v in versions:
@@ -337,15 +342,15 @@ def _register(
     ours = row.sweep_id is not None and all(
         (v.lineage or {}).get("sweep_id") == row.sweep_id for v in versions
     )
-    if versions and not spec.publish_existing and not ours:
+    if versions and not publish_existing and not ours:
         raise Conflict(
             f"model {row.target_model!r} was created by someone else meanwhile: publishing into an "
             "existing model needs the 'manage' scope"
         )
-    tmp, sha, size = proc.take(ctx.blobs, done.artifact)
-    sig = Signature.model_validate(done.signature)
+    tmp, sha, size = proc.take(ctx.blobs, result.artifact)
+    sig = Signature.model_validate(result.signature)
     created = ctx.registry.add_version(
-        row.tenant_id, row.target_model, done.format, tmp, sha, size, sig, base.config, lineage=lineage
+        row.tenant_id, row.target_model, result.format, tmp, sha, size, sig, base.config, lineage=lineage
     )
     return created.version
 
