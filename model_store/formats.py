@@ -25,7 +25,8 @@ from model_store.onnx_check import check_onnx_model
 from model_store.signature import NUMPY_DTYPES, Signature, TensorSpec
 from model_store.torchscript_check import check_torchscript_archive, check_torchscript_module
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder", "hf-causal-lm")
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "hf-encoder", "hf-causal-lm")  # what may be uploaded
+ADAPTER_FORMAT = "lora-adapter"  # made by fine-tune jobs only (model_store/lora_adapter.py)
 
 _ONNX_TYPES = {
     1: "FP32",
@@ -66,6 +67,10 @@ def validate(
         from model_store.hf_causal_lm import validate_hf_causal_lm
 
         return validate_hf_causal_lm(path, signature, limits or ArtifactLimits())
+    if fmt == "lora-adapter":  # registered by the trainer that made it, never uploaded
+        from model_store.lora_adapter import validate_lora_adapter
+
+        return validate_lora_adapter(path, signature, limits or ArtifactLimits())
     raise InvalidArtifact(f"unknown format; expected one of {', '.join(FORMATS)}")
 
 

@@ -39,6 +39,7 @@ class ResolvedVersion:
     sha256: str
     signature: Signature
     config: VersionConfig
+    adapter_of: int | None = None  # a lora-adapter: its base's version id (from the lineage)
 
 
 def _ensure_model(s: Session, tenant_id: int, name: str, description: str) -> None:
@@ -71,7 +72,14 @@ def _resolved(model: ModelRow, row: ModelVersionRow) -> ResolvedVersion:
         sha256=row.sha256,
         signature=Signature.model_validate(row.signature),
         config=VersionConfig.model_validate(row.config),
+        adapter_of=adapter_base(row.lineage),
     )
+
+
+def adapter_base(lineage: dict[str, Any] | None) -> int | None:
+    """The base version id a lora-adapter version is served on (its lineage's `adapter_of`)."""
+    value = (lineage or {}).get("adapter_of")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 Check = Callable[[str, Path, Signature | None], Signature]

@@ -102,6 +102,19 @@ class GenParams:
             raise ValueError("logprobs must be between 0 and 20")
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    version_id: int
+    sha256: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AdapterRef:
+        sha = str(d["sha256"])
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError("adapter sha256 must be 64 lowercase hex digits")
+        return cls(int(d["id"]), sha)
+
+
 @dataclass(slots=True)
 class GenRequestMsg:
     request_id: str
@@ -116,6 +129,9 @@ class GenRequestMsg:
     messages: list[dict[str, str]] | None = None  # mode "chat": [{"role", "content"}, ...]
     prompt: str | None = None  # mode "completion"
     key_id: int = 0
+    # a lora-adapter version served on this stream's base: its version id and blob digest (the
+    # worker loads it from the blob store, checked against the digest); None: the base alone
+    adapter: AdapterRef | None = None
 
     def to_fields(self) -> dict[bytes, bytes]:
         header: dict[str, Any] = {
@@ -130,6 +146,8 @@ class GenRequestMsg:
             "stream": self.stream,
             "params": self.params.to_json(),
         }
+        if self.adapter is not None:
+            header["adapter"] = {"id": self.adapter.version_id, "sha256": self.adapter.sha256}
         if self.mode == "chat":
             header["messages"] = self.messages or []
         else:
@@ -161,6 +179,7 @@ class GenRequestMsg:
                 params=GenParams.from_json(h.get("params") or {}),
                 messages=messages,
                 prompt=None if mode == "chat" else str(h["prompt"]),
+                adapter=AdapterRef.from_json(h["adapter"]) if h.get("adapter") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"malformed generation request: {exc}") from exc
