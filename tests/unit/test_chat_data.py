@@ -25,7 +25,7 @@ def _line(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-def _chat(*messages: dict[str, Any]) -> dict[str, Any]:
+def _chat(*messages: Any) -> dict[str, Any]:
     return {"messages": list(messages)}
 
 
