@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from workers.contract.datasets import Dataset, Report, RowError, json_object
+from workers.contract.dataset_base import ChatMessage, ChatRow, Dataset, Report, RowError, json_object
 
 MAX_MESSAGES = 512  # one row
 MAX_CHAT_ROW_CHARS = 400_000  # one row: the characters of all its contents together
@@ -34,19 +33,6 @@ _MESSAGE_KEYS = frozenset({"role", "content", "weight", "name"})
 _TOOL_KEYS = frozenset({"tools", "parallel_tool_calls", "functions", "tool_calls", "function_call"})
 _TOOLS = "tools and function calling are not supported: remove tools, functions and tool messages"
 _LOOKAHEAD = 10  # non-empty lines looked at to tell a chat file from an input/text one
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-    weight: float | None = None  # only on assistant messages; 0 or 1 (OpenAI); None = 1
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRow:
-    messages: tuple[ChatMessage, ...]
-    kind: str  # "chat" ({"messages": [...]}) or "completion" ({"prompt", "completion"})
 
 
 def looks_like_chat(data: bytes) -> bool:

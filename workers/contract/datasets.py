@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-MAX_ISSUES = 50
+from workers.contract.chat_data import looks_like_chat, parse_chat
+from workers.contract.dataset_base import Dataset, Report, RowError, json_object
+from workers.contract.dataset_base import Issue as Issue  # re-exported, as Dataset and Report
+
 MAX_TEXT_CHARS = 100_000  # one text row
 MAX_CSV_CELL_CHARS = 1_000  # one CSV cell (a number)
 MAX_CLASSES = 100_000  # classification labels, where the model does not say how many it has
@@ -34,77 +36,8 @@ CAUSAL_NEEDS_CHAT = 'hf-causal-lm models take chat rows ({"messages": [...]}) or
 
 
 @dataclass(frozen=True, slots=True)
-class Issue:
-    line: int
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "field": self.field, "message": self.message}
-
-
-@dataclass(slots=True)
-class Report:
-    issues: list[Issue] = field(default_factory=list)
-    total_issues: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def valid(self) -> bool:
-        return self.total_issues == 0
-
-    def add(self, line: int, field_: str, message: str) -> None:
-        self.total_issues += 1
-        if len(self.issues) < MAX_ISSUES:
-            self.issues.append(Issue(line, field_, message))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "valid": self.valid,
-            "errors": [i.as_dict() for i in self.issues],
-            "total_errors": self.total_issues,
-            "stats": self.stats,
-        }
-
-    def summary(self, limit: int = 5) -> str:
-        parts = [
-            f"line {i.line}: {i.field}: {i.message}" if i.field else f"line {i.line}: {i.message}"
-            for i in self.issues[:limit]
-        ]
-        more = self.total_issues - len(parts)
-        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-@dataclass(slots=True)
-class Dataset:
-    inputs: np.ndarray  # float32 [N, *input_shape], or object [N] of str (text) or ChatRow (chat)
-    labels: np.ndarray  # float64 [N] or [N, K]
-    lines: list[int]
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    @property
-    def is_text(self) -> bool:
-        return bool(self.inputs.dtype == object) and not self.is_chat
-
-    @property
-    def is_chat(self) -> bool:
-        from workers.contract.chat_data import ChatRow  # chat_data imports this module
-
-        return len(self) > 0 and isinstance(self.inputs[0], ChatRow)
-
-
-@dataclass(frozen=True, slots=True)
 class _Text:
     value: str
-
-
-class RowError(Exception):
-    def __init__(self, field_: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_
-        self.message = message
 
 
 def detect_format(filename: str, data: bytes) -> Literal["jsonl", "csv"]:
@@ -125,21 +58,6 @@ def _numeric(value: Any, what: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise RowError(what, "contains NaN or infinity")
     return arr
-
-
-def json_object(text: str) -> dict[str, Any]:
-    """One JSONL line as an object, or a RowError saying why not."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RowError("", f"bad JSON ({exc.msg} at column {exc.colno})") from exc
-    except RecursionError as exc:
-        raise RowError("", "bad JSON (nested too deeply)") from exc
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise RowError("", "bad JSON (a number has too many digits)") from exc
-    if not isinstance(obj, dict):
-        raise RowError("", "each line must be a JSON object")
-    return obj
 
 
 def _json_row(text: str) -> tuple[Any, Any]:
@@ -248,8 +166,6 @@ def _csv_row(
 
 def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
     """Parse a dataset file; the Dataset is None when the report has errors."""
-    from workers.contract.chat_data import looks_like_chat, parse_chat  # it imports this module
-
     if fmt == "jsonl" and looks_like_chat(data):
         return parse_chat(data)
     report = Report()
