@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import httpx
+
 from tests.integration.ft_helpers import job_body, setup_classifier, upload
 from workers.contract.datasets import CHAT_NEEDS_CAUSAL
 
@@ -25,7 +27,9 @@ CHAT = _jsonl(
 )
 
 
-async def test_a_chat_file_uploads_with_its_stats_and_a_broken_one_names_its_lines(client) -> None:
+async def test_a_chat_file_uploads_with_its_stats_and_a_broken_one_names_its_lines(
+    client: httpx.AsyncClient,
+) -> None:
     r = await upload(client, CHAT, "chat.jsonl")
     assert r.status_code == 201, r.text
     body = r.json()
@@ -55,7 +59,7 @@ async def test_a_chat_file_uploads_with_its_stats_and_a_broken_one_names_its_lin
     assert err["report"]["stats"]["rows"] == 2
 
 
-async def test_a_chat_file_is_refused_for_models_that_are_not_causal_lms(client) -> None:
+async def test_a_chat_file_is_refused_for_models_that_are_not_causal_lms(client: httpx.AsyncClient) -> None:
     train, valid = await setup_classifier(client)
     chat = (await upload(client, CHAT, "chat.jsonl")).json()["id"]
     for body in (job_body(chat, valid), job_body(train, chat)):
