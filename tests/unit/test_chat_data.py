@@ -244,3 +244,11 @@ def test_check_against_needs_a_causal_lm_for_chat_rows_and_chat_rows_for_one() -
     assert check_against(chat, (), (), "regression", causal_lm=True).valid
     report = check_against(text, (), (), "classification", causal_lm=True)
     assert not report.valid and "hf-causal-lm models take chat rows" in report.issues[0].message
+
+
+def test_lines_split_at_newlines_only() -> None:
+    text = "one\u2028two\x85three\x1cfour\rfive"
+    line = json.dumps(_chat(_m("user", text), _m("assistant", text)), ensure_ascii=False).encode()
+    ds, report = parse(line + b"\r\n" + line + b"\r\n", "jsonl")
+    assert ds is not None and report.valid and ds.lines == [1, 2]
+    assert ds.inputs[0].messages[1].content == text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def looks_like_chat(data: bytes) -> bool:
     """Whether a JSONL file holds chat or prompt/completion rows: its first non-empty line that is
     a JSON value (of the first few) is an object with "messages" or "prompt"."""
     seen = 0
-    for raw in data.decode("utf-8", errors="replace").splitlines():
+    for _, raw in _lines(data):
         if not raw.strip():
             continue
         seen += 1
@@ -61,7 +62,7 @@ def parse_chat(data: bytes) -> tuple[Dataset | None, Report]:
     lines: list[int] = []
     kind: str | None = None
     empty = True
-    for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for n, raw in _lines(data):
         if not raw.strip():
             continue
         empty = False
@@ -86,6 +87,13 @@ def parse_chat(data: bytes) -> tuple[Dataset | None, Report]:
     inputs = np.empty(len(rows), dtype=object)
     inputs[:] = rows  # element-wise: np.array(rows) would unpack the dataclasses' fields
     return Dataset(inputs, np.zeros(len(rows)), lines), report
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, str]]:
+    """Numbered lines, split at newlines only: str.splitlines would also split inside a JSON
+    string at characters JSON allows raw there (U+2028, U+0085, ...), breaking chat texts."""
+    for n, raw in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
+        yield n, raw.removesuffix("\r")
 
 
 def chat_stats(rows: list[ChatRow], kind: str) -> dict[str, Any]:
