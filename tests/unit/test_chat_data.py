@@ -198,6 +198,10 @@ def test_hostile_lines_are_issues_of_their_line() -> None:
     assert _one_bad(nested)[0] == "messages[0].content"
     role = _line(_chat(_m("x" * 10_000), _m("assistant")))
     assert len(_one_bad(role)[1]) < 200  # the echoed role is cut
+    key = _line({**_chat(_m("user"), _m("assistant")), "k" * 100_000: 1})
+    assert _one_bad(key)[0] == "k" * 40 + "..."  # an echoed field name too
+    key = _line(_chat({**_m("user"), "k" * 100_000: 1}, _m("assistant")))
+    assert _one_bad(key)[0] == "messages[0]." + "k" * 40 + "..."
 
 
 def test_non_utf8_bytes_are_replaced_not_raised() -> None:
@@ -246,9 +250,9 @@ def test_check_against_needs_a_causal_lm_for_chat_rows_and_chat_rows_for_one() -
     assert not report.valid and "hf-causal-lm models take chat rows" in report.issues[0].message
 
 
-def test_lines_split_at_newlines_only() -> None:
+def test_lines_split_at_newlines_only_and_a_byte_order_mark_is_dropped() -> None:
     text = "one\u2028two\x85three\x1cfour\rfive"
     line = json.dumps(_chat(_m("user", text), _m("assistant", text)), ensure_ascii=False).encode()
-    ds, report = parse(line + b"\r\n" + line + b"\r\n", "jsonl")
+    ds, report = parse(b"\xef\xbb\xbf" + line + b"\r\n" + line + b"\r\n", "jsonl")  # with a BOM
     assert ds is not None and report.valid and ds.lines == [1, 2]
     assert ds.inputs[0].messages[1].content == text

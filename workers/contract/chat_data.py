@@ -8,6 +8,7 @@ A file is one of two kinds, every row the same:
 - completion: `{"prompt": "...", "completion": "..."}`, kept as a user and an assistant message.
 Tool calling (`tools`, `functions`, tool/function roles, `tool_calls`) is refused, as are content
 parts (a list) and null content. Like `datasets.parse`, every line's first problem is reported.
+A Dataset of chat rows holds ChatRow objects (dataset_base, re-exported here) and zero labels.
 Standard library and numpy only: the gateway imports this and has no torch.
 """
 
@@ -29,7 +30,6 @@ MAX_CHAT_ROW_CHARS = 400_000  # one row: the characters of all its contents toge
 MAX_CHAT_LINE_CHARS = 6 * MAX_CHAT_ROW_CHARS + 100_000
 CHARS_PER_TOKEN = 4  # for the estimate only; exact counts come from the model's tokenizer at job time
 ROLES = ("system", "user", "assistant")
-KINDS = ("chat", "completion")
 _MESSAGE_KEYS = frozenset({"role", "content", "weight", "name"})
 _TOOL_KEYS = frozenset({"tools", "parallel_tool_calls", "functions", "tool_calls", "function_call"})
 _TOOLS = "tools and function calling are not supported: remove tools, functions and tool messages"
@@ -91,8 +91,9 @@ def parse_chat(data: bytes) -> tuple[Dataset | None, Report]:
 
 def _lines(data: bytes) -> Iterator[tuple[int, str]]:
     """Numbered lines, split at newlines only: str.splitlines would also split inside a JSON
-    string at characters JSON allows raw there (U+2028, U+0085, ...), breaking chat texts."""
-    for n, raw in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
+    string at characters JSON allows raw there (U+2028, U+0085, ...), breaking chat texts. A
+    byte-order mark (Windows editors write one) is dropped."""
+    for n, raw in enumerate(data.decode("utf-8-sig", errors="replace").split("\n"), start=1):
         yield n, raw.removesuffix("\r")
 
 
@@ -143,14 +144,19 @@ def _row(raw: str) -> ChatRow:
         return ChatRow((ChatMessage("user", prompt), ChatMessage("assistant", completion)), "completion")
     unknown = sorted(set(obj))
     if unknown:
-        raise RowError(unknown[0], "unknown field (expected messages, or prompt and completion)")
+        raise RowError(_key(unknown[0]), "unknown field (expected messages, or prompt and completion)")
     raise RowError("messages", "missing messages (or prompt and completion)")
+
+
+def _key(name: str) -> str:
+    """A field name from the file, cut to be echoed in a report."""
+    return name if len(name) <= 40 else name[:40] + "..."
 
 
 def _only(obj: dict[str, Any], allowed: set[str], expected: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise RowError(unknown[0], f"unknown field ({expected})")
+        raise RowError(_key(unknown[0]), f"unknown field ({expected})")
 
 
 def _content(obj: dict[str, Any], key: str, where: str) -> str:
@@ -198,7 +204,7 @@ def _message(item: Any, where: str) -> ChatMessage:
         raise RowError(f"{where}.{tools[0]}", _TOOLS)
     unknown = sorted(set(item) - _MESSAGE_KEYS)
     if unknown:
-        raise RowError(f"{where}.{unknown[0]}", "unknown field (expected role, content, weight, name)")
+        raise RowError(f"{where}.{_key(unknown[0])}", "unknown field (expected role, content, weight, name)")
     role = item.get("role")
     if role in ("tool", "function"):
         raise RowError(f"{where}.role", _TOOLS)
