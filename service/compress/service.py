@@ -27,7 +27,7 @@ from service.state import AppState
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from workers.contract.compress_spec import KIND, CompressSpec
-from workers.contract.datasets import parse
+from workers.contract.datasets import CHAT_NEEDS_CAUSAL, parse
 
 # method -> the parent formats it applies to
 FORMATS = {
@@ -164,6 +164,8 @@ class CompressService:
         ds, report = parse(self.state.blobs.read_verified(row.sha256), row.format)
         if ds is None:
             raise InvalidDataset(f"{file_id}: {report.summary()}", {file_id: report.as_dict()})
+        if ds.is_chat:
+            raise Unprocessable(f"{file_id}: {CHAT_NEEDS_CAUSAL}; compression takes text or numeric rows")
         if ds.is_text != text_model:
             kind = "text rows" if text_model else "numeric rows"
             raise Unprocessable(f"{file_id}: this model takes {kind}")

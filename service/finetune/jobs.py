@@ -157,15 +157,22 @@ class FinetuneService:
         check_model_name(target)
         access.check_finetune(principal, self.state.registry, body.model, base, target)
         train = self._dataset(tenant_id, body.training_file)
-        in_shape, out_shape = _shapes(base, body)
+        causal = base.format == "hf-causal-lm"  # chat rows; no signature or label to check
+        in_shape, out_shape = ((), ()) if causal else _shapes(base, body)
         reports: dict[str, dict[str, Any]] = {}
         cap = self.state.settings.max_classes
         report = check_against(
-            train, in_shape, out_shape, body.task, text_model=_is_text(base), max_classes=cap
+            train,
+            in_shape,
+            out_shape,
+            body.task,
+            text_model=_is_text(base),
+            max_classes=cap,
+            causal_lm=causal,
         )
         if not report.valid:
             reports["training_file"] = report.as_dict()
-        shapes = (in_shape, out_shape, _is_text(base))
+        shapes = (in_shape, out_shape, _is_text(base), causal)
         valid_rows, split = self._validation(tenant_id, body, train, shapes, reports)
         if reports:
             first = next(iter(reports))
@@ -178,16 +185,23 @@ class FinetuneService:
         tenant_id: int,
         body: JobCreate,
         train: Dataset,
-        shapes: tuple[tuple[int, ...], tuple[int, ...], bool],
+        shapes: tuple[tuple[int, ...], tuple[int, ...], bool, bool],
         reports: dict[str, dict[str, Any]],
     ) -> tuple[int, float | None]:
-        in_shape, out_shape, text = shapes
+        in_shape, out_shape, text, causal = shapes
         if body.validation_file:
             valid = self._dataset(tenant_id, body.validation_file)
             known = label_set(train) if body.task == "classification" else None
             cap = self.state.settings.max_classes
             report = check_against(
-                valid, in_shape, out_shape, body.task, known, text_model=text, max_classes=cap
+                valid,
+                in_shape,
+                out_shape,
+                body.task,
+                known,
+                text_model=text,
+                max_classes=cap,
+                causal_lm=causal,
             )
             if not report.valid:
                 reports["validation_file"] = report.as_dict()

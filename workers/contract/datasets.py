@@ -2,8 +2,8 @@
 
 JSONL: one object per line, `{"input": <number or nested list of numbers>, "label": <number or
 list of numbers>}`, or for text models (hf-encoder) `{"text": "<a non-empty string>", "label": ...}`
-(every row of a file the same kind). CSV: a header row, a `label` column, every other column a
-numeric feature.
+(every row of a file the same kind), or for hf-causal-lm models chat rows (chat_data.parse_chat).
+CSV: a header row, a `label` column, every other column a numeric feature.
 Checks in two stages: `parse` (the file alone: bad JSON, missing fields, ragged or non-numeric
 inputs, inconsistent shapes, empty file) and `check_against` (a model's signature and a task:
 wrong tensor shape, unknown label). Both gather issues per line instead of stopping at the first.
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-MAX_ISSUES = 50
+from workers.contract.chat_data import looks_like_chat, parse_chat
+from workers.contract.dataset_base import Dataset, Report, RowError, json_object
+from workers.contract.dataset_base import Issue as Issue  # re-exported, as Dataset and Report
+
 MAX_TEXT_CHARS = 100_000  # one text row
 MAX_CSV_CELL_CHARS = 1_000  # one CSV cell (a number)
 MAX_CLASSES = 100_000  # classification labels, where the model does not say how many it has
@@ -29,74 +31,13 @@ MAX_CLASSES = 100_000  # classification labels, where the model does not say how
 # (ValueError), one too large for a float (OverflowError), nesting past the recursion limit
 _LINE_ERRORS = (ValueError, ArithmeticError, RecursionError, TypeError, csv.Error)
 Task = Literal["classification", "regression"]
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    line: int
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "field": self.field, "message": self.message}
-
-
-@dataclass(slots=True)
-class Report:
-    issues: list[Issue] = field(default_factory=list)
-    total_issues: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def valid(self) -> bool:
-        return self.total_issues == 0
-
-    def add(self, line: int, field_: str, message: str) -> None:
-        self.total_issues += 1
-        if len(self.issues) < MAX_ISSUES:
-            self.issues.append(Issue(line, field_, message))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "valid": self.valid,
-            "errors": [i.as_dict() for i in self.issues],
-            "total_errors": self.total_issues,
-            "stats": self.stats,
-        }
-
-    def summary(self, limit: int = 5) -> str:
-        parts = [
-            f"line {i.line}: {i.field}: {i.message}" if i.field else f"line {i.line}: {i.message}"
-            for i in self.issues[:limit]
-        ]
-        more = self.total_issues - len(parts)
-        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-@dataclass(slots=True)
-class Dataset:
-    inputs: np.ndarray  # float32 [N, *input_shape], or object [N] of str for text rows
-    labels: np.ndarray  # float64 [N] or [N, K]
-    lines: list[int]
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    @property
-    def is_text(self) -> bool:
-        return bool(self.inputs.dtype == object)
+CHAT_NEEDS_CAUSAL = "chat datasets need a model of format hf-causal-lm"
+CAUSAL_NEEDS_CHAT = 'hf-causal-lm models take chat rows ({"messages": [...]}) or prompt/completion rows'
 
 
 @dataclass(frozen=True, slots=True)
 class _Text:
     value: str
-
-
-class _RowError(Exception):
-    def __init__(self, field_: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_
-        self.message = message
 
 
 def detect_format(filename: str, data: bytes) -> Literal["jsonl", "csv"]:
@@ -107,96 +48,87 @@ def detect_format(filename: str, data: bytes) -> Literal["jsonl", "csv"]:
 
 def _numeric(value: Any, what: str) -> np.ndarray:
     if isinstance(value, bool) or value is None or isinstance(value, str | dict):
-        raise _RowError(what, "must be a number or a list of numbers")
+        raise RowError(what, "must be a number or a list of numbers")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise _RowError(what, "must be a number or a rectangular list of numbers") from exc
+        raise RowError(what, "must be a number or a rectangular list of numbers") from exc
     if arr.dtype == object:
-        raise _RowError(what, "must be a rectangular list of numbers")
+        raise RowError(what, "must be a rectangular list of numbers")
     if not np.all(np.isfinite(arr)):
-        raise _RowError(what, "contains NaN or infinity")
+        raise RowError(what, "contains NaN or infinity")
     return arr
 
 
 def _json_row(text: str) -> tuple[Any, Any]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _RowError("", f"bad JSON ({exc.msg} at column {exc.colno})") from exc
-    except RecursionError as exc:
-        raise _RowError("", "bad JSON (nested too deeply)") from exc
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise _RowError("", "bad JSON (a number has too many digits)") from exc
-    if not isinstance(obj, dict):
-        raise _RowError("", "each line must be a JSON object")
+    obj = json_object(text)
     unknown = sorted(set(obj) - {"input", "text", "label"})
     if unknown:
-        raise _RowError(unknown[0], "unknown field (expected input or text, and label)")
+        raise RowError(unknown[0], "unknown field (expected input or text, and label)")
     if "text" in obj:
         return _text_field(obj), _label_field(obj)
     if "input" not in obj:
-        raise _RowError("input", "missing input (or text)")
+        raise RowError("input", "missing input (or text)")
     return obj["input"], _label_field(obj)
 
 
 def _label_field(obj: dict[str, Any]) -> Any:
     if "label" not in obj:
-        raise _RowError("label", "missing label")
+        raise RowError("label", "missing label")
     return obj["label"]
 
 
 def _text_field(obj: dict[str, Any]) -> _Text:
     if "input" in obj:
-        raise _RowError("text", "give either text or input, not both")
+        raise RowError("text", "give either text or input, not both")
     value = obj["text"]
     if not isinstance(value, str):
-        raise _RowError("text", "must be a string")
+        raise RowError("text", "must be a string")
     if not value.strip():
-        raise _RowError("text", "is empty")
+        raise RowError("text", "is empty")
     if len(value) > MAX_TEXT_CHARS:
-        raise _RowError("text", f"is longer than {MAX_TEXT_CHARS} characters")
+        raise RowError("text", f"is longer than {MAX_TEXT_CHARS} characters")
     return _Text(value)
 
 
-def _jsonl_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
-    out: list[tuple[int, Any, Any] | tuple[int, _RowError]] = []
+def _jsonl_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, RowError]]:
+    out: list[tuple[int, Any, Any] | tuple[int, RowError]] = []
     for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             x, y = _json_row(raw)
             out.append((n, x, y))
-        except _RowError as err:
+        except RowError as err:
             out.append((n, err))
         except _LINE_ERRORS as exc:
-            out.append((n, _RowError("", f"cannot parse the line ({type(exc).__name__})")))
+            out.append((n, RowError("", f"cannot parse the line ({type(exc).__name__})")))
     return out
 
 
-def _csv_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, _RowError]]:
+def _csv_rows(data: bytes) -> list[tuple[int, Any, Any] | tuple[int, RowError]]:
     reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
     records = _csv_records(reader)
     first = next(records, None)
     if first is None:
         return []
     line, head = first
-    if isinstance(head, _RowError):
+    if isinstance(head, RowError):
         return [(line, head)]
     header = [h.strip() for h in head]
     if "label" not in header:
-        return [(1, _RowError("label", "missing label column in the header"))]
+        return [(1, RowError("label", "missing label column in the header"))]
     li = header.index("label")
-    out: list[tuple[int, Any, Any] | tuple[int, _RowError]] = []
+    out: list[tuple[int, Any, Any] | tuple[int, RowError]] = []
     for n, row in records:
-        if isinstance(row, _RowError):
+        if isinstance(row, RowError):
             out.append((n, row))
         elif any(c.strip() for c in row):
             out.append(_csv_row(n, row, header, li))
     return out
 
 
-def _csv_records(reader: Any) -> Iterator[tuple[int, list[str] | _RowError]]:
+def _csv_records(reader: Any) -> Iterator[tuple[int, list[str] | RowError]]:
     """(line, cells) per record; a record the csv module cannot read (a field over its size
     limit, a NUL byte) is an error of its line, and reading goes on after it."""
     while True:
@@ -205,13 +137,13 @@ def _csv_records(reader: Any) -> Iterator[tuple[int, list[str] | _RowError]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, _RowError("", f"cannot parse the CSV record ({exc})")
+            yield reader.line_num, RowError("", f"cannot parse the CSV record ({exc})")
             continue
         long = next((i for i, c in enumerate(row) if len(c) > MAX_CSV_CELL_CHARS), None)
         if long is not None:
             yield (
                 reader.line_num,
-                _RowError(f"column {long + 1}", f"longer than {MAX_CSV_CELL_CHARS} characters"),
+                RowError(f"column {long + 1}", f"longer than {MAX_CSV_CELL_CHARS} characters"),
             )
             continue
         yield reader.line_num, row
@@ -219,21 +151,23 @@ def _csv_records(reader: Any) -> Iterator[tuple[int, list[str] | _RowError]]:
 
 def _csv_row(
     n: int, row: list[str], header: list[str], li: int
-) -> tuple[int, Any, Any] | tuple[int, _RowError]:
+) -> tuple[int, Any, Any] | tuple[int, RowError]:
     if len(row) != len(header):
-        return n, _RowError("", f"expected {len(header)} columns, got {len(row)}")
+        return n, RowError("", f"expected {len(header)} columns, got {len(row)}")
     try:
         feats = [float(c) for i, c in enumerate(row) if i != li]
         label: Any = float(row[li]) if row[li].strip() else None
     except ValueError:
-        return n, _RowError("input", "every feature column must be a number")
+        return n, RowError("input", "every feature column must be a number")
     if label is None:
-        return n, _RowError("label", "missing label")
+        return n, RowError("label", "missing label")
     return n, feats, label
 
 
 def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
     """Parse a dataset file; the Dataset is None when the report has errors."""
+    if fmt == "jsonl" and looks_like_chat(data):
+        return parse_chat(data)
     report = Report()
     rows = _csv_rows(data) if fmt == "csv" else _jsonl_rows(data)
     xs: list[np.ndarray] = []
@@ -251,7 +185,7 @@ def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
             x = np.asarray(x_raw.value, dtype=object) if kind == "text" else _numeric(x_raw, "input")
             y = _numeric(y_raw, "label")
             shapes = _check_shape(shapes, x.shape, y.shape)
-        except _RowError as err:
+        except RowError as err:
             report.add(n, err.field, err.message)
             continue
         except _LINE_ERRORS as exc:
@@ -272,7 +206,7 @@ def parse(data: bytes, fmt: str) -> tuple[Dataset | None, Report]:
 def _check_kind(seen: str | None, x: Any) -> str:
     kind = "text" if isinstance(x, _Text) else "input"
     if seen is not None and kind != seen:
-        raise _RowError(kind, f"rows mix text and input: other rows have {seen}")
+        raise RowError(kind, f"rows mix text and input: other rows have {seen}")
     return kind
 
 
@@ -282,9 +216,9 @@ def _check_shape(
     if seen is None:
         return x, y
     if x != seen[0]:
-        raise _RowError("input", f"wrong tensor shape: {list(x)}, other rows have {list(seen[0])}")
+        raise RowError("input", f"wrong tensor shape: {list(x)}, other rows have {list(seen[0])}")
     if y != seen[1]:
-        raise _RowError("label", f"wrong shape: {list(y)}, other rows have {list(seen[1])}")
+        raise RowError("label", f"wrong shape: {list(y)}, other rows have {list(seen[1])}")
     return seen
 
 
@@ -314,12 +248,19 @@ def check_against(
     report: Report | None = None,
     text_model: bool = False,
     max_classes: int = MAX_CLASSES,
+    causal_lm: bool = False,
 ) -> Report:
     """Check a parsed dataset against a model's input/output shapes (without batch) and a task;
     a text model (hf-encoder) takes text rows, every other model tensor rows. Classification
     labels must be below the model's classes, or below `max_classes` where the output's width is
-    open (a new head is made as wide as the labels need)."""
+    open (a new head is made as wide as the labels need). Chat rows go with an hf-causal-lm model
+    only, and then no signature or label applies."""
     report = report or Report(stats={"rows": len(ds)})
+    if ds.is_chat or causal_lm:
+        if not (ds.is_chat and causal_lm):
+            field_, message = ("messages", CHAT_NEEDS_CAUSAL) if ds.is_chat else ("", CAUSAL_NEEDS_CHAT)
+            report.add(ds.lines[0], field_, message)
+        return report
     _check_inputs(ds, input_shape, text_model, report)
     if task == "classification":
         _check_classes(ds, output_shape, known_labels, report, max_classes)

@@ -1,0 +1,72 @@
+"""Chat fine-tuning files over HTTP (issue 13 item 2, the data side): a chat file uploads with its
+stats, a broken one is refused with line numbers, and models that do not take chat rows say so."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.integration.ft_helpers import job_body, setup_classifier, upload
+from workers.contract.datasets import CHAT_NEEDS_CAUSAL
+
+
+def _jsonl(*rows: object) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+CHAT = _jsonl(
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris", "weight": 1},
+        ]
+    },
+)
+
+
+async def test_a_chat_file_uploads_with_its_stats_and_a_broken_one_names_its_lines(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await upload(client, CHAT, "chat.jsonl")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["purpose"] == "fine-tune" and body["format"] == "jsonl"
+    assert body["stats"] == {
+        "kind": "chat",
+        "rows": 2,
+        "messages": 5,
+        "assistant_messages": 2,
+        "estimated_tokens": 2 + 8,  # ceil(8 / 4) + ceil(32 / 4)
+        "max_row_estimated_tokens": 8,
+    }
+    assert (await client.get(f"/v1/files/{body['id']}")).json()["stats"] == body["stats"]
+
+    broken = CHAT + _jsonl(
+        {"messages": [{"role": "tool", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]},
+        {"prompt": "a", "completion": "b"},
+    )
+    r = await upload(client, broken, "broken.jsonl")
+    assert r.status_code == 422
+    err = r.json()
+    assert err["code"] == "invalid_dataset"
+    assert "line 3: messages[0].role" in err["error"] and "line 4: messages[1].content" in err["error"]
+    got = [(e["line"], e["field"]) for e in err["report"]["errors"]]
+    assert got == [(3, "messages[0].role"), (4, "messages[1].content"), (5, "prompt")]
+    assert err["report"]["stats"]["rows"] == 2
+
+
+async def test_a_chat_file_is_refused_for_models_that_are_not_causal_lms(client: httpx.AsyncClient) -> None:
+    train, valid = await setup_classifier(client)
+    chat = (await upload(client, CHAT, "chat.jsonl")).json()["id"]
+    for body in (job_body(chat, valid), job_body(train, chat)):
+        r = await client.post("/v1/fine_tuning/jobs", json=body)
+        assert r.status_code == 422 and CHAT_NEEDS_CAUSAL in r.json()["error"], r.text
+    r = await client.post(
+        "/v1/compression/jobs", json={"model": "clf", "method": "quantize", "validation_file": chat}
+    )
+    assert r.status_code == 422 and CHAT_NEEDS_CAUSAL in r.text, r.text
+    assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
