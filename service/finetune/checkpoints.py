@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model_store.db import CheckpointRow, FineTuneJobRow
 from model_store.errors import CheckUnavailable, NotFound
+from model_store.formats import ADAPTER_FORMAT
 from model_store.jobs import JobStore
 from model_store.signature import Signature
 from service.checks import runs_locally
@@ -119,7 +120,8 @@ def promote(state: AppState, store: JobStore, principal: Principal, job_id: str,
         art.size,
         Signature.model_validate(art.signature),
         base.config,
-        lineage=_lineage(state, job, ckpt, args),
+        lineage=_lineage(state, job, ckpt, args)
+        | ({"adapter_of": job.base_version_id} if art.format == ADAPTER_FORMAT else {}),
         create=f"fine-tuned from {job.model}",
     )
     return row.version

@@ -14,7 +14,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -33,13 +33,14 @@ from service.finetune.schemas import (
     FilePublic,
     JobCreate,
     JobPublic,
+    task_for,
 )
 from service.state import AppState
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from workers.contract.datasets import Dataset, Report, check_against, detect_format, label_set, parse
 from workers.contract.finetune_check import CheckFailed, FenceLimits, file_ref, version_ref
-from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
+from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec, LoraSpec
 
 PURPOSE = "fine-tune"
 _CHUNK = 1 << 20
@@ -120,7 +121,7 @@ class FinetuneService:
             self._check_model(prep, body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         spec = JobSpec(
-            task=body.task,
+            task=body.task or "classification",
             hyperparameters=body.hyperparameters,
             validation_split=prep.split,
             promote=body.promote,
@@ -153,6 +154,12 @@ class FinetuneService:
     def _prepare(self, principal: Principal, body: JobCreate) -> Prepared:
         tenant_id = principal.tenant_id
         base = self._base(tenant_id, body.model)
+        try:
+            body.task = task_for(body, base.format)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from exc
+        if body.task == "causal-lm" and body.hyperparameters.lora is None:
+            body.hyperparameters.lora = LoraSpec()  # a causal LM is fine-tuned with LoRA only
         target = body.target_model or f"{base.model}-{body.suffix or 'ft'}"
         check_model_name(target)
         access.check_finetune(principal, self.state.registry, body.model, base, target)
@@ -165,7 +172,7 @@ class FinetuneService:
             train,
             in_shape,
             out_shape,
-            body.task,
+            _tabular(body),
             text_model=_is_text(base),
             max_classes=cap,
             causal_lm=causal,
@@ -197,7 +204,7 @@ class FinetuneService:
                 valid,
                 in_shape,
                 out_shape,
-                body.task,
+                _tabular(body),
                 known,
                 text_model=text,
                 max_classes=cap,
@@ -225,7 +232,7 @@ class FinetuneService:
             raise Unprocessable(
                 "ONNX versions are inference-only and cannot be fine-tuned; upload the model as TorchScript"
             )
-        if base.format == "hf-encoder":
+        if base.format in ("hf-encoder", "hf-causal-lm"):
             return base
         if base.format != "torchscript":
             raise Unprocessable(f"versions of format {base.format!r} cannot be fine-tuned")
@@ -244,7 +251,8 @@ class FinetuneService:
     def _check_model(self, prep: Prepared, body: JobCreate) -> dict[str, int]:
         """Build the base model as the job would, in a fenced child (never here): can the head be
         resized, does the freeze list leave something to train? Waits for the verdict only."""
-        spec = JobSpec(task=body.task, hyperparameters=body.hyperparameters).model_dump(mode="json")
+        task = body.task or "classification"
+        spec = JobSpec(task=task, hyperparameters=body.hyperparameters).model_dump(mode="json")
         args: dict[str, Any] = {"v": 1, "spec": spec, "base": version_ref(self.state.blobs, prep.base)}
         if _is_text(prep.base):  # a new head is as wide as the labels need
             train = self.store.get_file(prep.tenant_id, body.training_file)
@@ -281,6 +289,10 @@ def _needs_model_check(base: ResolvedVersion, body: JobCreate) -> bool:
     if _is_text(base):
         return any(f != "backbone" for f in hp.freeze)
     return bool(hp.freeze) or hp.num_classes is not None
+
+
+def _tabular(body: JobCreate) -> Literal["classification", "regression"]:
+    return "regression" if body.task == "regression" else "classification"
 
 
 def _is_text(base: ResolvedVersion) -> bool:

@@ -19,7 +19,9 @@ class JobCreate(BaseModel):
     training_file: str = Field(min_length=1, max_length=40)
     validation_file: str | None = Field(default=None, max_length=40)
     validation_split: float | None = Field(default=None, gt=0, lt=1)
-    task: Task = "classification"
+    task: Task | None = Field(
+        default=None, description="None: causal-lm for an hf-causal-lm base, else classification"
+    )
     suffix: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
     target_model: str | None = Field(default=None, pattern=_NAME)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
@@ -42,12 +44,28 @@ class JobCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> JobCreate:
-        check_metric(self.task, self.promote_metric)
+        if self.task is not None:
+            check_metric(self.task, self.promote_metric)
         if self.validation_file and self.validation_split:
             raise ValueError("give validation_file or validation_split, not both")
         if self.suffix and self.target_model:
             raise ValueError("give suffix or target_model, not both")
         return self
+
+
+def task_for(body: JobCreate, base_format: str) -> Task:
+    """The job's task: a causal LM learns causal-lm (with LoRA), other bases what was asked
+    (classification by default). ValueError with a client-fit message when they disagree."""
+    causal = base_format == "hf-causal-lm"
+    if causal and body.task not in (None, "causal-lm"):
+        raise ValueError(f"an hf-causal-lm model is fine-tuned as causal-lm, not {body.task}")
+    if not causal and body.task == "causal-lm":
+        raise ValueError(f"task causal-lm needs a model of format hf-causal-lm, not {base_format}")
+    if not causal and body.hyperparameters.lora is not None and base_format != "hf-encoder":
+        raise ValueError(f"lora needs an hf-causal-lm or hf-encoder model, not {base_format}")
+    task: Task = "causal-lm" if causal else body.task or "classification"
+    check_metric(task, body.promote_metric)
+    return task
 
 
 class FilePublic(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 Optimizer = Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
 Scheduler = Literal["constant", "linear", "cosine", "step"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "causal-lm"]
 
 
 class EarlyStopping(BaseModel):
@@ -20,6 +20,22 @@ class EarlyStopping(BaseModel):
 
     patience: int = Field(default=3, ge=1, le=1000)
     min_delta: float = Field(default=0.0, ge=0, le=1e6)
+
+
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+class LoraSpec(BaseModel):
+    """Train a LoRA adapter (peft) instead of the whole model: the result is a small
+    `lora-adapter` version served on its base. `{}` takes the defaults; target_modules None: the
+    attention projections of the base's architecture (workers/finetune/lora_build.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: Annotated[int, Strict()] = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0, le=10_000)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[ModuleName] | None = Field(default=None, min_length=1, max_length=32)
 
 
 class Hyperparameters(BaseModel):
@@ -41,6 +57,9 @@ class Hyperparameters(BaseModel):
     max_grad_norm: float | None = Field(default=None, gt=0, le=1e6)
     num_classes: int | None = Field(
         default=None, ge=2, le=100_000, description="classification: widen the head to this many classes"
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="train a LoRA adapter (hf-causal-lm: always; hf-encoder: when given)"
     )
 
 

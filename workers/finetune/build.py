@@ -19,7 +19,8 @@ from model_store.registry import ResolvedVersion
 from model_store.signature import Signature
 from workers.common.hf_model import Encode, export_bundle, for_finetune
 from workers.contract.datasets import Dataset
-from workers.contract.finetune_spec import JobSpec
+from workers.contract.finetune_spec import JobSpec, LoraSpec
+from workers.finetune import lora_build
 from workers.finetune.model import load_scripted, resize_head, save_scripted, with_classes
 
 
@@ -29,6 +30,10 @@ class Built:
     sig: Signature  # the result's signature
     encode: Encode | None  # text rows -> input tensor (text models)
     export: Callable[[Any], tuple[bytes, str]]  # trained module -> (artifact bytes, format)
+    # LoRA: the parameters trained (and checkpointed); None: the freeze list decides, all saved
+    trainable: list[str] | None = None
+    # rows -> (inputs, labels) for datasets `encode` does not cover (chat rows of a causal LM)
+    tensors: Callable[[Dataset], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def head_outputs(spec: JobSpec, base_sig: Signature, datasets: list[Dataset]) -> int:
@@ -50,6 +55,9 @@ def build(
     device: torch.device,
     seed: int,
 ) -> Built:
+    if base.format == "hf-causal-lm":
+        torch.manual_seed(seed)  # LoRA's A matrices start the same for the same seed
+        return _causal_lm(base, data, spec, device)
     if base.format == "hf-encoder":
         torch.manual_seed(seed)  # a new head starts the same for the same seed
         return _hf_encoder(base, data, spec, datasets, device)
@@ -70,6 +78,32 @@ def _hf_encoder(
         resize_head(module, k)
     module.dropout = spec.hyperparameters.dropout
     task = spec.task
+    lora = spec.hyperparameters.lora
+    if lora is not None:
+        targets = lora_build.inject(module.encoder, lora)
+        module.to(device)
+        return Built(
+            module,
+            head_signature(task, k),
+            encode,
+            lambda m: lora_build.encoder_export(m, lora, targets, task),
+            trainable=lora_build.lora_names(module, ("head.",)),
+        )
     return Built(
         module, head_signature(task, k), encode, lambda m: (export_bundle(m, bundle, task), "hf-encoder")
+    )
+
+
+def _causal_lm(base: ResolvedVersion, data: bytes, spec: JobSpec, device: torch.device) -> Built:
+    """A LoRA adapter on an hf-causal-lm base (its only way to be fine-tuned here)."""
+    lora = spec.hyperparameters.lora or LoraSpec()
+    built = lora_build.load_causal(base, data, device, lora)
+    targets = built.targets
+    return Built(
+        built.module,
+        lora_build.causal_signature(),
+        None,
+        lambda m: lora_build.causal_export(m, lora, targets),
+        trainable=lora_build.lora_names(built.module),
+        tensors=lambda ds: lora_build.causal_tensors(built, ds),
     )

@@ -31,6 +31,7 @@ from workers.contract.finetune_messages import VERSION, checkpoint_name
 from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 from workers.finetune import distributed
 from workers.finetune.build import Built, build
+from workers.finetune.causal import IGNORE
 from workers.finetune.distributed import RankInfo
 from workers.finetune.errors import describe_error
 from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
@@ -90,6 +91,11 @@ def load_data(args: dict[str, Any], spec: JobSpec) -> tuple[Dataset, Dataset]:
     return split(train, spec.validation_split or DEFAULT_VALIDATION_SPLIT, int(args["seed"]))
 
 
+def lora_of(built: Built) -> tuple[list[str], Any] | None:
+    """What a LoRA fine-tune trains and how its rows become tensors (None: not LoRA)."""
+    return None if built.trainable is None else (built.trainable, built.tensors)
+
+
 def resolved(ref: dict[str, Any]) -> ResolvedVersion:
     return ResolvedVersion(
         version_id=int(ref["version_id"]),
@@ -146,7 +152,7 @@ def _train(channel: Channel, args: dict[str, Any], rank: RankInfo | None) -> Non
     train, valid = load_data(args, spec)
     device = torch.device(args["device"])
     built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, seed)
-    run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode, rank)
+    run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode, rank, lora_of(built))
     main = rank is None or rank.main
     parent_metrics = run.evaluate() if main else {}
     parent_predictions = run.predictions()[0] if main else []
@@ -193,9 +199,10 @@ def _done(channel: Channel, run: Run, built: Built, parent_predictions: list[Any
     restored = run.restore_best()
     final = run.evaluate()
     predicted, probabilities = run.predictions()
+    labels = (run.valid_y != IGNORE).sum(dim=1) if run.causal else run.valid_y  # causal: tokens per row
     table: dict[str, Any] = {
         "lines": run.valid_lines,
-        "labels": run.valid_y.cpu().tolist(),
+        "labels": labels.cpu().tolist(),
         "predicted": predicted,
         "parent_predicted": parent_predictions,
     }
@@ -230,7 +237,8 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
         built = build(
             resolved(args["base"]), read_checked(args["base"]), spec, datasets, torch.device("cpu"), 0
         )
-        counts = parameter_counts(built.module, trainable_names(built.module, spec.hyperparameters.freeze))
+        names = built.trainable or trainable_names(built.module, spec.hyperparameters.freeze)
+        counts = parameter_counts(built.module, names)
     except READABLE as exc:
         _send(channel, "checked", ok=False, message=str(exc)[:500])
         return
@@ -252,7 +260,7 @@ def export_main(channel: Channel, args: dict[str, Any]) -> None:
         state = torch.load(
             io.BytesIO(read_checked(args["checkpoint"])), map_location=device, weights_only=True
         )
-        built.module.load_state_dict(state["model"])
+        built.module.load_state_dict(state["model"], strict=built.trainable is None)
         built.module.eval()
         data, fmt = built.export(built.module)
         (Path(os.environ["TMPDIR"]) / RESULT_NAME).write_bytes(data)

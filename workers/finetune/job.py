@@ -30,6 +30,7 @@ from model_store.blob_refs import prune_ended
 from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
+from model_store.formats import ADAPTER_FORMAT
 from model_store.jobs import EpochRecord, JobStore, new_id
 from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature
@@ -314,6 +315,8 @@ def _lineage(
         "parent_metrics": parent,
         "trainer_host": socket.gethostname(),
         "trainer_pid": os.getpid(),
+        # a LoRA adapter is served on its base: the version it attaches to (registry.adapter_base)
+        **({"adapter_of": base.version_id} if done.format == ADAPTER_FORMAT else {}),
     }
 
 

@@ -29,10 +29,12 @@ from model_store.signature import Signature
 from workers.contract.datasets import Dataset
 from workers.contract.finetune_spec import Hyperparameters, JobSpec, chosen_metric
 from workers.finetune import distributed, scores
+from workers.finetune.causal import causal_evaluate, causal_loss, causal_row_losses
 from workers.finetune.distributed import RankInfo
 from workers.finetune.model import first_output, trainable_names
 
 StepHook = Callable[[dict[str, Any]], None]
+Rows = Callable[[Dataset], tuple[torch.Tensor, torch.Tensor]]
 MAX_PROBABILITY_CLASSES = 64  # more classes: the results file has no probabilities column
 
 
@@ -136,20 +138,26 @@ class Run:
         device: torch.device,
         encode: Callable[[list[str]], torch.Tensor] | None = None,
         rank: RankInfo | None = None,
+        lora: tuple[list[str], Rows | None] | None = None,
     ) -> None:
         """`encode` turns text rows into the model's input tensor (text models: hf-encoder);
-        `rank`: this process's place in a distributed job (None: the only process)."""
+        `rank`: this process's place in a distributed job (None: the only process); `lora`: the
+        parameters a LoRA fine-tune trains (only those are checkpointed) and, for rows `encode`
+        does not cover (chat), what turns a dataset into (inputs, labels)."""
         self.module, self.sig, self.spec, self.seed, self.device = module, sig, spec, seed, device
         self.encode = encode
         self.hp = spec.hyperparameters
         self.classification = spec.task == "classification"
+        self.causal = spec.task == "causal-lm"
         self.metric = chosen_metric(spec.task, spec.promote_metric)
+        self.rows = lora[1] if lora is not None else None
         # early stopping keeps the best epoch's weights (on the CPU) to restore into the result
         self.best_state: dict[str, torch.Tensor] | None = None
         self.train_x, self.train_y = self._tensors(train)
         self.valid_x, self.valid_y = self._tensors(valid)
         self.valid_lines = list(valid.lines)
-        names = set(trainable_names(module, self.hp.freeze))
+        names = set(lora[0]) if lora is not None else set(trainable_names(module, self.hp.freeze))
+        self.saved = names if lora is not None else None  # None: the whole state is checkpointed
         self.params = []
         for n, p in module.named_parameters():
             p.requires_grad_(n in names)
@@ -167,6 +175,9 @@ class Run:
         torch.manual_seed(seed)
 
     def _tensors(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is not None:
+            x, y = self.rows(ds)
+            return x.to(self.device), y.to(self.device)
         return to_tensors(ds, self.sig, self.classification, self.device, self.encode)
 
     @property
@@ -176,7 +187,7 @@ class Run:
     @property
     def trained_tokens(self) -> int | None:
         """Text models: the non-padding tokens of the training rows times the epochs run."""
-        if self.encode is None or self.train_x.ndim != 3:
+        if (self.encode is None and self.rows is None) or self.train_x.ndim != 3:
             return None
         return int(self.train_x[:, 1].sum()) * self.progress.epoch
 
@@ -241,6 +252,8 @@ class Run:
         return float(loss.detach())
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            return causal_loss(out, y)
         if self.classification:
             return F.cross_entropy(out, y)
         return F.mse_loss(out.reshape(y.shape), y)
@@ -266,14 +279,22 @@ class Run:
             p.stopped_early = distributed.any_rank(p.stopped_early, self.device)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self._model_state().items()}
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the model: everything, or (LoRA) the trained tensors only."""
+        state = self.module.state_dict()
+        return state if self.saved is None else {k: v for k, v in state.items() if k in self.saved}
+
+    def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state, strict=self.saved is None)
 
     def restore_best(self) -> bool:
         """With early stopping, put the best epoch's weights back (True if that changed them)."""
         p = self.progress
         if self.hp.early_stopping is None or self.best_state is None or p.best_epoch == p.epoch:
             return False
-        self.module.load_state_dict(self.best_state)
+        self._load_model_state(self.best_state)
         return True
 
     def load_best(self, data: bytes) -> None:
@@ -283,12 +304,16 @@ class Run:
 
     # evaluation ----------------------------------------------------------------------------------
     def evaluate(self, module: Any | None = None) -> dict[str, Any]:
+        if self.causal:
+            return causal_evaluate(module or self.module, self.valid_x, self.valid_y)
         return evaluate(module or self.module, self.sig, self.valid_x, self.valid_y, self.classification)
 
     def predictions(self, module: Any | None = None) -> tuple[list[Any], list[list[float]] | None]:
         """Per validation row: the predicted class and the class probabilities (classification)
         or the predicted value(s) and None (regression)."""
         module = module or self.module
+        if self.causal:  # per row: its mean token loss (lower is better)
+            return causal_row_losses(module, self.valid_x, self.valid_y), None
         was_training = module.training
         module.eval()
         with torch.no_grad():
@@ -306,7 +331,7 @@ class Run:
     def state_bytes(self) -> bytes:
         p = self.progress
         state = {
-            "model": self.module.state_dict(),
+            "model": self._model_state(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "rng": torch.get_rng_state(),
@@ -325,7 +350,7 @@ class Run:
 
     def load_state(self, data: bytes) -> None:
         state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
-        self.module.load_state_dict(state["model"])
+        self._load_model_state(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
