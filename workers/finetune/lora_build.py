@@ -147,7 +147,7 @@ def load_causal(base: ResolvedVersion, data: bytes, device: torch.device, lora: 
         loaded = load_model(path, base.sha256, "cpu", ArtifactLimits())
     finally:
         path.unlink(missing_ok=True)
-    lm = loaded.model.float()
+    lm = loaded.model  # fp32: loaded for the CPU (a GGUF is dequantised)
     for p in lm.parameters():
         p.requires_grad_(False)
     targets = inject(lm, lora)
