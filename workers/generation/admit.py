@@ -107,7 +107,11 @@ class Admitter:
             hosted = self.backends.get(version_id)
             if hosted is None:
                 return None
-            hosted.backend.submit(msg)
+            if msg.adapter is None:
+                hosted.backend.submit(msg)
+            else:  # a LoRA adapter of this base: its bytes go to the backend when it lacks them
+                self.backends.adapters.refuse_unloaded(msg.adapter)
+                hosted.backend.submit(msg, self.backends.adapters.reader(version_id))
         except LoadFailed as exc:
             return self._fail(entry, rid, reply, stream, exc.code, str(exc))
         except GenInputError as exc:
