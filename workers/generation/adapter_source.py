@@ -15,11 +15,12 @@ import hashlib
 from model_store.blobs import BlobStore
 from model_store.errors import StoreError
 from model_store.lora_adapter import FORMAT
-from model_store.registry import Registry
+from model_store.registry import Registry, ResolvedVersion
 from workers.contract.generation import AdapterRef, GenErrorCode
 from workers.generation.backend import AdapterBytes, GenInputError
 
 MAX_ADAPTER_BYTES = 2 << 30
+MAX_KNOWN = 10_000
 
 
 class AdapterSource:
@@ -30,28 +31,37 @@ class AdapterSource:
         self.blobs = blobs
         self.unloaded = unloaded  # versions unloaded by command (lifecycle): not served
         self.max_bytes = max_bytes
+        self._known: dict[int, ResolvedVersion] = {}
 
     def reader(self, base_id: int) -> AdapterBytes:
         """What reads an adapter's bytes for requests on the base `base_id`."""
         return lambda ref: self.read(ref, base_id)
 
     def refuse_unloaded(self, ref: AdapterRef) -> None:
-        """Every request of an adapter (held by the engine or not) passes this."""
         if ref.version_id in self.unloaded:
             raise GenInputError("this adapter is unloaded; load it first", GenErrorCode.UNAVAILABLE)
 
-    def check(self, ref: AdapterRef, base_id: int) -> None:
-        """GenInputError unless `ref` is a servable adapter of `base_id` (one registry read)."""
+    def version(self, ref: AdapterRef, base_id: int) -> ResolvedVersion:
+        """The adapter version `ref` names, if it is a servable adapter of `base_id` (else
+        GenInputError). Every request passes this; the registry is read once per adapter (a
+        version's format, digest and base never change), and again whenever its bytes are read."""
         self.refuse_unloaded(ref)
-        try:
-            version = self.registry.by_version_id(ref.version_id)
-        except StoreError as exc:
-            raise GenInputError("the adapter version no longer exists", GenErrorCode.LOAD_FAILED) from exc
-        if version.format != FORMAT or version.adapter_of != base_id or version.sha256 != ref.sha256:
+        found = self._known.get(ref.version_id)
+        if found is None:
+            try:
+                found = self.registry.by_version_id(ref.version_id)
+            except StoreError as exc:
+                raise GenInputError("the adapter version no longer exists", GenErrorCode.LOAD_FAILED) from exc
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[ref.version_id] = found
+        if found.format != FORMAT or found.adapter_of != base_id or found.sha256 != ref.sha256:
             raise GenInputError("the adapter is not an adapter of this model", GenErrorCode.INVALID_INPUT)
+        return found
 
     def read(self, ref: AdapterRef, base_id: int) -> bytes:
-        self.check(ref, base_id)
+        self._known.pop(ref.version_id, None)  # loading: the registry is asked again
+        self.version(ref, base_id)
         try:
             path = self.blobs.path_for(ref.sha256)
             with path.open("rb") as f:
