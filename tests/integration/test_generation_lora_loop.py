@@ -73,7 +73,7 @@ def test_adapter_requests_on_the_base_stream(
     stray_id, stray_sha = _add(
         registry, tmp_path, "stray", "lora-adapter", adapter_bytes(model, 2), {"adapter_of": 0}
     )
-    with running_loop(base.REDIS_URL, redis_prefix, registry, _load) as (_loop, reg):
+    with running_loop(base.REDIS_URL, redis_prefix, registry, _load) as (loop, reg):
         replies = Replies(redis_client, keys)
         plain = _enqueue(redis_client, keys, base_id, None, "chat")
         tuned = _enqueue(redis_client, keys, base_id, AdapterRef(lora_id, lora_sha), "chat-lora")
@@ -81,6 +81,8 @@ def test_adapter_requests_on_the_base_stream(
         stray = _enqueue(redis_client, keys, base_id, AdapterRef(stray_id, stray_sha), "stray")
         got = {rid: replies.until(rid, timeout=120) for rid in (plain, tuned, lying, stray)}
         time.sleep(0.3)  # a stats turn
+        loop.commands.unloaded.add(lora_id)  # as an unload command of the adapter would
+        off = replies.until(_enqueue(redis_client, keys, base_id, AdapterRef(lora_id, lora_sha), "chat-lora"))
         loaded = sum(
             s.value for m in reg.collect() for s in m.samples if s.name == "kiln_gen_lora_adapters_loaded"
         )
@@ -89,5 +91,6 @@ def test_adapter_requests_on_the_base_stream(
     for rid in (lying, stray):
         assert got[rid][-1].finish == "error" and got[rid][-1].code == GenErrorCode.INVALID_INPUT
     assert loaded == 1
+    assert off[-1].finish == "error" and off[-1].code == GenErrorCode.UNAVAILABLE
     day = redis_client.hgetall(keys.usage_day(1, day_of(time.time())))
     assert day[b"chat-lora|1|7|g"] == b"8" and day[b"chat|1|7|g"] == b"8"  # each charged as asked

@@ -4,6 +4,7 @@ id through the same TTL cache; wrong bases are 400, a missing base a 404, never 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -88,3 +89,23 @@ async def test_wrong_or_missing_bases_and_other_tenants() -> None:
         await svc.resolve_generation(_who(2), "lora", "/v1/completions")
     with pytest.raises(Exception, match="may not use"):  # the key's allowlist names the adapter
         await svc.resolve_generation(_who(1, frozenset({"chat"})), "lora", "/v1/completions")
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.commands: list[tuple[list[int], str]] = []
+
+    async def command_lifecycle(self, ids: list[int], action: str) -> None:
+        self.commands.append((ids, action))
+
+    async def worker_infos(self) -> list[dict[str, Any]]:
+        return []  # no worker ever reports an adapter loaded: load must not wait for one
+
+
+async def test_loading_an_adapter_answers_at_once() -> None:
+    from service.inference.repository import ModelRepository
+
+    reg, engine = FakeRegistry(), FakeEngine()
+    repo = ModelRepository(reg, VersionResolver(reg, 60), engine, wait_s=30.0)  # type: ignore[arg-type]
+    await asyncio.wait_for(repo.load(1, "lora", None), timeout=2.0)
+    assert engine.commands == [([3], "load")]  # clears an earlier unload of the adapter
