@@ -19,7 +19,7 @@ from model_store.registry import Registry, ResolvedVersion
 from workers.contract.generation import AdapterRef, GenErrorCode
 from workers.generation.backend import AdapterBytes, GenInputError
 
-MAX_ADAPTER_BYTES = 2 << 30
+MAX_ADAPTER_BYTES = 1 << 30  # under the fence channel's frame limit (2 GiB); adapters are small
 MAX_KNOWN = 10_000
 
 
