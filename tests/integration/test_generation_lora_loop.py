@@ -94,3 +94,27 @@ def test_adapter_requests_on_the_base_stream(
     assert off[-1].finish == "error" and off[-1].code == GenErrorCode.UNAVAILABLE
     day = redis_client.hgetall(keys.usage_day(1, day_of(time.time())))
     assert day[b"chat-lora|1|7|g"] == b"8" and day[b"chat|1|7|g"] == b"8"  # each charged as asked
+
+
+def test_the_inference_loop_leaves_adapters_to_their_base(registry: Registry, tmp_path: Path) -> None:
+    """An OIP call or a load command naming an adapter: refused as not the inference loop's (a
+    400 that says where it is served), never recorded as a failed load."""
+    from prometheus_client import CollectorRegistry
+
+    from workers.contract.messages import ErrorCode
+    from workers.inference.config import WorkerConfig
+    from workers.inference.metrics import WorkerMetrics
+    from workers.inference.model_cache import ModelCache
+    from workers.inference.validation import ItemRejected
+    from workers.inference.watchdog import Watchdog
+
+    vid, _sha = _add(registry, tmp_path, "some-lora", "lora-adapter", b"adapter bytes", {"adapter_of": 1})
+    watchdog = Watchdog(lambda _ready, _busy: None, lambda: None, 60.0)
+    metrics = WorkerMetrics(CollectorRegistry())
+    cache = ModelCache(
+        registry, registry.blobs, WorkerConfig(), metrics, watchdog, lambda _v: 0, lambda: None, set()
+    )
+    with pytest.raises(ItemRejected) as refused:
+        cache.get(vid)
+    assert refused.value.code == ErrorCode.INVALID_INPUT and "LoRA adapter" in str(refused.value)
+    assert vid not in cache.load_failures
