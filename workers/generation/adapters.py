@@ -118,7 +118,8 @@ class EngineAdapters:
 
     def selection(self, length: int, cu_seq_lens_q: Any) -> Any:
         """One slot per token of the running batch's packed input of `length` tokens, or None
-        when no sequence in it uses an adapter."""
+        when no sequence in it uses an adapter (or the forward is not a continuous batch's:
+        no `cu_seq_lens_q`)."""
         import torch
 
         ios = self._batch()
@@ -129,8 +130,9 @@ class EngineAdapters:
             return None
         if len(set(slots)) > 1:
             self.mixed += 1
-        cu = cu_seq_lens_q.detach().to("cpu", torch.long)[: len(reqs) + 1]
-        per_token = torch.repeat_interleave(torch.tensor(slots, dtype=torch.long), torch.diff(cu))
+        # each sequence's query length: the diffs of cu_seq_lens_q, read on the host (no device sync)
+        lengths = torch.tensor([int(fr.query_length) for fr in reqs], dtype=torch.long)
+        per_token = torch.repeat_interleave(torch.tensor(slots, dtype=torch.long), lengths)
         out = torch.full((length,), -1, dtype=torch.long)
         n = min(length, per_token.numel())
         out[:n] = per_token[:n]
