@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     gen_flush_tokens: int = Field(default=4, ge=1, le=1024)
     gen_flush_ms: int = Field(default=20, ge=1, le=10_000)
     gen_cancel_poll_ms: int = Field(default=50, ge=10, le=1000)
+    # LoRA adapters (lora-adapter versions) held at once on each base model's engine (LRU); 0:
+    # adapters are not served (and the engine keeps async batching and prefix block sharing)
+    gen_max_adapters: int = Field(default=8, ge=0, le=1024)
     worker_memory_budget_mb: int = Field(default=0, ge=0)  # 0: unlimited; else LRU unloading
     # model code (upload checks, model instances, fine-tunes) runs only in fenced child processes
     # (model_store.fence): `required` refuses to run it where Landlock is missing, `auto` runs it

@@ -5,6 +5,8 @@ model (the gateway only reads a version's format and id). The scripted responder
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from model_store.db import ModelRow, ModelVersionRow, TenantRow, make_db_engine, make_sessionmaker
@@ -16,9 +18,16 @@ _SIGNATURE = {
 
 
 def add_causal_model(
-    db_url: str, tenant: str, name: str, versions: int = 1, fmt: str = "hf-causal-lm"
+    db_url: str,
+    tenant: str,
+    name: str,
+    versions: int = 1,
+    fmt: str = "hf-causal-lm",
+    lineage: dict[str, Any] | None = None,
+    sha256: str = "0" * 64,
 ) -> list[int]:
-    """The version ids of a new hf-causal-lm model `name` of `tenant` (which must exist)."""
+    """The version ids of a new hf-causal-lm model `name` of `tenant` (which must exist); a
+    lora-adapter with `fmt="lora-adapter", lineage={"adapter_of": base version id}`."""
     engine = make_db_engine(db_url)
     try:
         with make_sessionmaker(engine)() as s:
@@ -31,10 +40,11 @@ def add_causal_model(
                     model_id=model.id,
                     version=v,
                     format=fmt,
-                    sha256="0" * 64,
+                    sha256=sha256,
                     size_bytes=1,
                     signature=_SIGNATURE,
                     config={},
+                    lineage=lineage,
                 )
                 for v in range(1, versions + 1)
             ]

@@ -86,6 +86,7 @@ def _generation(settings: Settings, metrics_port: int, threads: int) -> Generati
     from model_store.registry import Registry
     from workers.contract.redis_keys import RedisKeys
     from workers.generation.config import GenConfig
+    from workers.generation.engine import EngineOptions
     from workers.generation.fenced import GenLoadSettings
     from workers.generation.loader import make_loader
     from workers.generation.loop import GenerationLoop
@@ -113,6 +114,7 @@ def _generation(settings: Settings, metrics_port: int, threads: int) -> Generati
             threads=threads,
             memory_bytes=settings.model_memory_mb << 20,
             limits=settings.artifact_limits,
+            options=EngineOptions(max_adapters=settings.gen_max_adapters),
         )
     )
     return GenerationLoop(client, RedisKeys(settings.redis_prefix), registry, blobs, load, config)

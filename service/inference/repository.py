@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from model_store.formats import ADAPTER_FORMAT
 from model_store.registry import Registry
 from service.errors import NotReady, Unavailable, Unprocessable
 from service.inference.oip import model_config, model_metadata
@@ -104,6 +105,8 @@ class ModelRepository:
     async def load(self, tenant_id: int, model: str, ref: str | None) -> None:
         version = await self.resolver.resolve(tenant_id, model, ref)
         await self.engine.command_lifecycle([version.version_id], "load")
+        if version.format == ADAPTER_FORMAT:  # no stream of its own: put on its base at first use
+            return
         deadline = time.monotonic() + self.wait_s
         while time.monotonic() < deadline:
             loaded, failed = await self._loaded()

@@ -10,12 +10,14 @@ from typing import Any
 
 import anyio
 
+from model_store import errors as store_errors
 from model_store.registry import ResolvedVersion
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
     KilnError,
     ModelFailed,
+    NotFound,
     Unavailable,
     WorkerLost,
     from_engine,
@@ -29,11 +31,19 @@ from service.tenancy.api_keys import Principal
 from service.tenancy.token_limits import TokenLimiter
 from service.text.metrics import text_metrics
 from workers.contract.errors import EngineError
-from workers.contract.generation import GenChunkMsg, GenErrorCode, GenParams, GenRequestMsg, GenUsage
+from workers.contract.generation import (
+    AdapterRef,
+    GenChunkMsg,
+    GenErrorCode,
+    GenParams,
+    GenRequestMsg,
+    GenUsage,
+)
 from workers.contract.messages import EngineClient
 from workers.contract.redis_keys import RedisKeys
 
 GEN_FORMAT = "hf-causal-lm"
+ADAPTER_FORMAT = "lora-adapter"  # served on its base's stream (model_store/lora_adapter.py)
 
 
 class ContextLengthExceeded(InvalidInput):
@@ -169,11 +179,33 @@ class TextService:
         name, ref = split_model(model)
         access.check_model(principal, name)
         version = await self.resolver.resolve(principal.tenant_id, name, ref)
-        if version.format != fmt:
-            raise InvalidInput(
-                f"model {model[:64]!r} has format {version.format}; {what} needs a model of format {fmt}"
-            )
+        _check_format(model, version, fmt, what)
         return version
+
+    async def resolve_generation(
+        self, principal: Principal, model: str, what: str
+    ) -> tuple[ResolvedVersion, ResolvedVersion | None]:
+        """(the version whose generation stream serves `model`, the lora-adapter `model` names or
+        None). An adapter is resolved (and its visibility, grants and the key's allowlist checked)
+        like any model; it runs on its base (lineage `adapter_of`), which must be hf-causal-lm."""
+        name, ref = split_model(model)
+        access.check_model(principal, name)
+        version = await self.resolver.resolve(principal.tenant_id, name, ref)
+        if version.format != ADAPTER_FORMAT:
+            _check_format(model, version, GEN_FORMAT, what)
+            return version, None
+        if version.adapter_of is None:
+            raise Unavailable(f"adapter {model[:64]!r} names no base model version", retry_after=None)
+        try:
+            base = await self.resolver.by_id(version.adapter_of)
+        except store_errors.NotFound as exc:
+            raise NotFound(f"the base model of adapter {model[:64]!r} no longer exists") from exc
+        if base.format != GEN_FORMAT:
+            raise InvalidInput(
+                f"model {model[:64]!r} is a lora-adapter of a {base.format} model; "
+                f"{what} needs a model of format {GEN_FORMAT} (or an adapter of one)"
+            )
+        return base, version
 
     def check_size(self, messages: int, chars: int) -> None:
         if messages > self.settings.max_chat_messages:
@@ -184,7 +216,7 @@ class TextService:
     async def start(self, principal: Principal, job: Job) -> Generation:
         """Resolve, admit and submit; the caller reads the chunks and closes the generation."""
         what = "/v1/chat/completions" if job.mode == "chat" else "/v1/completions"
-        version = await self.resolve(principal, job.model, GEN_FORMAT, what)
+        served, adapter = await self.resolve_generation(principal, job.model, what)
         if self.tokens is not None:
             await self.tokens.check(principal)
         timeout = self.settings.generation_timeout_s
@@ -204,12 +236,21 @@ class TextService:
             params=job.params,
             messages=job.messages,
             prompt=job.prompt,
+            adapter=None if adapter is None else AdapterRef(adapter.version_id, adapter.sha256),
         )
         try:
-            await self.engine.submit_gen(self.keys.gen_stream(version.version_id), msg)
+            await self.engine.submit_gen(self.keys.gen_stream(served.version_id), msg)
         except EngineError as exc:
             if self.admission is not None:
                 await self.admission.release(ticket)
             raise from_engine(exc) from exc
         chunks = self.engine.gen_chunks(request_id, timeout)
+        version = adapter or served  # metrics name the model asked for
         return Generation(self, principal, version, request_id, ticket, chunks, time.perf_counter())
+
+
+def _check_format(model: str, version: ResolvedVersion, fmt: str, what: str) -> None:
+    if version.format != fmt:
+        raise InvalidInput(
+            f"model {model[:64]!r} has format {version.format}; {what} needs a model of format {fmt}"
+        )

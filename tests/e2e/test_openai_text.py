@@ -221,3 +221,45 @@ def test_hostile_requests(world: World) -> None:
         r = post({"model": "x" * 10_000, "messages": msgs})
         assert r.status_code == 400
     assert not world.responder.requests  # none of them reached the queue
+
+
+def test_a_lora_adapter_is_served_on_its_base_and_stays_private(world: World) -> None:
+    """An adapter version (lora-adapter, lineage adapter_of = chat's version) is called by its
+    own name; the request goes to its base's stream with the adapter's id and digest. Its
+    visibility is its own: another tenant gets the 404 of any private model."""
+    base_id = world.responder.version_id  # the responder answers on chat's stream
+    (lora_id,) = add_causal_model(
+        world.pg_url,
+        "acme",
+        "chat-lora",
+        fmt="lora-adapter",
+        lineage={"adapter_of": base_id},
+        sha256="ab" * 32,
+    )
+    (encoder_id,) = add_causal_model(world.pg_url, "acme", "encoder2", fmt="hf-encoder")
+    add_causal_model(world.pg_url, "acme", "enc-lora", fmt="lora-adapter", lineage={"adapter_of": encoder_id})
+    add_causal_model(world.pg_url, "acme", "orphan", fmt="lora-adapter", lineage={"adapter_of": 10**9})
+    msgs = [{"role": "user", "content": "say hi"}]
+    chat = world.sdk().chat.completions.create(model="chat-lora", messages=msgs)  # type: ignore[arg-type]
+    assert chat.model == "chat-lora" and chat.choices[0].message.content == REPLY
+    sent = world.responder.requests[-1]
+    assert sent.adapter is not None and (sent.adapter.version_id, sent.adapter.sha256) == (lora_id, "ab" * 32)
+    assert sent.model == "chat-lora" and sent.tenant_id == world.responder.requests[0].tenant_id
+    streamed = list(world.sdk().completions.create(model="chat-lora:1", prompt="x", stream=True))
+    assert "".join(e.choices[0].text for e in streamed if e.choices) == REPLY
+    assert all(e.model == "chat-lora:1" for e in streamed)
+    # the attack: another tenant's valid key names acme's private adapter, bare or as owner~name
+    other = world.sdk(world.new_key("other"))
+    for name in ("chat-lora", "acme~chat-lora", "acme~chat-lora:1"):
+        with pytest.raises(openai.NotFoundError) as nf:
+            other.chat.completions.create(model=name, messages=msgs)  # type: ignore[arg-type]
+        assert nf.value.status_code == 404 and str(lora_id) not in nf.value.message
+    with pytest.raises(openai.PermissionDeniedError):  # a key allowed only the base
+        world.sdk(world.new_key(models=["chat"])).chat.completions.create(model="chat-lora", messages=msgs)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError) as enc:  # an adapter of an encoder generates no text
+        world.sdk().chat.completions.create(model="enc-lora", messages=msgs)  # type: ignore[arg-type]
+    assert "hf-encoder" in enc.value.message
+    with pytest.raises(openai.NotFoundError) as gone:  # its base no longer exists: not a 500
+        world.sdk().chat.completions.create(model="orphan", messages=msgs)  # type: ignore[arg-type]
+    assert "base model" in gone.value.message
+    assert len([r for r in world.responder.requests if r.adapter is not None]) == 2

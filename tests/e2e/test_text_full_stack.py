@@ -6,17 +6,25 @@ Llama for the batching mechanics."""
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from model_store.limits import ArtifactLimits
 from tests.causal_tiny import smollm2_gguf, tiny_bundle
 from tests.e2e.conftest import AUTH, poll, register_http
 from tests.e2e.harness import Stack, metric_sum
+from tests.generation_helpers import Result, completion, drain
+from tests.lora_tiny import adapter_bytes
+from workers.contract.generation import AdapterRef
+from workers.generation.engine import Engine, EngineOptions
+from workers.generation.loading import load_model
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -122,3 +130,100 @@ def test_32_concurrent_greedy_streams_each_equal_the_prompt_alone(stack: Stack) 
         together = list(pool.map(ask, prompts))
     assert together == alone
     assert len(set(alone)) > 1  # the prompts really differ in what they produce
+
+
+def _register_adapter(env: dict[str, str], base_name: str, name: str, data: bytes, tmp: Path) -> None:
+    """A lora-adapter version of `base_name`'s newest version, registered as the trainer does
+    (registry.add_version: the base's signature, lineage adapter_of), in the base's tenant."""
+    from sqlalchemy import select
+
+    from model_store.blobs import BlobStore
+    from model_store.db import ModelRow, make_db_engine, make_sessionmaker
+    from model_store.formats import validate
+    from model_store.registry import Registry
+    from model_store.signature import VersionConfig
+    from service.settings import Settings
+
+    settings = Settings(database_url=env["KILN_DATABASE_URL"], data_dir=Path(env["KILN_DATA_DIR"]))
+    db = make_db_engine(settings.resolved_database_url)
+    try:
+        registry = Registry(make_sessionmaker(db), BlobStore(settings.blob_dir), validate)
+        with registry.sessions() as s:
+            tenant = s.scalars(select(ModelRow.tenant_id).where(ModelRow.name == base_name)).one()
+        found = registry.resolve(tenant, base_name, None)
+        upload = tmp / f"{name}.tar"
+        upload.write_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
+        lineage = {"adapter_of": found.version_id}
+        registry.add_version(
+            tenant,
+            name,
+            "lora-adapter",
+            upload,
+            sha,
+            len(data),
+            found.signature,
+            VersionConfig(),
+            lineage,
+            create="",
+        )
+    finally:
+        db.dispose()
+
+
+def _local_texts(path: Path, lora: bytes, prompts: list[str]) -> tuple[list[str], list[str]]:
+    """What the base and the adapter give for each prompt in this process (greedy)."""
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    local = Engine(load_model(path, sha, "cpu", ArtifactLimits()), EngineOptions(seed=0))
+    try:
+        base = [
+            r.text for r in drain(local, [completion(p, temperature=0.0, max_tokens=12) for p in prompts])
+        ]
+        tuned = []
+        for p in prompts:
+            req = completion(p, temperature=0.0, max_tokens=12)
+            req.adapter = AdapterRef(1, hashlib.sha256(lora).hexdigest())
+            local.submit(req, lambda _ref: lora)
+            res = Result()
+            while not res.done:
+                for e in local.poll(0.5):
+                    res.add(e)
+            tuned.append(res.text)
+        return base, tuned
+    finally:
+        local.close()
+
+
+def test_a_lora_adapter_chats_by_name_in_one_batch_with_its_base(
+    stack: Stack, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")
+    bundle = tiny_bundle("llama", seed=3)
+    text = _text_stack(stack, "tiny", bundle)
+    path = tmp_path / "base.tar"
+    path.write_bytes(bundle)
+    lora = adapter_bytes(
+        load_model(path, hashlib.sha256(bundle).hexdigest(), "cpu", ArtifactLimits()).model, 7
+    )
+    _register_adapter(stack_env, "tiny", "tiny-lora", lora, tmp_path)
+    prompts = ["the kiln said", "a pot of clay", "fire it up"]
+    want_base, want_lora = _local_texts(path, lora, prompts)
+    assert want_base != want_lora
+    sdk = text.sdk()
+
+    def ask(job: tuple[str, str]) -> str:
+        model, prompt = job
+        events = sdk.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        return "".join(e.choices[0].text for e in events if e.choices)
+
+    chat = sdk.chat.completions.create(
+        model="tiny-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert chat.model == "tiny-lora" and chat.usage is not None and chat.usage.completion_tokens == 4
+    jobs = [(m, p) for p in prompts for m in ("tiny", "tiny-lora")]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(ask, jobs))
+    assert together == [t for pair in zip(want_base, want_lora, strict=True) for t in pair]
+    metrics = httpx.get(f"http://127.0.0.1:{stack.worker_ports['w1']}/metrics").text
+    assert metric_sum(metrics, "kiln_gen_lora_adapters_loaded") == 1
+    assert metric_sum(metrics, "kiln_gen_lora_adapter_loads_total") == 1

@@ -159,17 +159,24 @@ class AdapterSet:
             self.evictions += 1
 
     def _attach(self, key: int, weights: AdapterWeights) -> None:
+        """Every layer is checked first (a layer another adapter already wrapped too), so that an
+        adapter that does not fit leaves nothing behind."""
+        found = {path: self._layer(path, a, b) for path, (a, b) in weights.layers.items()}
         for path, (a, b) in weights.layers.items():
-            try:
-                parent, name = _parent(self.model, path)
-                layer = getattr(parent, name)
-            except AttributeError as exc:
-                raise AdapterMismatch(f"the base model has no layer {path[:80]!r}") from exc
+            parent, name, layer = found[path]
             if not isinstance(layer, LoraLinear):
-                _check_shapes(layer, a, b, path)
                 layer = LoraLinear(layer)
                 setattr(parent, name, layer)
             layer.adapters[key] = (a, b, weights.config.scale)
+
+    def _layer(self, path: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.nn.Module, str, Any]:
+        try:
+            parent, name = _parent(self.model, path)
+            layer = getattr(parent, name)
+        except AttributeError as exc:
+            raise AdapterMismatch(f"the base model has no layer {path[:80]!r}") from exc
+        _check_shapes(layer.base if isinstance(layer, LoraLinear) else layer, a, b, path)
+        return parent, name, layer
 
     def _detach(self, key: int) -> None:
         for module in self.model.modules():

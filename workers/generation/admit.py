@@ -102,12 +102,16 @@ class Admitter:
     def _submit(self, entry: Entry, msg: GenRequestMsg, remaining_ms: int) -> Running | Out | None:
         rid, reply, stream = msg.request_id, msg.reply_to, msg.stream
         version_id = self.queue.keys.gen_version_of(entry.stream)
-        hosted = None
+        hosted, adapter = None, None
         try:
             hosted = self.backends.get(version_id)
             if hosted is None:
                 return None
-            hosted.backend.submit(msg)
+            if msg.adapter is None:
+                hosted.backend.submit(msg)
+            else:  # a LoRA adapter of this base: its bytes go to the backend when it lacks them
+                adapter = self.backends.adapters.version(msg.adapter, version_id)
+                hosted.backend.submit(msg, self.backends.adapters.reader(version_id))
         except LoadFailed as exc:
             return self._fail(entry, rid, reply, stream, exc.code, str(exc))
         except GenInputError as exc:
@@ -123,7 +127,7 @@ class Admitter:
         assert hosted is not None
         hosted.running.add(rid)
         now = time.monotonic()
-        v = hosted.version
+        v = adapter or hosted.version  # metrics and token charges name the adapter asked for
         return Running(
             entry,
             msg,

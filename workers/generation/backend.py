@@ -8,10 +8,13 @@ Thread model: `submit`, `cancel`, `poll` and `stats` are called from one thread 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from workers.contract.generation import GenRequestMsg, GenUsage
+from workers.contract.generation import AdapterRef, GenRequestMsg, GenUsage
+
+AdapterBytes = Callable[[AdapterRef], bytes]  # a LoRA adapter bundle's bytes, checked against its digest
 
 
 class GenInputError(ValueError):
@@ -21,6 +24,10 @@ class GenInputError(ValueError):
     def __init__(self, message: str, code: str = "invalid_input") -> None:
         super().__init__(message)
         self.code = code
+
+
+class NeedAdapter(Exception):
+    """The engine does not hold the request's adapter and was given no way to read it."""
 
 
 @dataclass(slots=True)
@@ -54,9 +61,10 @@ class GenerationBackend(Protocol):
     @property
     def context_length(self) -> int: ...
 
-    def submit(self, req: GenRequestMsg) -> None:
+    def submit(self, req: GenRequestMsg, adapters: AdapterBytes | None = None) -> None:
         """Start generating (tokenise, apply the chat template, check the context length).
-        Raises GenInputError for a request the model cannot take; the request then has no events."""
+        Raises GenInputError for a request the model cannot take; the request then has no events.
+        A request with a LoRA adapter (`req.adapter`) is given `adapters` to read its bytes."""
 
     def cancel(self, request_id: str) -> None:
         """Free the request's sequences now; its last event has finish == "cancelled"."""

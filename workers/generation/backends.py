@@ -15,6 +15,7 @@ from model_store.blobs import BlobStore
 from model_store.errors import StoreError, public_message
 from model_store.registry import Registry, ResolvedVersion
 from workers.contract.generation import GenErrorCode
+from workers.generation.adapter_source import AdapterSource
 from workers.generation.backend import GenerationBackend
 from workers.generation.metrics import GenMetrics
 
@@ -53,6 +54,7 @@ class GenBackends:
         self.loader = loader
         self.metrics = metrics
         self.unloaded = unloaded  # unloaded by command (lifecycle): not loaded on demand
+        self.adapters = AdapterSource(registry, blobs, unloaded)  # LoRA adapters' bytes, for requests
         self.hosted: dict[int, Hosted] = {}
         self.failures: dict[int, tuple[str, float]] = {}  # version -> (why, monotonic retry time)
         self.to_unload: set[int] = set()
@@ -84,6 +86,10 @@ class GenBackends:
             version = self.registry.by_version_id(version_id)
         except StoreError as exc:
             raise LoadFailed(GenErrorCode.LOAD_FAILED, f"model version not found: {exc}") from exc
+        if version.format == "lora-adapter":
+            raise LoadFailed(
+                GenErrorCode.INVALID_INPUT, "a lora-adapter is served on its base model's stream"
+            )
         if version.format != FORMAT:
             raise LoadFailed(GenErrorCode.INVALID_INPUT, f"a {version.format} model does not generate text")
         path = self.blobs.path_for(version.sha256)

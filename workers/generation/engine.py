@@ -15,6 +15,9 @@ What continuous batching gives per request and what this engine does with it:
 - logprobs: refused (CB's are of the processed distribution, not the model's).
 - stop sequences and detokenisation: workers/generation/text.py; a sequence that hits a stop
   is cancelled in CB at once.
+- a request with a LoRA adapter (`req.adapter`) runs on this same model, in the same batch as
+  the others, its tokens through its adapter's low-rank updates (adapters.py); up to
+  `max_adapters` adapters are held (least recently used evicted, never one a request runs on).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from model_store.limits import ArtifactLimits
 from workers.contract.generation import GenErrorCode, GenParams, GenRequestMsg, GenUsage
-from workers.generation.backend import GenEvent, GenInputError, GenStats
+from workers.generation.adapters import EngineAdapters
+from workers.generation.backend import AdapterBytes, GenEvent, GenInputError, GenStats
 from workers.generation.loading import LoadedModel
 from workers.generation.prompts import prompt_ids, sampling
 from workers.generation.text import Detokenizer, StopText
@@ -41,6 +46,7 @@ class EngineOptions:
     max_requests_per_batch: int | None = None
     max_memory_percent: float = 0.6  # of free GPU memory, for the KV cache
     seed: int | None = None
+    max_adapters: int = 8  # LoRA adapters held at once (0: none served)
 
     def cb_config(self, device: str) -> Any:
         """transformers' ContinuousBatchingConfig for this device. Fields it lacks are left out
@@ -61,6 +67,8 @@ class EngineOptions:
             "use_cuda_graph": False if cpu else None,
             "seed": self.seed,
         }
+        if self.max_adapters > 0:  # the batch run must be the batch prepared; no KV shared across adapters
+            wanted.update(use_async_batching=False, allow_block_sharing=False, use_cuda_graph=False)
         known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
         if "page_size" not in known:
             wanted["block_size"] = wanted.pop("page_size")
@@ -85,12 +93,16 @@ class _Request:
     completion_tokens: int = 0
     open: int = 0
     first_sent: bool = False
+    slot: int = -1  # its adapter's slot (-1: the base alone)
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, options: EngineOptions | None = None, limits: ArtifactLimits | None = None
+    ) -> None:
         from transformers import GenerationConfig
 
+        options = options or EngineOptions()
         self._m = loaded
         self._vocab = int(loaded.model.config.vocab_size)
         gen = GenerationConfig(
@@ -98,8 +110,13 @@ class Engine:
         )
         device = str(loaded.model.device)
         self._mgr = loaded.model.init_continuous_batching(
-            generation_config=gen, continuous_batching_config=(options or EngineOptions()).cb_config(device)
+            generation_config=gen, continuous_batching_config=options.cb_config(device)
         )
+        self.adapters: EngineAdapters | None = None
+        if options.max_adapters > 0:
+            self.adapters = EngineAdapters(
+                loaded.model, options.max_adapters, limits or ArtifactLimits(), self._batch
+            )
         self._mgr.start()
         self._requests: dict[str, _Request] = {}
         self._choices: dict[str, tuple[_Request, _Choice]] = {}  # by CB request id
@@ -118,7 +135,12 @@ class Engine:
     def device(self) -> str:
         return str(self._m.model.device)
 
-    def submit(self, req: GenRequestMsg) -> None:
+    def _batch(self) -> object:
+        return getattr(getattr(self._mgr, "batch_processor", None), "inputs_and_outputs", None)
+
+    def submit(self, req: GenRequestMsg, adapters: AdapterBytes | None = None) -> None:
+        """Start `req`; `adapters` gives the bytes of an adapter this engine does not hold yet
+        (without it such a request raises adapters.NeedAdapter)."""
         p = req.params
         try:
             p.check()
@@ -130,13 +152,15 @@ class Engine:
             raise GenInputError("a request with this id is already running")
         ids = prompt_ids(self._m.tokenizer, req)
         max_new = self._max_new(len(ids), p, req.mode)
-        state = _Request(prompt_tokens=len(ids), choices=[], open=p.n)
+        state = _Request(prompt_tokens=len(ids), choices=[], open=p.n, slot=self._slot(req, adapters))
         self._requests[req.request_id] = state
         kwargs = sampling(p, self._vocab)
         for i in range(p.n):
             choice = _Choice(req.request_id, i, Detokenizer(self._m.tokenizer, ids), StopText(p.stop))
             state.choices.append(choice)
             self._choices[f"{req.request_id}:{i}"] = (state, choice)
+            if state.slot >= 0 and self.adapters is not None:
+                self.adapters.bind(f"{req.request_id}:{i}", state.slot)
             taken = self._mgr.add_request(
                 ids, request_id=f"{req.request_id}:{i}", max_new_tokens=max_new, streaming=True, **kwargs
             )
@@ -145,6 +169,13 @@ class Engine:
                     req.request_id, i, code=GenErrorCode.MODEL_ERROR, error="the model is not running"
                 )
                 self._ready.append(self._finish(state, choice, event, "error"))
+
+    def _slot(self, req: GenRequestMsg, adapters: AdapterBytes | None) -> int:
+        if req.adapter is None:
+            return -1
+        if self.adapters is None:
+            raise GenInputError("this worker serves no LoRA adapters", GenErrorCode.UNAVAILABLE)
+        return self.adapters.acquire(req.adapter, adapters)
 
     def _max_new(self, prompt: int, p: GenParams, mode: str) -> int:
         ctx = self.context_length
@@ -232,8 +263,12 @@ class Engine:
         event.finish = finish
         choice.done = True
         self._choices.pop(f"{choice.request_id}:{choice.index}", None)
+        if self.adapters is not None and state.slot >= 0:
+            self.adapters.unbind(f"{choice.request_id}:{choice.index}")
         state.open -= 1
         if state.open == 0:
+            if self.adapters is not None and state.slot >= 0:
+                self.adapters.release(state.slot)
             event.done = True
             event.usage = GenUsage(state.prompt_tokens, state.completion_tokens)
             self._requests.pop(choice.request_id, None)
@@ -249,7 +284,11 @@ class Engine:
         return events
 
     def stats(self) -> GenStats:
-        return cb_stats(self._mgr)
+        stats = cb_stats(self._mgr)
+        if self.adapters is not None:
+            a = self.adapters
+            stats.extra = {"adapters": a.loaded, "adapter_loads": a.loads, "adapter_evictions": a.evictions}
+        return stats
 
     def close(self) -> None:
         self._ready.extend(self._fail_all(GenErrorCode.UNAVAILABLE, "the model was unloaded"))
@@ -257,6 +296,8 @@ class Engine:
             self._mgr.stop(block=True, timeout=10)
         finally:
             self._m.model.destroy_cached_continuous_batching_manager()
+            if self.adapters is not None:
+                self.adapters.close()
 
 
 def cb_stats(mgr: Any) -> GenStats:

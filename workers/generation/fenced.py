@@ -33,7 +33,7 @@ from workers.common.device import pick_device
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode, GenRequestMsg
 from workers.generation import conversions
-from workers.generation.backend import GenerationBackend, GenEvent, GenInputError, GenStats
+from workers.generation.backend import AdapterBytes, GenerationBackend, GenEvent, GenInputError, GenStats
 from workers.generation.engine import EngineOptions
 from workers.generation.host import CONVERTED
 from workers.generation.wire import WireError, events_from_json, stats_from_json
@@ -92,6 +92,7 @@ class FencedGenerationBackend:
         self._converted = header.get("converted") == CONVERTED
         self._events: list[GenEvent] = []
         self._open: set[str] = set()
+        self._sent: set[int] = set()  # adapters whose bytes the child has been sent
         self._stats = GenStats()
         self._dead = ""
 
@@ -131,22 +132,41 @@ class FencedGenerationBackend:
     def pid(self) -> int | None:
         return self._child.pid
 
-    def submit(self, req: GenRequestMsg) -> None:
+    def submit(self, req: GenRequestMsg, adapters: AdapterBytes | None = None) -> None:
+        """`adapters` reads the bytes of the request's LoRA adapter; they are sent to the child
+        with the request the first time (or again if the child has evicted it since)."""
         if self._dead:
             self._events.append(_error(req.request_id, self._dead))
             return
-        try:
-            self._child.channel.send({"op": "submit", "id": req.request_id}, [req.to_fields()[b"h"]])
-            reply = self._read_until(req.request_id, time.monotonic() + SUBMIT_TIMEOUT_S)
-        except _Lost as exc:
-            self._die(str(exc))
-            self._events.append(_error(req.request_id, self._dead))
+        ref, bufs = req.adapter, [req.to_fields()[b"h"]]
+        if ref is not None and adapters is not None and ref.version_id not in self._sent:
+            bufs.append(adapters(ref))  # GenInputError: this request fails alone
+        reply = self._ask(req.request_id, bufs)
+        if reply is not None and reply.get("need_adapter"):
+            if ref is None or adapters is None or len(bufs) > 1:
+                raise GenInputError("the model process refused the adapter", GenErrorCode.UNAVAILABLE)
+            self._sent.discard(ref.version_id)
+            reply = self._ask(req.request_id, [*bufs, adapters(ref)])
+        if reply is None:
             return
         if "error" in reply:
             raise GenInputError(
                 str(reply["error"])[:1000], str(reply.get("code", GenErrorCode.INVALID_INPUT))[:64]
             )
         self._open.add(req.request_id)
+        if ref is not None:
+            self._sent.add(ref.version_id)
+
+    def _ask(self, request_id: str, bufs: list[bytes]) -> dict[str, Any] | None:
+        """Send a submit, return the child's answer (None: the child is lost; the request has
+        its error event)."""
+        try:
+            self._child.channel.send({"op": "submit", "id": request_id}, bufs)
+            return self._read_until(request_id, time.monotonic() + SUBMIT_TIMEOUT_S)
+        except _Lost as exc:
+            self._die(str(exc))
+            self._events.append(_error(request_id, self._dead))
+            return None
 
     def cancel(self, request_id: str) -> None:
         if self._dead or request_id not in self._open:
@@ -272,7 +292,8 @@ def load_backend(
         from workers.generation.engine import Engine
         from workers.generation.loading import load_model
 
-        return Engine(load_model(path, version.sha256, device, settings.limits), settings.options)
+        loaded = load_model(path, version.sha256, device, settings.limits)
+        return Engine(loaded, settings.options, settings.limits)
     cache = settings.cache_dir or conversions.cache_dir_for(path, version.sha256)
     if cache is None or not is_gguf(path):
         return FencedGenerationBackend(path, version.sha256, device, settings)

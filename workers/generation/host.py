@@ -7,8 +7,11 @@ from the worker (`submit`, `cancel`, `close`) and pumps the engine's events back
 unasked. Frames (JSON headers, model_store.channel):
 
     worker -> child  {"op": "submit"} + the request's JSON header (GenRequestMsg) as a buffer
+                     (+ its LoRA adapter bundle's bytes as a second buffer, when the child
+                     does not hold that adapter: the child never reads the blob store)
                      {"op": "cancel", "id": ...}   {"op": "close"}
     child -> worker  {"submitted": id} or {"submitted": id, "error": ..., "code": ...}
+                     or {"submitted": id, "need_adapter": true} (send it again with the bytes)
                      {"events": [...], "stats": {...}}   (wire.py)
 
 While requests run the child polls the engine in short slices and the channel between them;
@@ -25,7 +28,7 @@ from typing import Any
 from model_store.channel import Channel
 from workers.contract.generation import KIND, GenRequestMsg
 from workers.contract.messages import CONTRACT_VERSION, ContractError
-from workers.generation.backend import GenInputError
+from workers.generation.backend import GenInputError, NeedAdapter
 from workers.generation.wire import event_to_json, stats_to_json
 
 CONVERTED = "converted.tar"  # in the child's directory: a GGUF model as a bundle, for the cache
@@ -59,7 +62,7 @@ def _load(args: dict[str, Any]) -> Any:
     loaded = load_model(path, str(args["sha256"]), str(args["device"]), args["limits"])
     if args.get("convert"):
         export_bundle(loaded, path.parent.parent / CONVERTED)
-    return Engine(loaded, args["options"])
+    return Engine(loaded, args["options"], args["limits"])
 
 
 def _linked(blob: Path) -> Path:
@@ -128,8 +131,12 @@ def _command(ch: Channel, engine: Any, header: dict[str, Any], bufs: list[memory
                 {"submitted": str(header.get("id", "")), "error": str(exc)[:1000], "code": "invalid_input"}
             )
             return True
+        data = bytes(bufs[1]) if len(bufs) > 1 else None
         try:
-            engine.submit(req)
+            engine.submit(req, (lambda _ref: data) if data is not None else None)
+        except NeedAdapter:
+            ch.send({"submitted": req.request_id, "need_adapter": True})
+            return True
         except GenInputError as exc:
             ch.send({"submitted": req.request_id, "error": str(exc)[:1000], "code": exc.code})
             return True

@@ -54,6 +54,16 @@ class GenMetrics:
         self.loaded = Gauge(
             "kiln_gen_loaded_versions", "Generation versions loaded on this worker", registry=r
         )
+        self.lora_loaded = Gauge(
+            "kiln_gen_lora_adapters_loaded", "LoRA adapters held on a base version's model", lv, registry=r
+        )
+        self.lora_loads = Counter(
+            "kiln_gen_lora_adapter_loads", "LoRA adapters loaded onto a base version's model", lv, registry=r
+        )
+        self.lora_evictions = Counter(
+            "kiln_gen_lora_adapter_evictions", "LoRA adapters evicted (least recently used)", lv, registry=r
+        )
+        self._lora_seen: dict[tuple[str, str], tuple[int, int]] = {}  # cumulative loads, evictions
         self.tenant_labels = TenantLabels(max_tenant_labels)
         self.tenant_tokens = Counter(
             "kiln_gen_tenant_tokens",
@@ -68,12 +78,24 @@ class GenMetrics:
             self.running.labels(*lv).set(s.running)
             self.waiting.labels(*lv).set(s.waiting)
             self.kv_usage.labels(*lv).set(s.kv_cache_usage)
+            if "adapters" in s.extra:
+                self._lora(lv, s.extra)
         except Exception:  # metrics never break a request
             log.exception("metrics hook failed")
 
+    def _lora(self, lv: tuple[str, str], extra: dict[str, int]) -> None:
+        """The engine counts since it started: the counters go up by what is new."""
+        self.lora_loaded.labels(*lv).set(extra.get("adapters", 0))
+        loads, evictions = extra.get("adapter_loads", 0), extra.get("adapter_evictions", 0)
+        seen_loads, seen_evictions = self._lora_seen.get(lv, (0, 0))
+        self.lora_loads.labels(*lv).inc(max(loads - seen_loads, 0))
+        self.lora_evictions.labels(*lv).inc(max(evictions - seen_evictions, 0))
+        self._lora_seen[lv] = (loads, evictions)
+
     def forget(self, model: str, version: int) -> None:
         """An unloaded version: its gauges go (a stale 'running' would lie)."""
-        for g in (self.running, self.waiting, self.kv_usage):
+        self._lora_seen.pop((model, str(version)), None)
+        for g in (self.running, self.waiting, self.kv_usage, self.lora_loaded):
             with contextlib.suppress(KeyError):
                 g.remove(model, str(version))
 

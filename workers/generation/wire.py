@@ -76,8 +76,13 @@ def events_from_json(items: Any) -> list[GenEvent]:
     return [event_from_json(d) for d in items]
 
 
+ADAPTER_STATS = ("adapters", "adapter_loads", "adapter_evictions")
+
+
 def stats_to_json(s: GenStats) -> dict[str, Any]:
-    return {"running": s.running, "waiting": s.waiting, "kv": s.kv_cache_usage}
+    out: dict[str, Any] = {"running": s.running, "waiting": s.waiting, "kv": s.kv_cache_usage}
+    extra = {k: int(s.extra[k]) for k in ADAPTER_STATS if k in s.extra}
+    return {**out, "extra": extra} if extra else out
 
 
 def stats_from_json(d: Any) -> GenStats:
@@ -86,4 +91,12 @@ def stats_from_json(d: Any) -> GenStats:
     kv = d.get("kv", 0.0)
     if not isinstance(kv, int | float) or not 0.0 <= kv <= 1.0:
         raise WireError("stats: kv is not a share")
-    return GenStats(running=_int(d, "running"), waiting=_int(d, "waiting"), kv_cache_usage=float(kv))
+    extra = d.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise WireError("stats: extra is not an object")
+    return GenStats(
+        running=_int(d, "running"),
+        waiting=_int(d, "waiting"),
+        kv_cache_usage=float(kv),
+        extra={k: _int(extra, k) for k in ADAPTER_STATS if k in extra},
+    )

@@ -32,6 +32,15 @@ log = logging.getLogger("kiln.worker")
 
 TEXT_FORMATS = ("hf-causal-lm",)
 TEXT_ONLY = "a text-generation model: call it on /v1/chat/completions or /v1/completions"
+ADAPTER_FORMATS = ("lora-adapter",)  # served on their base's generation stream, never loaded alone
+ADAPTER_ONLY = (
+    "a LoRA adapter: it is served on its base model (an hf-causal-lm base: /v1/chat/completions "
+    "or /v1/completions); load the base"
+)
+
+
+class _NotServedHere(ItemRejected):
+    """A version of a format the inference loop leaves to others (generation, adapters)."""
 
 
 @dataclass(slots=True)
@@ -135,10 +144,14 @@ class ModelCache:
         try:
             version = self.registry.by_version_id(version_id)
             if version.format in TEXT_FORMATS:  # the generation loop serves these (workers/generation)
-                raise ItemRejected(ErrorCode.INVALID_INPUT, TEXT_ONLY)
+                raise _NotServedHere(ErrorCode.INVALID_INPUT, TEXT_ONLY)
+            if version.format in ADAPTER_FORMATS:
+                raise _NotServedHere(ErrorCode.INVALID_INPUT, ADAPTER_ONLY)
             path = self.blobs.path_for(version.sha256)
             with self.watchdog.busy(float("inf")), measured(cuda):  # heartbeats go on during a long load
                 self._start_instances(version, runners)
+        except _NotServedHere:  # a version this loop does not serve: not a load failure
+            raise
         except (StoreError, LoadError, FenceDied, FenceTimeout) as exc:
             close_runners(runners)
             self.load_failures[version_id] = str(exc)[:300]
