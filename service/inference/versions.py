@@ -27,3 +27,10 @@ class VersionResolver:
             (tenant_id, model, ref),
             lambda: run_in_threadpool(self._registry.resolve, tenant_id, model, parsed),
         )
+
+    async def by_id(self, version_id: int) -> ResolvedVersion:
+        """A version by its id, with no visibility check (the caller has resolved something that
+        names it, e.g. a lora-adapter's base), cached like resolutions (NotFound drops it at once)."""
+        return await self._cache.get(
+            ("id", version_id), lambda: run_in_threadpool(self._registry.by_version_id, version_id)
+        )
