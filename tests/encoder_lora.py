@@ -55,7 +55,7 @@ class SyntheticAdapter:
 
 
 def make_adapter(
-    base: bytes, seed: int, head: tuple[str, int] | None = None, r: int = 4, alpha: float = 8.0
+    base: bytes, seed: int, head: tuple[str, int] | None = None, r: int = 4, alpha: int = 8
 ) -> SyntheticAdapter:
     import peft
     from safetensors.torch import save
@@ -85,7 +85,9 @@ def make_adapter(
         "task": "classification" if head is None else head[0],
         "head": None if head is None else {"num_outputs": head[1]},
     }
-    data = pack({"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": save(tensors)})
+    data = pack(
+        {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": save(tensors)}
+    )
     sig = head_signature(*head) if head is not None else encoder_signature(bundle.hidden_size)
     return SyntheticAdapter(data, sig, tuned, linear, task, base)
 

@@ -7,6 +7,8 @@ index and load/unload know adapters; another tenant cannot reach them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from tests.conftest import WorkerThread
 from tests.encoder_lora import SyntheticAdapter, make_adapter
 from tests.hf_tiny import tiny_bundle
 from tests.integration.helpers import register
-from tests.integration.tenancy import new_key, new_tenant
+from tests.integration.tenancy import eventually, new_key, new_tenant
 from workers.inference.fenced import fenced_of
 
 pytest.importorskip("peft")
@@ -110,14 +112,16 @@ async def test_adapters_by_name_on_one_copy_of_the_base(
     base = models[base_id]
     assert len(base.runners) == 1 and fenced_of(base.runners[0]) is not None
     for vid in ids.values():
-        assert models[vid].runners == [] and models[vid].runner is base.runner and models[vid].pool is base.pool
+        assert (
+            models[vid].runners == [] and models[vid].runner is base.runner and models[vid].pool is base.pool
+        )
         assert models[vid].base_id == base_id
 
     # /v1/embeddings: the head-less adapter answers; the head adapter is refused like a head model
     r = await client.post("/v1/embeddings", json={"model": "enc-emb", "input": TEXTS})
     assert r.status_code == 200, r.text
-    rows = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-    np.testing.assert_allclose(rows, emb.reference(TEXTS)["embedding"], rtol=1e-4, atol=1e-5)
+    vectors = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(vectors, emb.reference(TEXTS)["embedding"], rtol=1e-4, atol=1e-5)
     r = await client.post("/v1/embeddings", json={"model": "enc-cls", "input": TEXTS})
     assert r.status_code == 400 and "task head" in r.text
 
@@ -159,3 +163,47 @@ async def test_load_unload_and_other_tenants(
         assert r.status_code == 404, r.text
         r = await client.post(f"/v2/repository/models/{model}/load", headers=auth)
         assert r.status_code == 404, r.text
+
+
+async def test_a_dead_base_process_takes_its_adapters_down_and_they_reload(
+    client: httpx.AsyncClient, registry: Registry, settings: Settings, tmp_path: Path
+) -> None:
+    w = WorkerThread(settings)
+    w.worker.cache.quarantine.backoff_s = 0.0  # a failed version may load again at once
+    w.start()
+    try:
+        base_id, cls, _emb, ids = await _setup(client, registry, settings, tmp_path)
+        for model in ("enc-emb", "enc-cls"):
+            _outputs(await client.post(f"/v2/models/{model}/infer", json=_body(TEXTS)))
+
+        async def all_unloaded() -> bool:
+            return not {base_id, *ids.values()} & set(w.worker.cache.models)  # unloaded, not just condemned
+
+        _kill_base(w, base_id)  # a batch of an adapter finds the base's process dead
+        r = await client.post("/v2/models/enc-cls/infer", json=_body(TEXTS))
+        assert r.status_code == 500 and "model process" in r.text, r.text
+        assert await eventually(all_unloaded, timeout=10)
+        got = _outputs(await client.post("/v2/models/enc-cls/infer", json=_body(TEXTS)))  # a new process
+        np.testing.assert_allclose(got["logits"], cls.reference(TEXTS)["logits"], rtol=1e-4, atol=1e-5)
+
+        _kill_base(w, base_id)  # loading an adapter finds it dead
+        r = await client.post("/v2/models/enc-emb/infer", json=_body(TEXTS))
+        assert r.status_code == 503 and "model process" in r.text, r.text
+        assert await eventually(all_unloaded, timeout=10)
+        _outputs(await client.post("/v2/models/enc-emb/infer", json=_body(TEXTS)))
+    finally:
+        w.stop()
+
+
+def _kill_base(w: WorkerThread, base_id: int) -> None:
+    """SIGKILL the base's model process (started by this test's worker)."""
+    child = fenced_of(w.worker.cache.models[base_id].runners[0])
+    assert child is not None and child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+
+
+async def test_adapters_cannot_be_uploaded(client: httpx.AsyncClient) -> None:
+    """Only the trainer registers adapters (it sets their base); an upload names no base."""
+    adapter = make_adapter(tiny_bundle(seed=3), seed=1)
+    r = await register(client, "sneaky", adapter.data, "lora-adapter")
+    assert r.status_code in (400, 422), r.text

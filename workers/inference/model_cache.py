@@ -166,7 +166,10 @@ class ModelCache:
             ref = AdapterRef(vid, data, self.config.max_adapters)
             with self.watchdog.busy(float("inf")):
                 attach(base.runners, ref, version)
-        except (StoreError, LoadError, FenceDied, FenceTimeout) as exc:
+        except (FenceDied, FenceTimeout) as exc:  # the base's process died or hung: it goes too
+            self.condemn(base, f"model process failed while loading an adapter: {exc}")
+            raise self._failed(vid, str(exc)) from exc
+        except (StoreError, LoadError) as exc:
             raise self._failed(vid, str(exc)) from exc
         except Exception as exc:
             raise self._failed(vid, f"adapter warmup failed: {public_message(exc)}") from exc
