@@ -140,3 +140,50 @@ def test_the_worker_checks_an_adapter_before_sending_it(tmp_path) -> None:  # ty
         read_adapter_bytes(path, version(adapter.signature, "1" * 64), ArtifactLimits())
     with pytest.raises(LoadError, match="signature"):  # a head adapter claiming to answer embeddings
         read_adapter_bytes(path, version(encoder_signature(32)), ArtifactLimits())
+
+
+def _crafted(tensors: dict[str, object], targets: list[str]) -> bytes:
+    import json
+
+    from safetensors.torch import save
+
+    config = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": targets,
+        "base_format": "hf-encoder",
+        "task": "classification",
+        "head": None,
+    }
+    return pack(
+        {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": save(tensors)}
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("path", "targets"),
+    [
+        ("encoder.embeddings.word_embeddings", ["word_embeddings"]),  # not a linear layer
+        ("encoder.__class__", ["__class__"]),  # not a module
+        ("encoder.encoder.layer.7.attention.self.query", ["query"]),  # no such layer
+        ("head", ["head"]),  # the holder has no head
+    ],
+)
+def test_hostile_layer_paths_are_refused_and_leave_the_base_as_it_was(path: str, targets: list[str]) -> None:
+    base = tiny_bundle(seed=3)
+    runner = _runner(base)
+    plain = runner.run(_inputs(TEXTS))["embedding"]
+    good = "encoder.encoder.layer.0.attention.self.query"
+    tensors = {
+        f"{good}.lora_A.weight": torch.randn(4, 32),
+        f"{good}.lora_B.weight": torch.randn(32, 4),
+        f"{path}.lora_A.weight": torch.randn(4, 32),
+        f"{path}.lora_B.weight": torch.randn(32, 4),
+    }
+    with pytest.raises(AdapterMismatch):
+        runner.add_adapter(3, _crafted(tensors, sorted({"query", *targets})), 8)
+    assert not runner.has_adapter(3)
+    query = runner._model.encoder.layer[0].attention.self.query
+    assert not getattr(query, "adapters", {})  # nothing of the refused adapter stays attached
+    np.testing.assert_allclose(runner.run(_inputs(TEXTS))["embedding"], plain, rtol=1e-6)

@@ -159,7 +159,12 @@ class ModelCache:
             raise self._failed(vid, str(exc)) from exc
         if base_version.version_id in self.unloaded:
             raise ItemRejected(ErrorCode.UNAVAILABLE, "the base model version of this adapter is unloaded")
-        base = self.get(base_version.version_id)
+        try:
+            base = self.get(base_version.version_id)
+        except ItemRejected as exc:
+            if exc.code == ErrorCode.LOAD_FAILED:  # the index says why the adapter did not load
+                self.load_failures[vid] = f"its base version failed to load: {exc}"[:300]
+            raise
         try:
             path = self.blobs.path_for(version.sha256)
             data = read_adapter_bytes(path, version, self.config.artifact_limits)
@@ -232,7 +237,11 @@ class ModelCache:
         return runners, size, used
 
     def _make_room(self, need: int, loading: int, keep: int | None = None) -> None:
-        sizes = {vid: (m.size_bytes, m.last_used) for vid, m in self.models.items()}
+        last = {vid: m.last_used for vid, m in self.models.items()}
+        for m in list(self.models.values()):  # a base is as recently used as its adapters
+            if m.base_id is not None and m.base_id in last:
+                last[m.base_id] = max(last[m.base_id], m.last_used)
+        sizes = {vid: (m.size_bytes, last[vid]) for vid, m in self.models.items()}
         busy = {vid for vid in self.models if self._waiting(vid)} | {loading, keep or loading}
         for vid in lru_victims(sizes, need, self.config.memory_budget_bytes, busy):
             self.unload(vid)
