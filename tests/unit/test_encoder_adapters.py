@@ -142,7 +142,7 @@ def test_the_worker_checks_an_adapter_before_sending_it(tmp_path) -> None:  # ty
         read_adapter_bytes(path, version(encoder_signature(32)), ArtifactLimits())
 
 
-def _crafted(tensors: dict[str, object], targets: list[str]) -> bytes:
+def _crafted(tensors: dict[str, torch.Tensor], targets: list[str]) -> bytes:
     import json
 
     from safetensors.torch import save
@@ -158,7 +158,7 @@ def _crafted(tensors: dict[str, object], targets: list[str]) -> bytes:
     }
     return pack(
         {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": save(tensors)}
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize(
