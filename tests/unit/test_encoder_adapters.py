@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 
 from model_store.hf_encoder import encoder_signature
 from model_store.limits import ArtifactLimits
@@ -22,7 +23,6 @@ from workers.inference.adapter_versions import read_adapter_bytes
 from workers.inference.runtime import AdapterMissing, AdapterRef, run_adapter
 
 pytest.importorskip("peft")
-torch = pytest.importorskip("torch")
 
 TEXTS = ["the team won the final", "the chef baked bread", "garlic soup for dinner", "a"]
 
