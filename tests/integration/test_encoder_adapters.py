@@ -7,8 +7,10 @@ index and load/unload know adapters; another tenant cannot reach them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +81,24 @@ async def _setup(
     return base_id, cls, emb, ids
 
 
+@pytest.fixture(params=["required", "off"])
+def any_worker(request: pytest.FixtureRequest, settings: Settings) -> Iterator[WorkerThread]:
+    """A worker with fenced model processes, and one running models in-process (KILN_FENCE=off)."""
+    w = WorkerThread(settings)
+    w.worker.config = dataclasses.replace(w.worker.config, fence=request.param)
+    w.start()
+    yield w
+    w.stop()
+
+
 async def test_adapters_by_name_on_one_copy_of_the_base(
-    client: httpx.AsyncClient, worker: WorkerThread, registry: Registry, settings: Settings, tmp_path: Path
+    client: httpx.AsyncClient,
+    any_worker: WorkerThread,
+    registry: Registry,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
+    worker = any_worker
     base_id, cls, emb, ids = await _setup(client, registry, settings, tmp_path)
     plain = _outputs(await client.post("/v2/models/enc/infer", json=_body(TEXTS)))["embedding"]
 
@@ -110,7 +127,8 @@ async def test_adapters_by_name_on_one_copy_of_the_base(
     # one model process holds the base; both adapters run on it
     models = worker.worker.cache.models
     base = models[base_id]
-    assert len(base.runners) == 1 and fenced_of(base.runners[0]) is not None
+    assert len(base.runners) == 1
+    assert (fenced_of(base.runners[0]) is None) == (worker.worker.config.fence == "off")
     for vid in ids.values():
         assert (
             models[vid].runners == [] and models[vid].runner is base.runner and models[vid].pool is base.pool
