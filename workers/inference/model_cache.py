@@ -183,13 +183,12 @@ class ModelCache:
         loaded = self.models[vid] = Loaded(
             version,
             base.runner,
-            batch_policy(version),
-            len(data),
-            time.monotonic(),
-            base.pool,
-            [],
-            ref,
-            base_version.version_id,
+            batch_policy(version),  # its own batching; its instances and device are its base's
+            size_bytes=len(data),
+            last_used=time.monotonic(),
+            pool=base.pool,
+            adapter=ref,
+            base_id=base_version.version_id,
         )
         self._loaded(loaded, started, None)
         return loaded
