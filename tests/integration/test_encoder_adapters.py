@@ -143,10 +143,27 @@ async def test_adapters_by_name_on_one_copy_of_the_base(
     r = await client.post("/v1/embeddings", json={"model": "enc-cls", "input": TEXTS})
     assert r.status_code == 400 and "task head" in r.text
 
+    await _by_version_and_async(client, want)
+
     # readiness and the index
     assert (await client.get("/v2/models/enc-cls/ready")).status_code == 200
     index = {m["name"]: m for m in (await client.post("/v2/repository/index")).json()}
     assert index["enc-cls"]["state"] == "READY" and index["enc-emb"]["state"] == "READY"
+
+
+async def _by_version_and_async(client: httpx.AsyncClient, want: dict[str, np.ndarray]) -> None:
+    """enc-cls by version number, and asynchronously (Prefer: respond-async)."""
+    got = _outputs(await client.post("/v2/models/enc-cls/versions/1/infer", json=_body(TEXTS)))
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
+    r = await client.post("/v2/models/enc-cls/infer", json=_body(TEXTS), headers={"Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+
+    async def answered() -> bool:
+        return (await client.get(r.headers["location"])).status_code == 200
+
+    assert await eventually(answered, timeout=20)
+    got = _outputs(await client.get(r.headers["location"]))
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
 
 
 async def test_load_unload_and_other_tenants(
