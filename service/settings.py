@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     fence: Literal["required", "auto", "off"] = "required" if sys.platform == "linux" else "auto"
     model_memory_mb: int = Field(default=8192, ge=256)  # address-space limit of a CPU model process
     hung_backoff_s: float = Field(default=30.0, ge=0, le=86_400)  # a version that hung reloads after
+    # LoRA adapter versions held beside one loaded base model instance on an inference worker
+    # (least recently used evicted there, never one a batch is running with)
+    max_adapters: int = Field(default=8, ge=1, le=1024)
     check_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # an upload's check, wall clock
     check_memory_mb: int = Field(default=4096, ge=256)  # an upload's check, address space
     # where model checks (uploads, a fine-tune job's base model) run: `local` in the gateway's own

@@ -53,6 +53,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
             fence=settings.fence,
             model_memory_bytes=settings.model_memory_mb << 20,
             hung_backoff_s=settings.hung_backoff_s,
+            max_adapters=settings.max_adapters,
             threads=threads,
             metrics_port=metrics_port,
             artifact_limits=settings.artifact_limits,

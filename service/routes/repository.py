@@ -48,6 +48,6 @@ async def load(model: str, request: Request, principal: ManagePrincipal, state: 
 
 @router.post("/models/{model}/unload")
 async def unload(model: str, request: Request, principal: ManagePrincipal, state: StateDep) -> JSONBody:
-    await _parameters(request)  # unload_dependents: there are no dependents here
+    await _parameters(request)  # unload_dependents: adapters loaded on a base always go with it
     await state.repository.unload(principal.tenant_id, model)
     return JSONBody({})

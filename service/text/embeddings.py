@@ -2,7 +2,11 @@
 (service/inference/sync.py): the texts go as one BYTES input, the worker's runner tokenises,
 mean-pools over the attention mask and L2-normalises (workers/inference/hf_runner.py: what
 sentence-transformers' Transformer -> Pooling(mean) -> Normalize does), and the FP32 rows come
-back as binary output, returned as floats or as base64 of little-endian float32 (as OpenAI)."""
+back as binary output, returned as floats or as base64 of little-endian float32 (as OpenAI).
+
+A lora-adapter version of an hf-encoder base (lineage `adapter_of`) is called by its own name:
+the worker runs it on its base (workers/inference/adapter_versions.py). Like an hf-encoder with
+a task head, an adapter with a head does not answer embeddings (400)."""
 
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput, ModelFailed
+from model_store import errors as store_errors
+from model_store.registry import ResolvedVersion
+from service.errors import InvalidInput, ModelFailed, NotFound
 from service.inference.sync import InferenceService
+from service.tenancy import access
 from service.tenancy.api_keys import Principal
 from service.text.generation import TextService, split_model
 from service.text.schemas import EmbeddingRequest, parse
 
 EMBED_FORMAT = "hf-encoder"
+ADAPTER_FORMAT = "lora-adapter"
+WHAT = "/v1/embeddings"
 OUTPUT = "embedding"
 
 
@@ -39,7 +48,7 @@ async def embeddings(
     req = parse(EmbeddingRequest, body)
     s = text.settings
     texts = _texts(req, s.max_embedding_inputs, s.max_prompt_chars)
-    version = await text.resolve(principal, req.model, EMBED_FORMAT, "/v1/embeddings")
+    version = await _resolve(text, principal, req.model)
     out = version.signature.outputs
     if len(out) != 1 or out[0].name != OUTPUT:
         raise InvalidInput(f"model {req.model[:64]!r} has a task head: it does not answer embeddings")
@@ -63,6 +72,30 @@ async def embeddings(
         "model": req.model,
         "usage": {"prompt_tokens": 0, "total_tokens": 0},  # the gateway does not tokenise
     }
+
+
+async def _resolve(text: TextService, principal: Principal, model: str) -> ResolvedVersion:
+    """The version `model` names, as the OIP routes resolve it; 400 unless it is an hf-encoder
+    or a lora-adapter of one."""
+    name, ref = split_model(model)
+    access.check_model(principal, name)
+    version = await text.resolver.resolve(principal.tenant_id, name, ref)
+    if version.format == ADAPTER_FORMAT and version.adapter_of is not None:
+        try:
+            base = await text.resolver.by_id(version.adapter_of)
+        except store_errors.NotFound as exc:
+            raise NotFound(f"the base model of adapter {model[:64]!r} no longer exists") from exc
+        if base.format != EMBED_FORMAT:
+            raise InvalidInput(
+                f"model {model[:64]!r} is a lora-adapter of a {base.format} model; "
+                f"{WHAT} needs a model of format {EMBED_FORMAT} (or an adapter of one)"
+            )
+        return version
+    if version.format != EMBED_FORMAT:
+        raise InvalidInput(
+            f"model {model[:64]!r} has format {version.format}; {WHAT} needs a model of format {EMBED_FORMAT}"
+        )
+    return version
 
 
 def _rows(body: bytes, header_length: int | None, n: int, dim: int) -> np.ndarray:

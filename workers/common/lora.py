@@ -144,7 +144,11 @@ class AdapterSet:
         with self._lock:
             if key not in self.loaded:
                 self._make_room()
-                self._attach(key, weights)
+                try:
+                    self._attach(key, weights)
+                except Exception:  # a layer that did not fit: none of the adapter stays attached
+                    self._detach(key)
+                    raise
                 self.loaded[key] = weights
             self.loaded.move_to_end(key)
             return self.loaded[key]

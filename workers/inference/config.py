@@ -24,3 +24,4 @@ class WorkerConfig:
     fence: FenceMode = "required"  # model code in fenced children (workers/inference/fenced.py)
     model_memory_bytes: int = 8 << 30  # address-space limit of each CPU model process
     hung_backoff_s: float = 30.0  # a version unloaded after it hung loads again after this
+    max_adapters: int = 8  # LoRA adapters held beside one base instance (least recently used evicted)

@@ -26,7 +26,7 @@ from workers.inference.charging import charge_batch, request_of
 from workers.inference.fenced import MARGIN_S, deadline_scope, fenced_of
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.model_cache import Loaded
-from workers.inference.runtime import InputRejected, split_failed
+from workers.inference.runtime import InputRejected, run_adapter, split_failed
 from workers.inference.validation import Reply, now_ms
 from workers.inference.watchdog import Watchdog
 
@@ -169,7 +169,8 @@ def forward(loaded: Loaded, items: list[Item]) -> dict[str, np.ndarray]:
         batch = items[0].inputs
     else:
         batch = {t.name: np.concatenate([i.inputs[t.name] for i in items]) for t in sig.inputs}
-    outputs = loaded.runner_here().run(batch)
+    runner = loaded.runner_here()
+    outputs = runner.run(batch) if loaded.adapter is None else run_adapter(runner, batch, loaded.adapter)
     total = sum(i.count for i in items)
     for spec in sig.outputs:
         out = outputs.get(spec.name)

@@ -34,7 +34,7 @@ from workers.contract.errors import LoadError
 from workers.contract.tensors import TensorDecodeError
 from workers.inference import model_host
 from workers.inference.runners import load_local_runner
-from workers.inference.runtime import InputRejected, Runner
+from workers.inference.runtime import AdapterMissing, InputRejected, Runner
 
 FenceMode = Literal["required", "auto", "off"]
 MARGIN_S = 0.25  # past the batch's latest deadline before the child is killed
@@ -111,11 +111,29 @@ class FencedRunner:
     def pid(self) -> int | None:
         return self._child.pid
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _timeout(self) -> float:
         deadline = _deadline.get()
-        timeout = self.load_timeout_s if deadline is None else max(deadline - time.monotonic(), 0) + MARGIN_S
+        return self.load_timeout_s if deadline is None else max(deadline - time.monotonic(), 0) + MARGIN_S
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run({"op": "run"}, inputs)
+
+    def run_adapter(self, inputs: dict[str, np.ndarray], key: int) -> dict[str, np.ndarray]:
+        """A batch of LoRA adapter version `key` on this child's base (AdapterMissing when the
+        child does not hold it: the caller sends it with add_adapter)."""
+        return self._run({"op": "run", "adapter": int(key)}, inputs)
+
+    def add_adapter(self, key: int, data: bytes, capacity: int) -> None:
+        """Send an adapter's bundle (the worker checked its sha256; the child cannot read the
+        blob store) to be loaded beside the base; LoadError if the child refuses it."""
+        header = {"op": "adapter", "adapter": int(key), "capacity": int(capacity)}
+        reply, _ = self._child.call(header, [data], timeout_s=self._timeout())
+        if not reply.get("added"):
+            raise LoadError(str(reply.get("error", "the adapter could not be loaded"))[:300])
+
+    def _run(self, header: dict[str, object], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas, bufs = model_host.encode(inputs)
-        reply, out = self._child.call({"op": "run", "inputs": metas}, bufs, timeout_s=timeout)
+        reply, out = self._child.call({**header, "inputs": metas}, bufs, timeout_s=self._timeout())
         if "outputs" in reply:
             try:
                 return model_host.decode(reply["outputs"], out)
@@ -127,6 +145,8 @@ class FencedRunner:
             raise ModelOutOfMemory(message)
         if kind == model_host.REJECTED:
             raise InputRejected(message)
+        if kind == model_host.MISSING:
+            raise AdapterMissing(message)
         raise ModelFailed(message)
 
     def terminate(self) -> None:

@@ -4,11 +4,15 @@ Normalize pipeline computes). The model is built from its config (no remote code
 weights come from safetensors bytes (never pickle); nothing is fetched from a hub.
 
 A bundle with a head (a fine-tuned version) answers the head's outputs instead of the embedding:
-`logits` and `probabilities` for classification, `prediction` for regression (its signature)."""
+`logits` and `probabilities` for classification, `prediction` for regression (its signature).
+
+The same runner serves the LoRA adapter versions of its version on its one copy of the encoder
+(`add_adapter`, `run_adapter`: workers/inference/encoder_adapters.py)."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from model_store.hf_encoder import bundle_signature, open_bundle
 from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers.common.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
+from workers.inference.encoder_adapters import EncoderAdapters
 from workers.inference.runtime import InputRejected
 
 
@@ -39,15 +44,36 @@ class HFEncoderRunner:
         self._task = bundle.head["task"] if bundle.head else None
         self._outputs = [(o.name, int(o.shape[-1])) for o in bundle_signature(bundle).outputs]
         self._tokenizer = make_tokenizer(bundle)
+        self._limits = limits
+        self.adapters = EncoderAdapters(self._model, bundle.hidden_size, self._device)
+
+    def _texts(self, inputs: dict[str, np.ndarray]) -> list[str]:
+        try:
+            return [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in inputs["text"].reshape(-1)]
+        except UnicodeDecodeError as exc:
+            raise InputRejected("input 'text' must be UTF-8 text") from exc
+
+    def has_adapter(self, key: int) -> bool:
+        return self.adapters.has(key)
+
+    def add_adapter(self, key: int, data: bytes, capacity: int) -> None:
+        self.adapters.add(key, data, capacity, self._limits)
+
+    def run_adapter(self, inputs: dict[str, np.ndarray], key: int) -> dict[str, np.ndarray]:
+        """A batch of adapter version `key` (AdapterMissing when it is not loaded here)."""
+        texts = self._texts(inputs)
+        x = tokenize(self._tokenizer, texts or ["."]).to(self._device)  # no texts: 0 rows of each output
+
+        def pooled() -> Any:
+            return embed(self._model, self._wants_types, x)
+
+        with self._torch.inference_mode():
+            out = self.adapters.run(key, pooled)
+        return out if texts else {name: arr[:0] for name, arr in out.items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        try:
-            texts = [
-                b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in inputs["text"].reshape(-1)
-            ]
-        except UnicodeDecodeError as exc:
-            raise InputRejected("input 'text' must be UTF-8 text") from exc
+        texts = self._texts(inputs)
         if not texts:
             return {name: np.zeros((0, width), dtype=np.float32) for name, width in self._outputs}
         x = tokenize(self._tokenizer, texts).to(self._device)

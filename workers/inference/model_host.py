@@ -31,6 +31,7 @@ _BY_DTYPE = {dt: name for name, dt in _NUMERIC.items()}
 
 # kinds of model failure, so the worker can split and retry as it does in-process
 OOM, REJECTED, MODEL, LOAD = "oom", "rejected", "model", "load"
+MISSING = "missing"  # a run of a LoRA adapter this child does not hold (the worker sends it)
 
 
 def encode(arrays: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -68,11 +69,14 @@ def failure(exc: BaseException) -> dict[str, str]:
     """The header that reports a model failure: its kind and a message a client may see."""
     from model_store.errors import public_message
     from workers.inference.runtime import (
+        AdapterMissing,
         InputRejected,
         is_out_of_memory,
         release_cached_memory,
     )
 
+    if isinstance(exc, AdapterMissing):
+        return {"error": "adapter not loaded", "kind": MISSING}
     if isinstance(exc, MemoryError) or is_out_of_memory(exc):
         release_cached_memory()
         return {"error": f"out of memory: {public_message(exc)}", "kind": OOM}
@@ -144,10 +148,39 @@ def serve(ch: Channel, args: dict[str, Any]) -> None:
     ch.send({"loaded": True, "device": runner.device, "bytes": max(used, 0)})
     while True:
         header, bufs = ch.recv()
+        if header.get("op") == "adapter":
+            ch.send(_add_adapter(runner, header, bufs))
+            continue
         try:
-            outputs = runner.run(decode(header.get("inputs"), bufs))
+            outputs = _run(runner, header, bufs)
             metas, out = encode(outputs)
         except Exception as exc:
             ch.send(failure(exc))
             continue
         ch.send({"outputs": metas}, out)
+
+
+def _run(runner: Any, header: dict[str, Any], bufs: Sequence[bytes | memoryview]) -> dict[str, np.ndarray]:
+    inputs = decode(header.get("inputs"), bufs)
+    adapter = header.get("adapter")
+    if adapter is None:
+        return runner.run(inputs)
+    if type(adapter) is not int or not hasattr(runner, "run_adapter"):
+        raise TypeError("this model does not serve LoRA adapters")
+    return runner.run_adapter(inputs, adapter)
+
+
+def _add_adapter(runner: Any, header: dict[str, Any], bufs: Sequence[bytes | memoryview]) -> dict[str, Any]:
+    """Load the adapter the worker sent (its bytes: the frame's one buffer) beside the base."""
+    from model_store.errors import public_message
+
+    key, capacity = header.get("adapter"), header.get("capacity")
+    if type(key) is not int or type(capacity) is not int or len(bufs) != 1:
+        return {"error": "malformed adapter frame", "kind": LOAD}
+    if not hasattr(runner, "add_adapter"):
+        return {"error": "this model does not serve LoRA adapters", "kind": LOAD}
+    try:
+        runner.add_adapter(key, bytes(bufs[0]), capacity)
+    except Exception as exc:
+        return {"error": f"the adapter could not be loaded: {public_message(exc)}", "kind": LOAD}
+    return {"added": True}

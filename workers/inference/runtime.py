@@ -5,7 +5,8 @@ is retried. The runtimes themselves live in runners.py (format -> runtime) and h
 from __future__ import annotations
 
 import logging
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -17,6 +18,47 @@ class Runner(Protocol):
     device: str
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class AdapterRunner(Protocol):
+    """A runner that also serves LoRA adapter versions of its version on its own copy of the
+    base (hf-encoder: hf_runner.py; fenced: the same, in its child, through fenced.py)."""
+
+    device: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def add_adapter(self, key: int, data: bytes, capacity: int) -> None: ...
+
+    def run_adapter(self, inputs: dict[str, np.ndarray], key: int) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    """An adapter version as the worker runs it: its version id, its bundle's bytes (their
+    sha256 checked by the worker), and how many adapters a base holds at most."""
+
+    key: int
+    data: bytes
+    capacity: int
+
+
+class AdapterMissing(LookupError):
+    """The adapter is not loaded on the runner (never was, or was evicted): send its bytes."""
+
+
+def run_adapter(runner: Runner, inputs: dict[str, np.ndarray], ref: AdapterRef) -> dict[str, np.ndarray]:
+    """A batch of an adapter version on its base's runner, loading the adapter there first if
+    it is not (or no longer) loaded."""
+    if not isinstance(runner, AdapterRunner):
+        raise TypeError("this runner does not serve LoRA adapters")
+    for _ in range(3):  # another adapter may evict it between loading and running: try again
+        try:
+            return runner.run_adapter(inputs, ref.key)
+        except AdapterMissing:
+            runner.add_adapter(ref.key, ref.data, ref.capacity)
+    raise AdapterMissing(ref.key)
 
 
 class InputRejected(ValueError):
