@@ -105,8 +105,10 @@ class ModelRepository:
     async def load(self, tenant_id: int, model: str, ref: str | None) -> None:
         version = await self.resolver.resolve(tenant_id, model, ref)
         await self.engine.command_lifecycle([version.version_id], "load")
-        if version.format == ADAPTER_FORMAT:  # no stream of its own: put on its base at first use
-            return
+        if version.format == ADAPTER_FORMAT and version.adapter_of is not None:
+            base = await self.resolver.by_id(version.adapter_of)
+            if base.format == "hf-causal-lm":  # no stream of its own: put on its base at first use
+                return
         deadline = time.monotonic() + self.wait_s
         while time.monotonic() < deadline:
             loaded, failed = await self._loaded()

@@ -108,7 +108,8 @@ def test_the_inference_loop_leaves_adapters_to_their_base(registry: Registry, tm
     from workers.inference.validation import ItemRejected
     from workers.inference.watchdog import Watchdog
 
-    vid, _sha = _add(registry, tmp_path, "some-lora", "lora-adapter", b"adapter bytes", {"adapter_of": 1})
+    base, _ = _add(registry, tmp_path, "some-base", "hf-causal-lm", b"base bytes")
+    vid, _sha = _add(registry, tmp_path, "some-lora", "lora-adapter", b"adapter bytes", {"adapter_of": base})
     watchdog = Watchdog(lambda _ready, _busy: None, lambda: None, 60.0)
     metrics = WorkerMetrics(CollectorRegistry())
     cache = ModelCache(
@@ -116,5 +117,5 @@ def test_the_inference_loop_leaves_adapters_to_their_base(registry: Registry, tm
     )
     with pytest.raises(ItemRejected) as refused:
         cache.get(vid)
-    assert refused.value.code == ErrorCode.INVALID_INPUT and "LoRA adapter" in str(refused.value)
+    assert refused.value.code == ErrorCode.INVALID_INPUT and "chat/completions" in str(refused.value)
     assert vid not in cache.load_failures
