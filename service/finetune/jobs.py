@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi import UploadFile
@@ -254,11 +254,14 @@ class FinetuneService:
         task = body.task or "classification"
         spec = JobSpec(task=task, hyperparameters=body.hyperparameters).model_dump(mode="json")
         args: dict[str, Any] = {"v": 1, "spec": spec, "base": version_ref(self.state.blobs, prep.base)}
-        if _is_text(prep.base):  # a new head is as wide as the labels need
+        limits = self.limits
+        if _is_text(prep.base) or task == "causal-lm":  # a head as wide as the labels; tokens
             train = self.store.get_file(prep.tenant_id, body.training_file)
             args["train"] = file_ref(self.state.blobs, train)
+        if task == "causal-lm":  # loads the LM, tokenises the file and times one step
+            limits = replace(limits, check_timeout_s=max(limits.check_timeout_s, CAUSAL_CHECK_S))
         try:
-            return finetune_check(self.state.settings.checks, self.state.checks, args, self.limits)
+            return finetune_check(self.state.settings.checks, self.state.checks, args, limits)
         except CheckFailed as exc:
             raise Unprocessable(str(exc)) from exc
 
@@ -278,8 +281,25 @@ class FinetuneService:
                 "total_steps": steps * hp.epochs,
                 **counts,
                 "examples_seen": prep.train_rows * hp.epochs,
+                **_token_estimate(counts, prep, hp.epochs, steps * hp.epochs),
             },
         )
+
+
+CAUSAL_CHECK_S = 600.0  # a causal LM's dry run: load (a GGUF is dequantised), tokenise, one step
+
+
+def _token_estimate(counts: dict[str, int], prep: Prepared, epochs: int, total_steps: int) -> dict[str, Any]:
+    """A causal LM's dry run: the file's tokens, the tokens training will see, and a time from the
+    one measured step (the held-out share of a split file is not trained on)."""
+    if "tokens" not in counts:
+        return {}
+    rows = prep.train_rows + (prep.valid_rows if prep.split else 0)
+    train_share = prep.train_rows / max(1, rows)
+    return {
+        "trained_tokens": int(counts["tokens"] * train_share * epochs),
+        "estimated_seconds": round(total_steps * counts.get("step_ms", 0) / 1000, 1),
+    }
 
 
 def _needs_model_check(base: ResolvedVersion, body: JobCreate) -> bool:

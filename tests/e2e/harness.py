@@ -118,10 +118,11 @@ class Stack:
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)
         return p
 
-    def start_trainer(self, name: str) -> Proc:
+    def start_trainer(self, name: str, threads: int = 1) -> Proc:
         """A `kiln trainer` process, ready when its /metrics answers."""
         port = free_port()
-        p = Proc(name, ["trainer", "--threads", "1", "--metrics-port", str(port)], self.env, self.log_dir)
+        argv = ["trainer", "--threads", str(threads), "--metrics-port", str(port)]
+        p = Proc(name, argv, self.env, self.log_dir)
         self.procs.append(p)
         self.worker_ports[name] = port
         self.wait_http(f"http://127.0.0.1:{port}/metrics", p)

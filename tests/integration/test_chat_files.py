@@ -70,3 +70,42 @@ async def test_a_chat_file_is_refused_for_models_that_are_not_causal_lms(client:
     )
     assert r.status_code == 422 and CHAT_NEEDS_CAUSAL in r.text, r.text
     assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+
+async def test_a_causal_lm_dry_run_counts_tokens_and_times_a_step(client: httpx.AsyncClient) -> None:
+    """LoRA on an hf-causal-lm base (a tiny random Llama): the dry run tokenises the file with the
+    model's chat template, counts the adapter's parameters and times one step; a row longer than
+    the context is refused with its line; a non-chat file is refused."""
+    from tests.causal_tiny import tiny_bundle
+    from tests.integration.helpers import register
+
+    r = await register(client, "tiny-lm", tiny_bundle(context=64), "hf-causal-lm")
+    assert r.status_code == 201, r.text
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": "A."}]}
+        for i in range(10)
+    ]
+    chat = await upload(client, _jsonl(*rows), "chat.jsonl")
+    body = {"model": "tiny-lm", "training_file": chat.json()["id"], "hyperparameters": {"lora": {}}}
+    r = await client.post("/v1/fine_tuning/jobs?dry_run=true", json=body)
+    assert r.status_code == 200, r.text
+    est = r.json()["estimate"]
+    assert 0 < est["trainable_parameters"] < 0.2 * est["total_parameters"]
+    assert est["tokens"] > est["loss_tokens"] > 0 and est["step_ms"] >= 0
+    assert est["trained_tokens"] > 0 and est["estimated_seconds"] >= 0
+
+    long = [
+        *rows,
+        {"messages": [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "A."}]},
+    ]
+    too_long = await upload(client, _jsonl(*long), "long.jsonl")
+    r = await client.post(
+        "/v1/fine_tuning/jobs?dry_run=true", json={**body, "training_file": too_long.json()["id"]}
+    )
+    assert r.status_code == 422 and "line 11" in r.text and "context" in r.text, r.text
+
+    r = await client.post("/v1/fine_tuning/jobs", json={**body, "task": "classification"})
+    assert r.status_code == 422 and "causal-lm" in r.text, r.text
+    r = await client.post("/v1/fine_tuning/jobs", json=body)  # no dry run: queued with LoRA
+    assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+    assert r.json()["hyperparameters"]["lora"]["rank"] == 8

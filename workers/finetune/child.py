@@ -31,7 +31,7 @@ from workers.contract.finetune_messages import VERSION, checkpoint_name
 from workers.contract.finetune_spec import DEFAULT_VALIDATION_SPLIT, JobSpec
 from workers.finetune import distributed
 from workers.finetune.build import Built, build
-from workers.finetune.causal import IGNORE
+from workers.finetune.causal import IGNORE, causal_loss
 from workers.finetune.distributed import RankInfo
 from workers.finetune.errors import describe_error
 from workers.finetune.model import ModelNotTrainable, parameter_counts, trainable_names
@@ -239,6 +239,8 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
         )
         names = built.trainable or trainable_names(built.module, spec.hyperparameters.freeze)
         counts = parameter_counts(built.module, names)
+        if built.tensors is not None and datasets:  # a causal LM: tokens and one measured step
+            counts |= measure_step(built, datasets[0], spec.hyperparameters.batch_size)
     except READABLE as exc:
         _send(channel, "checked", ok=False, message=str(exc)[:500])
         return
@@ -246,6 +248,20 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
         _send(channel, "checked", ok=False, message=f"the model could not be built: {_model_error(exc)}")
         return
     _send(channel, "checked", ok=True, counts=counts)
+
+
+def measure_step(built: Built, ds: Dataset, batch_size: int) -> dict[str, int]:
+    """The training file's exact token counts under the model's tokenizer and chat template (a
+    row longer than the context fails with its line) and one optimizer-free training step's
+    wall time on a batch of its first rows (forward and backward, in milliseconds)."""
+    assert built.tensors is not None
+    x, y = built.tensors(ds)
+    built.module.train()
+    t0 = time.perf_counter()
+    causal_loss(built.module(x[:batch_size]), y[:batch_size]).backward()
+    step_ms = int((time.perf_counter() - t0) * 1000)
+    built.module.zero_grad(set_to_none=True)
+    return {"tokens": int(x[:, 1].sum()), "loss_tokens": int((y != IGNORE).sum()), "step_ms": step_ms}
 
 
 # a checkpoint made a version (POST .../checkpoints/{id}/promote) ------------------------------------
