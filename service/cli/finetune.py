@@ -19,6 +19,7 @@ finetune_app = typer.Typer(help="fine-tune jobs (over HTTP)", no_args_is_help=Tr
 class Task(StrEnum):
     classification = "classification"
     regression = "regression"
+    causal_lm = "causal-lm"
 
 
 @dataclass(slots=True)
@@ -27,7 +28,7 @@ class JobRequest:
 
     model: str
     training_file: str
-    task: str = "classification"
+    task: str | None = None  # None: the server's (causal-lm for an hf-causal-lm, else classification)
     validation_file: str | None = None
     validation_split: float | None = None
     suffix: str | None = None
@@ -42,6 +43,7 @@ class JobRequest:
     processes: int | None = None  # resources.processes: DDP ranks
     promote_metric: str | None = None
     keep_checkpoints: int | None = None
+    lora: bool = False  # train a LoRA adapter (hyperparameters.lora = {} unless given there)
 
 
 def _file_id(client: Any, ref: str | None) -> str | None:
@@ -60,12 +62,15 @@ def job_body(req: JobRequest, client: Any) -> dict[str, Any]:
     for name in ("epochs", "batch_size", "learning_rate", "optimizer"):
         if (value := getattr(req, name)) is not None:
             hp[name] = value
+    if req.lora:
+        hp.setdefault("lora", {})
     body: dict[str, Any] = {
         "model": req.model,
         "training_file": _file_id(client, req.training_file),
-        "task": req.task,
         "hyperparameters": hp,
     }
+    if req.task is not None:
+        body["task"] = req.task
     optional = {
         "validation_file": _file_id(client, req.validation_file),
         "suffix": req.suffix,
@@ -107,7 +112,9 @@ def create(
     training_file: Annotated[str, Opt(help="a file id or a local JSONL/CSV path")],
     validation_file: Annotated[str | None, Opt()] = None,
     validation_split: Annotated[float | None, Opt()] = None,
-    task: Annotated[Task, Opt()] = Task.classification,
+    task: Annotated[
+        Task | None, Opt(help="default: causal-lm for an hf-causal-lm model, else classification")
+    ] = None,
     suffix: Annotated[str | None, Opt(help="the result is a new model MODEL-SUFFIX (default: -ft)")] = None,
     target_model: Annotated[str | None, Opt(help="the result is the next version of this model")] = None,
     seed: Annotated[int | None, Opt()] = None,
@@ -129,6 +136,12 @@ def create(
     keep_checkpoints: Annotated[
         int | None, Opt(help="checkpoints kept at the end beside the best (default 1)")
     ] = None,
+    lora: Annotated[
+        bool,
+        Opt(
+            "--lora", help="train a LoRA adapter (always, for an hf-causal-lm); rank etc.: --hyperparameters"
+        ),
+    ] = False,
     idempotency_key: Annotated[str | None, Opt()] = None,
     dry_run: Annotated[bool, Opt("--dry-run")] = False,
     watch_: Annotated[
@@ -139,9 +152,9 @@ def create(
 ) -> None:
     """create a fine-tune job (file paths are uploaded first)"""
     req = JobRequest(
-        model, training_file, task.value, validation_file, validation_split, suffix, target_model, seed,
-        promote, epochs, batch_size, learning_rate, optimizer, hyperparameters, processes, promote_metric,
-        keep_checkpoints,
+        model, training_file, task.value if task else None, validation_file, validation_split, suffix,
+        target_model, seed, promote, epochs, batch_size, learning_rate, optimizer, hyperparameters,
+        processes, promote_metric, keep_checkpoints, lora,
     )  # fmt: skip
     with connect(url, key) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))

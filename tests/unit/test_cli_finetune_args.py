@@ -43,3 +43,14 @@ def test_the_command_refuses_both_before_any_request(capsys: pytest.CaptureFixtu
 def test_processes_flag_asks_for_a_distributed_job() -> None:
     assert _body(processes=2)["resources"] == {"processes": 2}  # type: ignore[arg-type]
     assert "resources" not in _body()
+
+
+def test_lora_flag_and_the_servers_task() -> None:
+    body = job_body(JobRequest(model="chat", training_file="file-1", lora=True), client=None)
+    assert body["hyperparameters"] == {"lora": {}} and "task" not in body  # causal-lm for a chat model
+    ranked = JobRequest(model="chat", training_file="f", lora=True, hyperparameters='{"lora": {"rank": 4}}')
+    assert job_body(ranked, client=None)["hyperparameters"] == {"lora": {"rank": 4}}
+    assert (
+        job_body(JobRequest(model="m", training_file="f", task="regression"), client=None)["task"]
+        == "regression"
+    )
