@@ -217,3 +217,25 @@ def test_adapter_bytes_go_over_the_fence_once(
         assert stats.get("adapter_evictions") == 2 and stats.get("adapters") == 1
     finally:
         backend.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adapters_share_one_continuous_batch_on_cuda(tiny_path: Path, blobs: dict[int, bytes]) -> None:
+    """The GPU check's LoRA path: two adapters and the base in one continuous batch on CUDA (bf16),
+    the adapters' weights on the device, each request's greedy text as when it runs alone."""
+    loaded = load_model(tiny_path, _sha(tiny_path), "cuda", ArtifactLimits())
+    eng = Engine(loaded, EngineOptions(seed=0, max_adapters=4))
+    try:
+        source = Source(blobs)
+        plan = [None, 11, 12] * 3
+        alone = [_run(eng, source, [_req(source, v)])[0].text for v in plan[:3]]
+        assert alone[1] != alone[0] and alone[2] != alone[0]
+        together = _run(eng, source, [_req(source, v) for v in plan])
+        print(f"\nLoRA on CUDA: base {alone[0]!r}, adapters {alone[1]!r} {alone[2]!r}")
+        assert [r.text for r in together] == alone * 3
+        assert eng.adapters is not None and eng.adapters.mixed > 0
+        layer = eng._m.model.model.layers[0].self_attn.q_proj
+        assert isinstance(layer, LoraLinear) and all(a.is_cuda for a, _b, _s in layer.adapters.values())
+    finally:
+        eng.close()
