@@ -176,6 +176,10 @@ def run_kiln(args: argparse.Namespace, work: Path, src: dict[str, Any]) -> dict[
         "KILN_CHECK_MEMORY_MB": str(32 << 10),
         "KILN_CHECK_TIMEOUT_S": "600",
         "KILN_MODEL_MEMORY_MB": str(32 << 10),
+        # base-model throughput against in-process CB with the same manager settings: LoRA
+        # adapters (on by default) turn off prefix-block sharing, async batching and CUDA graphs;
+        # KILN_GEN_MAX_ADAPTERS=8 in the environment measures the platform with them on
+        "KILN_GEN_MAX_ADAPTERS": "0",
     }.items():
         os.environ.setdefault(name, value)
     kiln = Kiln(work / "kiln", 1, 1, args.threads)
