@@ -96,7 +96,7 @@ class Done(_Msg):
     stopped_early: bool
     best_epoch: int | None = Field(default=None, ge=1)
     trained_tokens: int | None = Field(default=None, ge=0)
-    format: Literal["torchscript", "hf-encoder"]
+    format: Literal["torchscript", "hf-encoder", "lora-adapter"]
     signature: dict[str, Any]
     artifact: str = Field(max_length=64)
 
