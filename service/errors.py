@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis import exceptions as redis_errors
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -189,6 +190,13 @@ async def _gone(_req: Request, _exc: ClientDisconnect) -> Response:
     return Response(status_code=499)  # nobody is listening; nothing to log
 
 
+async def _redis_down(req: Request, exc: Exception) -> JSONBody:
+    # a Redis call that no domain module mapped (a dropped or refused connection, a timeout, a
+    # server still loading its data after a restart): the service is down for now, not broken
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    return _body(req, 503, "unavailable", "a backing service is unavailable", {"Retry-After": "1"})
+
+
 async def _unexpected(req: Request, exc: Exception) -> JSONBody:
     log.exception("unhandled error", exc_info=exc)
     return _body(req, 500, "internal", "internal error")
@@ -203,6 +211,9 @@ HANDLERS: dict[type[Exception], Handler] = {
     DataError: _data,
     StarletteHTTPException: _http,
     ClientDisconnect: _gone,
+    redis_errors.ConnectionError: _redis_down,  # BusyLoadingError derives from it in redis-py 8
+    redis_errors.BusyLoadingError: _redis_down,  # named too, whatever it derives from
+    redis_errors.TimeoutError: _redis_down,
     Exception: _unexpected,
 }
 

@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from redis import exceptions as redis_errors
 from starlette.requests import Request
 
 from model_store import errors as store
@@ -94,12 +95,18 @@ def test_the_app_installs_the_one_handler_table() -> None:
         (contract_errors.ReplyTimeout("late"), 504),
         (contract_errors.EngineUnavailable("down"), 503),
         (KeyError("unexpected"), 500),
+        (redis_errors.ConnectionError("Connection closed by server."), 503),
+        (redis_errors.BusyLoadingError("Redis is loading the dataset in memory"), 503),
+        (redis_errors.TimeoutError("Timeout reading from socket"), 503),
+        (redis_errors.ResponseError("WRONGTYPE"), 500),  # a bug, not an outage
     ],
 )
 async def test_the_fast_path_lookup_answers_as_the_app(exc: Exception, status: int) -> None:
     request = Request({"type": "http", "method": "POST", "path": "/", "headers": []})
     response = await errors.respond(request, exc)
     assert response.status_code == status
+    if isinstance(exc, redis_errors.RedisError) and status == 503:
+        assert response.headers["retry-after"] and b'"unavailable"' in bytes(response.body)
 
 
 def test_public_message_drops_frames_and_paths() -> None:

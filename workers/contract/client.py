@@ -108,6 +108,8 @@ class StreamsEngineClient:
             await self._enqueue(stream, msg, bound)
         except BaseException:
             self._pending.pop(msg.request_id, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by _fail_all meanwhile: retrieved, not logged at GC
             raise
 
     async def submit_async(
@@ -311,9 +313,11 @@ class StreamsEngineClient:
             raise _unavailable(exc) from exc
 
     def _fail_all(self, reason: str) -> None:
+        """Every waiter ends with EngineUnavailable. The futures stay in `_pending` until their
+        requests take them out (wait, a failed submit, cancel): a request whose enqueue finished
+        just before the loss but that has not reached `wait` yet learns it there too."""
         self._gen.fail_all(reason)
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
+        for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(EngineUnavailable(reason))
 

@@ -54,6 +54,7 @@ __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("kiln.worker")
 POLL_BELOW_S = 0.02
+SUSPECT_POLL_S = 0.02  # how soon the loop looks again while a reclaimed entry runs
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ResponseError)
 BACKOFF = ExponentialBackoff(cap=2.0, base=0.025)  # 0.05 s after a first failure, doubling to 2 s
 
@@ -77,6 +78,8 @@ class Worker:
         self._streams: list[str] = []
         self._next_refresh = 0.0
         self._next_claim = 0.0
+        self._suspects: set[tuple[str, bytes]] = set()  # redelivered entries running (at most one)
+        self._more_to_claim = False  # _reclaim stopped for a running suspect: claim again after it
         self.leases = Leases(self.queue)
         interval = min(1.0, config.heartbeat_ttl_s / 3, config.claim_idle_ms / 3000)
         self.commands = Commands(client, keys)
@@ -157,7 +160,8 @@ class Worker:
             self._apply_commands()
             self._beat()
             self._next_refresh = now + min(1.0, self.config.heartbeat_ttl_s / 3)
-        if now >= self._next_claim:
+        if now >= self._next_claim or (self._more_to_claim and not self._suspects):
+            self._more_to_claim = False
             for stream in self._streams:
                 self._reclaim(stream)
             self._next_claim = time.monotonic() + self.config.claim_interval_ms / 1000
@@ -166,6 +170,8 @@ class Worker:
             return
         due = self.batcher.seconds_until_due(time.monotonic(), self._capacity)
         wait_s = min(due if due is not None else 1.0, self._next_refresh - now, 1.0)
+        if self._more_to_claim:  # look again soon: the running suspect may be done by then
+            wait_s = min(wait_s, SUSPECT_POLL_S)
         if due is not None and wait_s < POLL_BELOW_S:
             # Redis times out a blocked read coarsely (a 2 ms BLOCK takes ~8 ms): poll and sleep
             # here instead, so a batch runs when its delay is up, not several ms later
@@ -192,13 +198,21 @@ class Worker:
 
     def _run_batch(self, loaded: Loaded, items: list[Item]) -> None:
         """On the instance's thread: the batch's replies and charges go out with its ack."""
-        result = self.executor.execute(loaded, items)
-        self._finish(result.replies, [item.key[0] for item in items], result.charges)
+        try:
+            result = self.executor.execute(loaded, items)
+            self._finish(result.replies, [item.key[0] for item in items], result.charges)
+        finally:
+            for item in items:
+                self._suspects.discard(_ident(item.key[0]))
 
     def _reclaim(self, stream: str, limit: int = 256) -> None:
-        """Take over a dead consumer's entries one at a time, each run alone: a request that
-        crashed its worker then costs only its own delivery count, never its batch mates'."""
+        """Take over a dead consumer's entries one at a time, each run alone, and the next only
+        once the last has finished: a request that crashes its worker then costs only its own
+        delivery count, never that of other suspects claimed behind it."""
         for _ in range(limit):
+            if self._suspects:
+                self._more_to_claim = True
+                return
             entries = self.queue.claim_stale(stream, self.config.claim_idle_ms, count=1)
             if not entries:
                 return
@@ -239,7 +253,12 @@ class Worker:
             outcome = self.validator.validate(entry)
             if isinstance(outcome, Valid):
                 if outcome.alone:  # redelivered: suspect, so it runs alone and now
-                    self._dispatch(outcome.version_id, [outcome.item])
+                    self._suspects.add(_ident(entry))
+                    try:
+                        self._dispatch(outcome.version_id, [outcome.item])
+                    except BaseException:
+                        self._suspects.discard(_ident(entry))
+                        raise
                 else:
                     self.batcher.add(outcome.version_id, outcome.policy, outcome.item)
                 continue
@@ -279,3 +298,7 @@ class Worker:
             except ItemRejected as exc:
                 if exc.code != ErrorCode.INVALID_INPUT:  # not a version this loop serves: not a failure
                     log.warning("load of version %s asked for and failed: %s", version_id, exc)
+
+
+def _ident(entry: Entry) -> tuple[str, bytes]:
+    return entry.stream, entry.entry_id
