@@ -125,7 +125,7 @@ class Exported(_Msg):
     type: Literal["exported"]
     ok: bool
     artifact: str = Field(default="", max_length=64)
-    format: Literal["torchscript", "hf-encoder", ""] = ""
+    format: Literal["torchscript", "hf-encoder", "lora-adapter", ""] = ""
     signature: dict[str, Any] = Field(default_factory=dict)
     message: str = Field(default="", max_length=1000)
 
