@@ -109,3 +109,50 @@ async def test_a_causal_lm_dry_run_counts_tokens_and_times_a_step(client: httpx.
     r = await client.post("/v1/fine_tuning/jobs", json=body)  # no dry run: queued with LoRA
     assert r.status_code == 200 and r.json()["status"] == "queued", r.text
     assert r.json()["hyperparameters"]["lora"]["rank"] == 8
+
+
+async def test_a_lora_job_on_a_causal_lm_makes_adapter_versions(client: httpx.AsyncClient, settings) -> None:
+    """A real trainer runs LoRA on a tiny random Llama: the result and a promoted checkpoint are
+    lora-adapter versions whose lineage names the base they attach to; the results file has a
+    per-row loss for the result and the parent; the checkpoint holds the adapter only."""
+    from tests.causal_tiny import tiny_bundle
+    from tests.integration.ft_helpers import TrainerThread, wait_for
+    from tests.integration.helpers import register
+
+    assert (await register(client, "tiny-lm", tiny_bundle(), "hf-causal-lm")).status_code == 201
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": "A."}]}
+        for i in range(12)
+    ]
+    chat = (await upload(client, _jsonl(*rows), "chat.jsonl")).json()["id"]
+    body = {
+        "model": "tiny-lm",
+        "training_file": chat,
+        "suffix": "qa",
+        "keep_checkpoints": 2,
+        "hyperparameters": {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "lora": {"rank": 4}},
+    }
+    trainer = TrainerThread(settings, lease_s=30).start()
+    try:
+        job = await wait_for(
+            client, (await client.post("/v1/fine_tuning/jobs", json=body)).json()["id"], timeout=300
+        )
+    finally:
+        trainer.stop()
+    assert job["status"] == "succeeded", job
+    assert job["fine_tuned_model"] == "tiny-lm-qa:1" and job["trained_tokens"] > 0
+    metrics = job["result"]["metrics"]
+    assert set(metrics) >= {"valid_loss", "perplexity"}
+    base = (await client.get("/v1/models/tiny-lm/versions/1")).json()
+    version = (await client.get("/v1/models/tiny-lm-qa/versions/1")).json()
+    assert version["format"] == "lora-adapter" and isinstance(version["lineage"]["adapter_of"], int)
+    assert version["lineage"]["parent"]["sha256"] == base["sha256"]
+    results = (await client.get(f"/v1/files/{job['result']['result_files'][0]}/content")).text
+    assert results.splitlines()[0].startswith("line,label,predicted,parent_predicted")
+
+    ckpts = (await client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")).json()["data"]
+    r = await client.post(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/{ckpts[0]['id']}/promote")
+    assert r.status_code == 201, r.text
+    promoted = r.json()
+    assert promoted["format"] == "lora-adapter"
+    assert promoted["lineage"]["adapter_of"] == version["lineage"]["adapter_of"]
