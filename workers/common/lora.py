@@ -38,15 +38,27 @@ def current() -> Selection:
     return getattr(_local, "selection", None)
 
 
+def _groups() -> dict[int, torch.Tensor]:
+    """The per-token selection's tokens of each adapter slot, computed once per selection (one
+    device sync for the whole forward pass, not one per adapted layer)."""
+    groups: dict[int, torch.Tensor] | None = getattr(_local, "groups", None)
+    if groups is None:
+        sel = current()
+        assert isinstance(sel, torch.Tensor)
+        groups = {int(s): (sel == s).nonzero().squeeze(1) for s in torch.unique(sel).tolist() if int(s) >= 0}
+        _local.groups = groups
+    return groups
+
+
 @contextmanager
 def selecting(selection: Selection) -> Iterator[None]:
     """Which adapter(s) the forward passes of this thread use inside the block."""
-    before = current()
-    _local.selection = selection
+    before, before_groups = current(), getattr(_local, "groups", None)
+    _local.selection, _local.groups = selection, None
     try:
         yield
     finally:
-        _local.selection = before
+        _local.selection, _local.groups = before, before_groups
 
 
 @dataclass(slots=True)
@@ -105,13 +117,18 @@ class LoraLinear(torch.nn.Module):
                 return y
             a, b, scale = found
             return y + (x.to(a.dtype) @ a.T @ b.T * scale).to(y.dtype)
+        groups = _groups()
+        if not groups.keys() & self.adapters.keys():  # base tokens only (or adapters not here)
+            return y
         flat_x = x.reshape(-1, x.shape[-1])
         flat_y = y.reshape(-1, y.shape[-1]).clone()
-        slots = sel.to(flat_x.device)
-        for slot in {int(s) for s in torch.unique(slots).tolist()} & set(self.adapters):
+        for slot, tokens in groups.items():
+            if slot not in self.adapters:
+                continue
             a, b, scale = self.adapters[slot]
-            idx = (slots == slot).nonzero().squeeze(1)
-            idx = idx[idx < flat_x.shape[0]]
+            idx = tokens.to(flat_x.device)
+            if sel.shape[0] != flat_x.shape[0]:  # a selection of another length: its tokens in range
+                idx = idx[idx < flat_x.shape[0]]
             delta = flat_x.index_select(0, idx).to(a.dtype) @ a.T @ b.T * scale
             flat_y.index_add_(0, idx, delta.to(flat_y.dtype))
         return flat_y.reshape(y.shape)
