@@ -19,7 +19,7 @@ import pytest
 
 from tests.causal_tiny import smollm2_gguf
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import AUTH, register_http
+from tests.e2e.conftest import AUTH, poll, register_http
 from tests.e2e.harness import Stack, metric_sum
 
 pytestmark = pytest.mark.e2e
@@ -142,9 +142,8 @@ def test_lora_adapters_on_smollm2_teach_answers_and_share_one_base(stack: Stack)
         else:
             assert taught in text.lower(), (model, text)
     rss_adapters = _tree_rss(worker.popen.pid)
-    port = stack.worker_ports["w1"]
-    scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert metric_sum(scraped, "kiln_gen_lora_adapters_loaded") == 2
+    url = f"http://127.0.0.1:{stack.worker_ports['w1']}/metrics"  # the child's stats come in a beat
+    poll(lambda: metric_sum(httpx.get(url).text, "kiln_gen_lora_adapters_loaded") == 2, 15, "adapter gauge")
     grew = rss_adapters - rss_base
     print(
         f"worker memory: {rss_base / 1e6:.0f} MB with the base loaded, {rss_adapters / 1e6:.0f} MB with "

@@ -224,6 +224,6 @@ def test_a_lora_adapter_chats_by_name_in_one_batch_with_its_base(
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         together = list(pool.map(ask, jobs))
     assert together == [t for pair in zip(want_base, want_lora, strict=True) for t in pair]
-    metrics = httpx.get(f"http://127.0.0.1:{stack.worker_ports['w1']}/metrics").text
-    assert metric_sum(metrics, "kiln_gen_lora_adapters_loaded") == 1
-    assert metric_sum(metrics, "kiln_gen_lora_adapter_loads_total") == 1
+    url = f"http://127.0.0.1:{stack.worker_ports['w1']}/metrics"  # the child's stats come in a beat
+    poll(lambda: metric_sum(httpx.get(url).text, "kiln_gen_lora_adapters_loaded") == 1, 15, "adapter gauge")
+    assert metric_sum(httpx.get(url).text, "kiln_gen_lora_adapter_loads_total") == 1

@@ -59,7 +59,7 @@ def test_openai_names_and_auto() -> None:
             {"method": {"type": "supervised"}, "hyperparameters": {"n_epochs": 2}},
             "not both",
         ),
-        ({"promote_metric": "perplexity"}, "not a classification metric"),
+        ({"task": "classification", "promote_metric": "perplexity"}, "not a classification metric"),
     ],
 )
 def test_bad_values_are_refused_clearly(body: dict[str, Any], needle: str) -> None:
