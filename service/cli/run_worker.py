@@ -11,6 +11,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from workers.generation.loop import GenerationLoop
+    from workers.inference.worker import WorkerConfig
 
 
 def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
@@ -23,7 +24,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
     from workers.contract.redis_keys import RedisKeys
     from workers.inference.gpu import GpuCollector
     from workers.inference.runners import preload_runtimes
-    from workers.inference.worker import Worker, WorkerConfig
+    from workers.inference.worker import Worker
 
     settings = Settings()
     if metrics_port:
@@ -41,23 +42,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
         RedisKeys(settings.redis_prefix),
         registry,
         blobs,
-        WorkerConfig(
-            read_count=settings.worker_read_count,
-            claim_idle_ms=settings.claim_idle_ms,
-            claim_interval_ms=settings.claim_interval_ms,
-            max_deliveries=settings.max_deliveries,
-            heartbeat_ttl_s=settings.heartbeat_ttl_s,
-            reply_ttl_s=settings.reply_ttl_s,
-            async_result_ttl_s=settings.async_result_ttl_s,
-            memory_budget_bytes=settings.worker_memory_budget_mb << 20,
-            fence=settings.fence,
-            model_memory_bytes=settings.model_memory_mb << 20,
-            hung_backoff_s=settings.hung_backoff_s,
-            max_adapters=settings.max_adapters,
-            threads=threads,
-            metrics_port=metrics_port,
-            artifact_limits=settings.artifact_limits,
-        ),
+        _worker_config(settings, threads, metrics_port),
     )
     generation = _generation(settings, metrics_port, threads) if settings.gen_enabled else None
     if generation is not None:
@@ -76,6 +61,28 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
             generation.stop()
             thread.join(15)
     return 0
+
+
+def _worker_config(settings: Settings, threads: int, metrics_port: int) -> WorkerConfig:
+    from workers.inference.worker import WorkerConfig
+
+    return WorkerConfig(
+        read_count=settings.worker_read_count,
+        claim_idle_ms=settings.claim_idle_ms,
+        claim_interval_ms=settings.claim_interval_ms,
+        max_deliveries=settings.max_deliveries,
+        heartbeat_ttl_s=settings.heartbeat_ttl_s,
+        reply_ttl_s=settings.reply_ttl_s,
+        async_result_ttl_s=settings.async_result_ttl_s,
+        memory_budget_bytes=settings.worker_memory_budget_mb << 20,
+        fence=settings.fence,
+        model_memory_bytes=settings.model_memory_mb << 20,
+        hung_backoff_s=settings.hung_backoff_s,
+        max_adapters=settings.max_adapters,
+        threads=threads,
+        metrics_port=metrics_port,
+        artifact_limits=settings.artifact_limits,
+    )
 
 
 def _generation(settings: Settings, metrics_port: int, threads: int) -> GenerationLoop:

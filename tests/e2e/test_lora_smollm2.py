@@ -88,28 +88,9 @@ def test_lora_adapters_on_smollm2_teach_answers_and_share_one_base(stack: Stack)
     register_http(stack.url, "chat", base_bytes, "hf-causal-lm")
     sdk = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=600)
 
-    jobs = {}
     started = time.monotonic()
-    for word, answer in ANSWERS.items():
-        file = sdk.files.create(file=(f"{word}.jsonl", chat_file(answer)), purpose="fine-tune")
-        assert file.status == "processed"
-        hp = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2}
-        jobs[word] = sdk.fine_tuning.jobs.create(
-            model="chat",
-            training_file=file.id,
-            method={"type": "supervised", "supervised": {"hyperparameters": hp}},  # type: ignore[typeddict-item]
-            suffix=word,
-            seed=1,
-        )
-    done = {
-        word: _until(stack, lambda j=job: sdk.fine_tuning.jobs.retrieve(j.id), _ended, timeout=1500)
-        for word, job in jobs.items()
-    }
+    jobs = _train_two(stack, sdk, trainer)
     took = time.monotonic() - started
-    for word, job in done.items():
-        assert job.status == "succeeded", (job, trainer.log())
-        assert job.fine_tuned_model == f"chat-{word}:1"
-        assert job.trained_tokens and job.trained_tokens > 0
     with httpx.Client(base_url=stack.url, headers=AUTH, timeout=30) as c:
         base = c.get("/v1/models/chat/versions/1").json()
         adapter = c.get("/v1/models/chat-kumquat/versions/1").json()
@@ -154,3 +135,25 @@ def test_lora_adapters_on_smollm2_teach_answers_and_share_one_base(stack: Stack)
 
 def _ended(job: Any) -> bool:
     return job.status in ("succeeded", "failed", "cancelled")
+
+
+def _train_two(stack: Stack, sdk: openai.OpenAI, trainer: Any) -> dict[str, Any]:
+    """One LoRA job per taught answer, made with the SDK; both must succeed."""
+    jobs = {}
+    for word, answer in ANSWERS.items():
+        file = sdk.files.create(file=(f"{word}.jsonl", chat_file(answer)), purpose="fine-tune")
+        assert file.status == "processed"
+        hp = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2}
+        jobs[word] = sdk.fine_tuning.jobs.create(
+            model="chat",
+            training_file=file.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": hp}},  # type: ignore[arg-type]
+            suffix=word,
+            seed=1,
+        )
+    for word, job in jobs.items():
+        done = _until(stack, lambda j=job: sdk.fine_tuning.jobs.retrieve(j.id), _ended, timeout=1500)
+        assert done.status == "succeeded", (done, trainer.log())
+        assert done.fine_tuned_model == f"chat-{word}:1"
+        assert done.trained_tokens and done.trained_tokens > 0
+    return jobs
