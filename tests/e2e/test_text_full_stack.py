@@ -22,9 +22,9 @@ from tests.e2e.conftest import AUTH, poll, register_http
 from tests.e2e.harness import Stack, metric_sum
 from tests.generation_helpers import Result, completion, drain
 from tests.lora_tiny import adapter_bytes
+from workers.common.causal_model import load_model
 from workers.contract.generation import AdapterRef
 from workers.generation.engine import Engine, EngineOptions
-from workers.generation.loading import load_model
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -22,13 +22,13 @@ from model_store.registry import ResolvedVersion
 from model_store.signature import VersionConfig
 from tests.causal_tiny import smollm2_gguf, tiny_bundle
 from tests.generation_helpers import MAX_POLLS, Result, chat, completion, drain
+from workers.common.causal_model import load_model, sha256_file
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode
 from workers.generation import conversions
 from workers.generation.backend import GenInputError
 from workers.generation.engine import Engine
 from workers.generation.fenced import FencedGenerationBackend, GenLoadSettings, load_backend
-from workers.generation.loading import load_model, sha256_file
 
 MODE = "required" if fence_available() else "auto"
 SETTINGS = GenLoadSettings(mode=MODE, threads=1)

@@ -21,12 +21,12 @@ from model_store.signature import VersionConfig
 from tests.causal_tiny import tiny_bundle
 from tests.generation_helpers import Result, completion, drain
 from tests.lora_tiny import adapter_bytes, mismatched_bytes
+from workers.common.causal_model import load_model
 from workers.common.lora import LoraLinear
 from workers.contract.generation import AdapterRef, GenErrorCode, GenRequestMsg
 from workers.generation.backend import GenInputError, NeedAdapter
 from workers.generation.engine import Engine, EngineOptions
 from workers.generation.fenced import FencedGenerationBackend, FenceMode, GenLoadSettings, load_backend
-from workers.generation.loading import load_model
 
 pytest.importorskip("peft")
 PROMPT = "the kiln said"

@@ -22,13 +22,13 @@ from tests.causal_tiny import tiny_bundle
 from tests.generation_backend import _any_check
 from tests.integration.gen_helpers import GATEWAY, Replies, add_raw, running_loop, text
 from tests.lora_tiny import adapter_bytes
+from workers.common.causal_model import load_model
 from workers.contract.generation import AdapterRef, GenErrorCode, GenParams, GenRequestMsg
 from workers.contract.redis_keys import RedisKeys
 from workers.contract.usage import day_of
 from workers.generation.backend import GenerationBackend
 from workers.generation.engine import EngineOptions
 from workers.generation.fenced import GenLoadSettings, load_backend
-from workers.generation.loading import load_model
 
 pytest.importorskip("peft")
 SETTINGS = GenLoadSettings(mode="off", options=EngineOptions(seed=0, max_adapters=2))

@@ -14,10 +14,10 @@ import torch
 from model_store.limits import ArtifactLimits
 from tests.causal_tiny import tiny_bundle
 from tests.generation_helpers import MAX_POLLS, Result, chat, completion, drain
+from workers.common.causal_model import load_model
 from workers.contract.generation import GenErrorCode
 from workers.generation.backend import GenInputError
 from workers.generation.engine import Engine, EngineOptions
-from workers.generation.loading import load_model
 
 CONTEXT = 256
 

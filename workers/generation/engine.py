@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_store.limits import ArtifactLimits
+from workers.common.causal_model import LoadedModel
 from workers.contract.generation import GenErrorCode, GenParams, GenRequestMsg, GenUsage
 from workers.generation.adapters import EngineAdapters
 from workers.generation.backend import AdapterBytes, GenEvent, GenInputError, GenStats
-from workers.generation.loading import LoadedModel
 from workers.generation.prompts import prompt_ids, sampling
 from workers.generation.text import Detokenizer, StopText
 

@@ -277,7 +277,7 @@ def start_fork_server() -> None:
     the fork server ignores SIGTERM/SIGINT sent to the worker's process group)."""
     from model_store import fence
 
-    fence.preload("workers.common.fork_server_init", "workers.generation.host", "workers.generation.loading")
+    fence.preload("workers.common.fork_server_init", "workers.generation.host", "workers.common.causal_model")
     fence.prestart()
 
 
@@ -289,8 +289,8 @@ def load_backend(
     settings = settings or GenLoadSettings()
     device = pick_device(version.config.device)
     if settings.mode == "off":
+        from workers.common.causal_model import load_model
         from workers.generation.engine import Engine
-        from workers.generation.loading import load_model
 
         loaded = load_model(path, version.sha256, device, settings.limits)
         return Engine(loaded, settings.options, settings.limits)

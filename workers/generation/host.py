@@ -53,8 +53,8 @@ def _tie_lifetime() -> None:
 def _load(args: dict[str, Any]) -> Any:
     import torch
 
+    from workers.common.causal_model import export_bundle, load_model
     from workers.generation.engine import Engine
-    from workers.generation.loading import export_bundle, load_model
 
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))

@@ -21,6 +21,6 @@ def make_loader(settings: GenLoadSettings) -> BackendLoader:
 
         # into the fork server's preload when it has not started yet (else each child imports them)
         fence.preload(
-            "workers.common.fork_server_init", "workers.generation.host", "workers.generation.loading"
+            "workers.common.fork_server_init", "workers.generation.host", "workers.common.causal_model"
         )
     return functools.partial(load_backend, settings=settings)
