@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from model_store.hf_encoder import encoder_signature, head_signature, open_bundle
 from model_store.limits import ArtifactLimits
 from model_store.signature import Signature
+from tests.causal_tiny import tar_of as pack
 from workers.common.hf_model import build_encoder, embed, make_tokenizer, tokenize
 from workers.common.lora import state_of
 
@@ -90,13 +90,3 @@ def make_adapter(
     )
     sig = head_signature(*head) if head is not None else encoder_signature(bundle.hidden_size)
     return SyntheticAdapter(data, sig, tuned, linear, task, base)
-
-
-def pack(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()

@@ -10,6 +10,8 @@ import json
 import tarfile
 from typing import Any
 
+from tests.causal_tiny import tar_of
+
 TARGETS = ("q_proj", "v_proj")
 
 
@@ -59,13 +61,3 @@ def mismatched_bytes(model: Any, seed: int) -> bytes:
     a = state[name]
     state[name] = torch.randn(a.shape[0], a.shape[1] + 8)
     return pack_adapter(state)
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import tarfile
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch
 from model_store.errors import InvalidArtifact
 from model_store.limits import ArtifactLimits
 from model_store.lora_adapter import open_adapter, parse_config
+from tests.causal_tiny import tar_of as pack
 from workers.common.lora import (
     AdapterCapacity,
     AdapterMismatch,
@@ -65,16 +65,6 @@ def adapter_bundle(model: torch.nn.Module, seed: int, r: int = 4) -> tuple[bytes
             "adapter_model.safetensors": save(state_of(tuned)),
         }
     ), tuned
-
-
-def pack(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_one_adapter_equals_peft_and_base_is_untouched() -> None:
