@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model_store import errors as store_errors
 from model_store.registry import ResolvedVersion
-from service.errors import InvalidInput, ModelFailed, NotFound
+from service.errors import InvalidInput, ModelFailed
 from service.inference.sync import InferenceService
 from service.tenancy import access
 from service.tenancy.api_keys import Principal
@@ -81,15 +80,7 @@ async def _resolve(text: TextService, principal: Principal, model: str) -> Resol
     access.check_model(principal, name)
     version = await text.resolver.resolve(principal.tenant_id, name, ref)
     if version.format == ADAPTER_FORMAT and version.adapter_of is not None:
-        try:
-            base = await text.resolver.by_id(version.adapter_of)
-        except store_errors.NotFound as exc:
-            raise NotFound(f"the base model of adapter {model[:64]!r} no longer exists") from exc
-        if base.format != EMBED_FORMAT:
-            raise InvalidInput(
-                f"model {model[:64]!r} is a lora-adapter of a {base.format} model; "
-                f"{WHAT} needs a model of format {EMBED_FORMAT} (or an adapter of one)"
-            )
+        await text.adapter_base(model, version.adapter_of, EMBED_FORMAT, WHAT)
         return version
     if version.format != EMBED_FORMAT:
         raise InvalidInput(

@@ -196,16 +196,21 @@ class TextService:
             return version, None
         if version.adapter_of is None:
             raise Unavailable(f"adapter {model[:64]!r} names no base model version", retry_after=None)
+        return await self.adapter_base(model, version.adapter_of, GEN_FORMAT, what), version
+
+    async def adapter_base(self, model: str, base_id: int, fmt: str, what: str) -> ResolvedVersion:
+        """The base version a lora-adapter runs on (cached like resolutions): 404 when it is gone,
+        400 unless it is of format `fmt` (the route's)."""
         try:
-            base = await self.resolver.by_id(version.adapter_of)
+            base = await self.resolver.by_id(base_id)
         except store_errors.NotFound as exc:
             raise NotFound(f"the base model of adapter {model[:64]!r} no longer exists") from exc
-        if base.format != GEN_FORMAT:
+        if base.format != fmt:
             raise InvalidInput(
                 f"model {model[:64]!r} is a lora-adapter of a {base.format} model; "
-                f"{what} needs a model of format {GEN_FORMAT} (or an adapter of one)"
+                f"{what} needs a model of format {fmt} (or an adapter of one)"
             )
-        return base, version
+        return base
 
     def check_size(self, messages: int, chars: int) -> None:
         if messages > self.settings.max_chat_messages:
