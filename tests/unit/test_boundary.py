@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry as AsyncRetry
 from starlette.requests import Request
 
 from model_store import errors as store
@@ -79,6 +80,11 @@ def test_every_redis_client_retries() -> None:
     ]
     for pool in pools:
         assert pool.connection_kwargs["retry"].get_retries() == RETRIES
+    # asyncio pools take redis-py's asyncio Retry (its backoff awaits); a synchronous Retry handed
+    # to an asyncio client is a DeprecationWarning since redis-py 8.2 (issue 22)
+    for pool in pools[:2]:
+        assert isinstance(pool.connection_kwargs["retry"], AsyncRetry)
+    assert not isinstance(pools[2].connection_kwargs["retry"], AsyncRetry)
 
 
 def test_the_app_installs_the_one_handler_table() -> None:

@@ -326,7 +326,7 @@ class StreamsEngineClient:
         backoff (reset by a read that succeeds)."""
         last_id: Any = "0-0"
         errors = (RedisError, OSError)  # redis-py types this as RedisError subclasses only
-        retry = Retry(_READER_BACKOFF, retries=-1, supported_errors=errors)  # type: ignore[arg-type]
+        retry = Retry(_READER_BACKOFF, retries=-1, supported_errors=errors)
         while not self._closed:
             resp = await retry.call_with_retry(functools.partial(self._read_once, last_id), self._lost)
             for _stream, entries in resp or ():

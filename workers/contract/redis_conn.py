@@ -12,22 +12,33 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 RETRIES = 2
 
 
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.25, base=0.02)
+
+
 def retry() -> Retry:
     """Retry on ConnectionError and TimeoutError: 2 more tries, 20 ms then 40 ms apart (cap 250 ms)."""
-    return Retry(ExponentialBackoff(cap=0.25, base=0.02), RETRIES)
+    return Retry(_backoff(), RETRIES)
+
+
+def retry_async() -> AsyncRetry:
+    """The same policy for asyncio clients: redis-py's asyncio pools take the asyncio Retry (its
+    backoff sleeps with asyncio.sleep; a synchronous Retry given to them is a warning since 8.2)."""
+    return AsyncRetry(_backoff(), RETRIES)
 
 
 def connect_async(url: str, *, max_connections: int = 64, wait_s: float = 10.0) -> aioredis.Redis:
     """An asyncio client on a blocking pool: under a burst, a command waits up to `wait_s` for a
     free connection (of `max_connections`) instead of failing."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=wait_s, retry=retry()
+        url, max_connections=max_connections, timeout=wait_s, retry=retry_async()
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -35,7 +46,7 @@ def connect_async(url: str, *, max_connections: int = 64, wait_s: float = 10.0) 
 def connect_async_single(url: str) -> aioredis.Redis:
     """An asyncio client with one connection: for a loop that blocks on reads (XREAD BLOCK)."""
     return aioredis.Redis(
-        connection_pool=aioredis.ConnectionPool.from_url(url, max_connections=1, retry=retry())
+        connection_pool=aioredis.ConnectionPool.from_url(url, max_connections=1, retry=retry_async())
     )
 
 
