@@ -82,10 +82,16 @@ typecheck: $(STAMP)
 
 # The suite on TEST_PROCS processes (pytest-xdist; `auto`: one per core). Each test has its own
 # database and Redis prefix, so they share nothing; `worksteal` keeps both busy to the last test.
-# TEST_PROCS=0 runs it in this process alone.
+# Tests marked `serial` assert wall-clock limits or latencies: they run after, alone.
+# TEST_PROCS=0 runs the whole suite in one process.
 TEST_PROCS ?= auto
 test: $(STAMP) lock-check services prometheus lint typecheck
-	$(BIN)/pytest -q $(if $(filter 0,$(TEST_PROCS)),,-n $(TEST_PROCS) --dist worksteal)
+ifeq ($(TEST_PROCS),0)
+	$(BIN)/pytest -q
+else
+	$(BIN)/pytest -q -n $(TEST_PROCS) --dist worksteal -m "not serial"
+	$(BIN)/pytest -q -m serial
+endif
 
 # The whole GPU check as one command (issue 15): on the GPU machine, which has no venv, the plain
 # python3 there; DRY_RUN=1 runs it on the CPU with tiny models (the venv's python where there is one).

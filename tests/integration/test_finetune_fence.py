@@ -117,14 +117,19 @@ async def test_hostile_base_model_cannot_reach_outside_its_artifact_in_the_train
     assert not planted.exists()
 
 
+CPU_S = 12
+
+
 async def test_a_training_process_that_dies_fails_its_job_and_the_trainer_goes_on(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     """The CPU limit kills the fenced process mid-job: the job fails and says so; the trainer
     takes the next job."""
     # one torch thread: CPU time is summed over threads, and spinning OpenMP threads on a loaded
-    # machine could spend the quick job's 3 s too
-    t = TrainerThread(settings, limits=FenceLimits(cpu_s=3, threads=1)).start()
+    # machine could spend the quick job's budget too. The budget holds the child's own imports
+    # (torch's lazily imported submodules cost seconds of CPU on a slow 2-core machine) and one
+    # quick epoch; the slow job's 1000 epochs need far more.
+    t = TrainerThread(settings, limits=FenceLimits(cpu_s=CPU_S, threads=1)).start()
     try:
         train, valid = await setup_classifier(client)
         slow = job_body(train, valid, hyperparameters={"epochs": 1000, "batch_size": 1})
@@ -141,10 +146,17 @@ async def test_a_training_process_that_dies_fails_its_job_and_the_trainer_goes_o
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"finetune_check_timeout_s": 4.0})
+def check_timeout_s() -> float:
+    return 60.0  # the default: a legitimate check must never meet the limit, however loaded the machine
 
 
+@pytest.fixture
+def settings(settings: Settings, check_timeout_s: float) -> Settings:
+    return settings.model_copy(update={"finetune_check_timeout_s": check_timeout_s})
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("check_timeout_s", [4.0])
 async def test_a_model_check_that_never_finishes_is_a_422_and_the_gateway_stays_responsive(
     client: httpx.AsyncClient, settings: Settings, registry: Registry
 ) -> None:

@@ -213,6 +213,7 @@ def _p99(latencies: list[float]) -> float:
     return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
 
 
+@pytest.mark.serial
 async def test_heavy_bytes_request_is_refused_before_decoding_and_others_keep_answering(
     echo: httpx.AsyncClient,
 ) -> None:
@@ -230,6 +231,7 @@ async def test_heavy_bytes_request_is_refused_before_decoding_and_others_keep_an
     assert latencies and _p99(latencies) < 0.3, latencies[-5:]
 
 
+@pytest.mark.serial
 async def test_large_body_is_decoded_off_the_event_loop(echo: httpx.AsyncClient) -> None:
     """1 M strings in JSON (within the element bound): decoded in a worker thread (then refused
     for an unknown second input, so nothing is enqueued); health keeps answering meanwhile."""

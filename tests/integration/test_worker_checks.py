@@ -86,6 +86,7 @@ async def test_a_finetune_job_model_check_runs_on_a_worker(
     assert "leaves no parameter to train" in r.text
 
 
+@pytest.mark.serial
 async def test_no_worker_is_a_503_within_the_limit_and_nothing_is_registered(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+# the dry run gives each step a wall-clock budget: it runs alone (`make test`'s serial part)
+pytestmark = pytest.mark.serial
 ROOT = Path(__file__).resolve().parents[2]
 PLANNED = [
     "cuda-probe",
