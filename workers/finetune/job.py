@@ -50,7 +50,7 @@ from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 
 log = logging.getLogger("kiln.trainer")
-__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute", "prune"]
+__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute", "lineage_file", "prune"]
 
 
 class HandBack(Exception):
@@ -298,10 +298,7 @@ def _lineage(
         },
         # the sharing grants this version depends on (model_store/grants.py): withdrawn, it stops serving
         "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
-        "training_file": {
-            "id": row.training_file,
-            "sha256": ctx.store.get_file(row.tenant_id, row.training_file).sha256,
-        },
+        "training_file": lineage_file(ctx, row.tenant_id, row.training_file),
         "validation_file": row.validation_file,
         "validation_split": None
         if row.validation_file
@@ -318,6 +315,14 @@ def _lineage(
         # a LoRA adapter is served on its base: the version it attaches to (registry.adapter_base)
         **({"adapter_of": base.version_id} if done.format == ADAPTER_FORMAT else {}),
     }
+
+
+def lineage_file(ctx: JobContext, tenant_id: int, file_id: str | None) -> dict[str, str] | None:
+    """A dataset file as every lineage names it: `{"id", "sha256"}` (None: the job had none).
+    model_store/blob_refs.py reads it (and the bare id that compression lineages held before)."""
+    if not file_id:
+        return None
+    return {"id": file_id, "sha256": ctx.store.get_file(tenant_id, file_id).sha256}
 
 
 def register_result(
