@@ -29,6 +29,7 @@ from workers.finetune.job import (
     _Heartbeat,
     _results_file,
     _table,
+    finish_with_version,
     lineage_file,
     register_result,
 )
@@ -106,14 +107,8 @@ def _finish(
         result["promotion"] = promote(ctx, row, spec, version, msg)
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
-    ctx.store.finish(
-        row.id,
-        ctx.owner,
-        "succeeded",
-        fine_tuned_model=f"{row.target_model}:{version}",
-        result=result,
-        message=f"compressed model {row.target_model}:{version} ({msg.format}) is ready",
-    )
+    name = f"{row.target_model}:{version}"
+    finish_with_version(ctx, row.id, name, result, f"compressed model {name} ({msg.format}) is ready")
 
 
 def _lineage(
