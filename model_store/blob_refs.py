@@ -12,6 +12,8 @@ it finds the blob gone and it reads as an integrity failure, not as someone else
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +41,24 @@ def release(sessions: sessionmaker[Session], blobs: BlobStore, digests: set[str]
     return gone
 
 
+def _file_id(ref: Any) -> str | None:
+    """A file as a lineage names it: `{"id": ..., "sha256": ...}` (what jobs write), or the bare id
+    (what compression jobs wrote before; databases still hold it), or nothing."""
+    if isinstance(ref, str):
+        return ref or None
+    if isinstance(ref, dict) and isinstance(ref.get("id"), str):
+        return ref["id"] or None
+    return None
+
+
+def lineage_files(lineage: dict[str, Any] | None) -> set[str]:
+    """The ids of the dataset files a version's lineage names (its training and validation files)."""
+    if not isinstance(lineage, dict):
+        return set()
+    named = (_file_id(lineage.get(key)) for key in ("training_file", "validation_file"))
+    return {file_id for file_id in named if file_id is not None}
+
+
 def _file_users(s: Session, tenant_id: int, file_id: str) -> str | None:
     """Why the file cannot go, or None."""
     job = s.scalar(
@@ -56,8 +76,7 @@ def _file_users(s: Session, tenant_id: int, file_id: str) -> str | None:
         .where(ModelRow.tenant_id == tenant_id, ModelVersionRow.lineage.is_not(None))
     )
     for name, version, lineage in s.execute(q):
-        named = ((lineage or {}).get("training_file") or {}).get("id"), (lineage or {}).get("validation_file")
-        if file_id in named:
+        if file_id in lineage_files(lineage):
             return f"file {file_id!r} is in the lineage of {name}:{version}; delete that version first"
     return None
 

@@ -353,6 +353,23 @@ class JobStore:
             s.add(_event(row, message, "error" if status == "failed" else "info", error or result))
             s.commit()
 
+    def name_late_version(self, job_id: str, fine_tuned_model: str, result: dict[str, Any]) -> bool:
+        """A job cancelled (or pruned) while its trainer registered its version: the job names that
+        version (it serves, and no job would name it otherwise) and stays cancelled. False when
+        the job is not cancelled or already names a version."""
+        with self.sessions() as s:
+            row = s.scalar(select(FineTuneJobRow).where(FineTuneJobRow.id == job_id).with_for_update())
+            if row is None or row.status != "cancelled" or row.fine_tuned_model is not None:
+                return False
+            row.fine_tuned_model, row.result = fine_tuned_model, result
+            message = (
+                f"cancelled after its version {fine_tuned_model} was registered: "
+                "the version stays and serves (delete it if it is not wanted)"
+            )
+            s.add(_event(row, message, "warn", {"fine_tuned_model": fine_tuned_model}))
+            s.commit()
+            return True
+
 
 def _job(
     s: Session, tenant_id: int, job_id: str, *, lock: bool = False, kind: str = FINE_TUNE

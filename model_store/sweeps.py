@@ -8,13 +8,21 @@ so a trainer killed at any point loses no trial.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_store.db import FineTuneJobRow, IdempotencyKeyRow, JobEventRow, SweepRow, utcnow
+from model_store.db import (
+    FineTuneJobRow,
+    IdempotencyKeyRow,
+    JobEventRow,
+    JobMetricRow,
+    SweepRow,
+    utcnow,
+)
 from model_store.errors import Conflict, NotFound
 from model_store.jobs import ACTIVE, TERMINAL
 
@@ -121,10 +129,13 @@ class SweepStore:
             return True
 
     def prune(self, job_id: str, message: str, data: dict[str, Any]) -> bool:
-        """Stop a trial the pruner gave up on: cancelled, with error code `pruned`."""
+        """Stop a trial the pruner gave up on: cancelled, with error code `pruned`. Not once it has
+        recorded its last epoch: pruning saves nothing then, and its trainer is registering its
+        version (a pruned trial would leave that version serving with no job naming it). The
+        trainer records each epoch under the same row lock, so the two cannot cross."""
         with self.sessions() as s:
             job = s.scalar(select(FineTuneJobRow).where(FineTuneJobRow.id == job_id).with_for_update())
-            if job is None or job.status not in ACTIVE:
+            if job is None or job.status not in ACTIVE or _trained_out(s, job):
                 return False
             job.status, job.finished_at = "cancelled", utcnow()
             job.lease_owner, job.lease_expires_at = None, None
@@ -150,6 +161,26 @@ class SweepStore:
             if row is not None and row.status == "succeeded":
                 row.result = {**(row.result or {}), "promotion": promotion}
                 s.commit()
+
+
+def last_epoch(job_spec: dict[str, Any], valid: Iterable[tuple[int, Mapping[str, Any]]]) -> int | None:
+    """The epoch a trial's training ends at, from its validation metrics by epoch: the one early
+    stopping stopped it at, else its epoch budget (None: not known)."""
+    stopped = [epoch for epoch, values in valid if values.get("stopped_early")]
+    if stopped:
+        return min(stopped)
+    epochs = (job_spec.get("hyperparameters") or {}).get("epochs")
+    return epochs if isinstance(epochs, int) else None
+
+
+def _trained_out(s: Session, job: FineTuneJobRow) -> bool:
+    """Has the trial recorded the validation metrics of its last epoch?"""
+    q = select(JobMetricRow.epoch, JobMetricRow.values).where(
+        JobMetricRow.job_id == job.id, JobMetricRow.kind == "valid"
+    )
+    valid = [(epoch, values) for epoch, values in s.execute(q)]
+    end = last_epoch(job.spec, valid)
+    return bool(valid) and end is not None and max(epoch for epoch, _ in valid) >= end
 
 
 def _promotion_due(row: SweepRow) -> bool:
@@ -182,4 +213,4 @@ def _event(
     )
 
 
-__all__ = ["SWEEP_ACTIVE", "TERMINAL", "SweepStore"]
+__all__ = ["SWEEP_ACTIVE", "TERMINAL", "SweepStore", "last_epoch"]

@@ -202,6 +202,12 @@ async def test_pruned_and_fine_tuned_mlp_keeps_its_accuracy(client, settings) ->
     assert ("production" in aliases) == promotion["promoted"], aliases
     events = (await client.get(f"{JOBS}/{job['id']}/events")).json()["data"]
     assert any(ev["message"] == "comparison with the parent" for ev in events)
+    # its lineage names the training file as a fine-tune's does; deleting it is refused, not a 500
+    lineage = (await client.get("/v1/models/mlp-prune/versions/1")).json()["lineage"]
+    sha = (await client.get(f"/v1/files/{train}")).json()["sha256"]
+    assert lineage["training_file"] == {"id": train, "sha256": sha}, lineage
+    r = await client.delete(f"/v1/files/{train}")
+    assert r.status_code == 409 and "lineage of mlp-prune:1" in r.text, r.text
 
 
 async def test_three_layer_student_keeps_the_teachers_accuracy(client, settings) -> None:

@@ -15,12 +15,15 @@ import httpx
 import numpy as np
 import pytest
 from sklearn import metrics as sk
+from sqlalchemy import select, update
 
 from model_store.blobs import BlobStore
+from model_store.db import ModelRow, ModelVersionRow
 from service.settings import Settings
 from tests.conftest import make_key
-from tests.ft_data import jsonl, rows
+from tests.ft_data import MLP_SIGNATURE, jsonl, mlp_bytes, rows
 from tests.integration.ft_helpers import TrainerThread, job_body, setup_classifier, upload, wait_for
+from tests.integration.helpers import register
 
 
 @pytest.fixture
@@ -228,3 +231,34 @@ async def test_a_cancelled_job_keeps_its_best_and_last_checkpoints(client, setti
     recorded = [v["epoch"] for v in valid_rows]
     best = int(valid_rows[-1]["best_epoch"])
     assert len(recorded) >= 2 and [c["epoch"] for c in ckpts] == sorted({best, recorded[-1]})
+
+
+async def test_a_compression_lineage_in_either_shape_guards_its_files(client: httpx.AsyncClient) -> None:
+    """Prune-with-fine-tune and distil versions named their training file by its bare id (databases
+    still hold that shape), fine-tunes by `{"id", "sha256"}`: deleting files reads both, refuses
+    (409, saying which version) a file a lineage names and deletes any other."""
+    train, valid = await setup_classifier(client)
+    unrelated = (await upload(client, jsonl(*rows(40, 9)), "other.jsonl")).json()["id"]
+    for name in ("clf-prune", "clf-quantize"):
+        r = await register(client, name, mlp_bytes(), "torchscript", signature=MLP_SIGNATURE)
+        assert r.status_code == 201, r.text
+    parent = {"model": "clf", "version": 1, "sha256": "0" * 64, "format": "torchscript"}
+    as_written = {"kind": "compression", "method": "prune", "parent": parent, "validation_file": valid}
+    lineages = {
+        "clf-prune": {**as_written, "job_id": "ftjob-a", "training_file": train},
+        "clf-quantize": {**as_written, "job_id": "ftjob-b", "method": "quantize", "training_file": None},
+    }
+    with client.app.state.kiln.sessions() as s:  # type: ignore[attr-defined]
+        for name, lineage in lineages.items():
+            model_id = select(ModelRow.id).where(ModelRow.name == name).scalar_subquery()
+            s.execute(
+                update(ModelVersionRow).where(ModelVersionRow.model_id == model_id).values(lineage=lineage)
+            )
+        s.commit()
+
+    assert (await client.delete(f"/v1/files/{unrelated}")).status_code == 200
+    assert (await client.get(f"/v1/files/{unrelated}")).status_code == 404
+    for file_id in (train, valid):
+        r = await client.delete(f"/v1/files/{file_id}")
+        assert r.status_code == 409 and "lineage of clf-prune:1" in r.text, r.text
+        assert (await client.get(f"/v1/files/{file_id}")).status_code == 200

@@ -211,8 +211,15 @@ async def test_early_termination_prunes_a_hopeless_trial(client, trainer) -> Non
     )
     job = (await client.get(f"/v1/fine_tuning/jobs/{last['job_id']}")).json()
     assert job["status"] == "cancelled" and job["error"]["code"] == "pruned", job
-    assert (job["progress"] or {}).get("epoch", 0) < 30
+    assert (job["progress"] or {}).get("epoch", 0) < 30 and " of 30 " in job["error"]["message"], job
     assert sweep["trials"][2]["status"] == "succeeded" and sweep["best_trial"]["number"] in (0, 2)
+    # trial 1 is as hopeless, but one epoch is all it has: it finishes. Every version the sweep
+    # made is a trial's fine_tuned_model; a pruned trial made none.
+    trained = [t["fine_tuned_model"] for t in sweep["trials"][:3]]
+    assert [t["status"] for t in sweep["trials"][:3]] == ["succeeded"] * 3 and all(trained), sweep
+    versions = (await client.get(f"/v1/models/{sweep['target_model']}")).json()["versions"]
+    assert sorted(f"{sweep['target_model']}:{v}" for v in versions) == sorted(trained)
+    assert last["fine_tuned_model"] is None
 
 
 async def test_idempotency_key_makes_one_sweep(client) -> None:

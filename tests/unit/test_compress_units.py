@@ -184,3 +184,32 @@ def test_torchscript_int8_is_a_valid_onnx_version(tmp_path, monkeypatch) -> None
         load_served("onnx", quantized.data, sig, None),
     )
     assert (outputs(parent, rows) - outputs(child, rows)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("method", "train"), [("distill", "file-t"), ("prune", "file-t"), ("quantize", None)]
+)
+def test_a_compression_lineage_names_its_training_file_as_fine_tunes_do(
+    method: str, train: str | None
+) -> None:
+    """One shape for a lineage's training file, `{"id", "sha256"}` (model_store/blob_refs.py reads
+    it when a file is deleted); a compression without one names none."""
+    from types import SimpleNamespace
+
+    from model_store.db import FineTuneJobRow
+    from workers.contract.compress_spec import CompressSpec
+    from workers.finetune.compress_job import _lineage
+
+    files = {"file-t": SimpleNamespace(sha256="a" * 64)}
+    ctx = SimpleNamespace(
+        store=SimpleNamespace(get_file=lambda _tenant, file_id: files[file_id]),
+        registry=SimpleNamespace(base_grants=lambda _version_id, _tenant: []),
+    )
+    row = FineTuneJobRow(
+        id="ftjob-1", tenant_id=1, training_file=train or "", validation_file="file-v", seed=3
+    )
+    spec = CompressSpec(method=method, params={})  # type: ignore[arg-type]
+    base = SimpleNamespace(model="clf", version=1, sha256="b" * 64, format="torchscript", version_id=7)
+    lineage = _lineage(ctx, row, spec, base, SimpleNamespace(comparison={}))  # type: ignore[arg-type]
+    expected = {"id": "file-t", "sha256": "a" * 64} if train else None
+    assert lineage["training_file"] == expected and lineage["validation_file"] == "file-v"

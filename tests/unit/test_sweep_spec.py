@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from model_store.sweeps import last_epoch
 from workers.contract.finetune_spec import Hyperparameters
 from workers.contract.sweep_spec import (
     Choice,
@@ -86,3 +87,29 @@ def test_best_and_pruning() -> None:
     promising = TrialView(3, {"learning_rate": 0.001, "batch_size": 64}, "running", None, {1: 0.8, 2: 0.95})
     assert should_prune(spec, done, hopeless) and not should_prune(spec, done, promising)
     assert best(spec, [TrialView(0, {}, "failed")]) is None
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch() -> None:
+    """Pruned after epoch 5 of 5, a trial has saved nothing and its trainer is registering its
+    version: the median rule leaves a trial alone once its last epoch (its budget, or the one early
+    stopping ended it at) is recorded, however bad it is."""
+    spec = _spec("random", max_trials=4)
+    spec = spec.model_copy(update={"early_termination": EarlyTermination(warmup_epochs=0, min_trials=1)})
+    done = [
+        TrialView(0, {"learning_rate": 0.01, "batch_size": 16}, "succeeded", 0.9, {1: 0.8, 2: 0.9, 3: 0.9})
+    ]
+    point = {"learning_rate": 0.001, "batch_size": 64}
+    midway = TrialView(1, point, "running", None, {1: 0.2, 2: 0.3}, last_epoch=3)
+    finished = TrialView(1, point, "running", None, {1: 0.2, 2: 0.3, 3: 0.3}, last_epoch=3)
+    stopped_early = TrialView(1, point, "running", None, {1: 0.2, 2: 0.3}, last_epoch=2)
+    budget_unknown = TrialView(1, point, "running", None, {1: 0.2, 2: 0.3})
+    assert should_prune(spec, done, midway) and should_prune(spec, done, budget_unknown)
+    assert not should_prune(spec, done, finished) and not should_prune(spec, done, stopped_early)
+    assert finished.trained_out and stopped_early.trained_out and not midway.trained_out
+
+
+def test_the_epoch_a_trial_ends_at() -> None:
+    hp = {"hyperparameters": {"epochs": 5}}
+    assert last_epoch(hp, []) == 5 and last_epoch(hp, [(1, {"accuracy": 0.5}), (2, {})]) == 5
+    assert last_epoch(hp, [(1, {}), (2, {"stopped_early": False}), (3, {"stopped_early": True})]) == 3
+    assert last_epoch({}, [(1, {})]) is None and last_epoch({"hyperparameters": {"epochs": "5"}}, []) is None

@@ -121,7 +121,8 @@ class Search(BaseModel):
 
 class EarlyTermination(BaseModel):
     """A median pruner: a trial whose metric after an epoch is worse than the median of the
-    finished trials at that epoch is stopped (cancelled, recorded as pruned)."""
+    finished trials at that epoch is stopped (cancelled, recorded as pruned); never after its
+    last epoch (it finishes: pruning would save nothing)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -24,7 +24,15 @@ from workers.contract.finetune_check import file_ref, readable_paths, version_re
 from workers.contract.finetune_messages import Error, Step
 from workers.finetune.compress_promote import promote
 from workers.finetune.fence import TrainingFailed, TrainingProcess
-from workers.finetune.job import JobContext, _Heartbeat, _results_file, _table, register_result
+from workers.finetune.job import (
+    JobContext,
+    _Heartbeat,
+    _results_file,
+    _table,
+    finish_with_version,
+    lineage_file,
+    register_result,
+)
 
 # what the fenced child runs; tests may swap in variants
 COMPRESS_TARGET = "workers.finetune.compress_child:compress_main"
@@ -99,14 +107,8 @@ def _finish(
         result["promotion"] = promote(ctx, row, spec, version, msg)
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
-    ctx.store.finish(
-        row.id,
-        ctx.owner,
-        "succeeded",
-        fine_tuned_model=f"{row.target_model}:{version}",
-        result=result,
-        message=f"compressed model {row.target_model}:{version} ({msg.format}) is ready",
-    )
+    name = f"{row.target_model}:{version}"
+    finish_with_version(ctx, row.id, name, result, f"compressed model {name} ({msg.format}) is ready")
 
 
 def _lineage(
@@ -129,7 +131,7 @@ def _lineage(
         },
         "student": student,
         "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
-        "training_file": row.training_file or None,
+        "training_file": lineage_file(ctx, row.tenant_id, row.training_file),
         "validation_file": row.validation_file,
         "seed": row.seed,
         "comparison": json.loads(json.dumps(msg.comparison)),

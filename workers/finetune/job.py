@@ -31,7 +31,7 @@ from model_store.blobs import BlobStore
 from model_store.db import FileRow, FineTuneJobRow
 from model_store.errors import Conflict
 from model_store.formats import ADAPTER_FORMAT
-from model_store.jobs import EpochRecord, JobStore, new_id
+from model_store.jobs import EpochRecord, JobStore, LeaseLost, new_id
 from model_store.registry import Registry, ResolvedVersion
 from model_store.signature import Signature
 from workers.contract.finetune_check import (
@@ -50,7 +50,15 @@ from workers.finetune.metrics import TrainerMetrics
 from workers.finetune.promote import Candidate, decide
 
 log = logging.getLogger("kiln.trainer")
-__all__ = ["DatasetUnusable", "HandBack", "JobContext", "execute", "prune"]
+__all__ = [
+    "DatasetUnusable",
+    "HandBack",
+    "JobContext",
+    "execute",
+    "finish_with_version",
+    "lineage_file",
+    "prune",
+]
 
 
 class HandBack(Exception):
@@ -256,14 +264,23 @@ def _finish(
         result["promoted"] = result["promotion"]["promoted"]
         ctx.store.add_event(row.id, result["promotion"]["reason"])
     prune(ctx, row.id, spec.keep_checkpoints)
-    ctx.store.finish(
-        row.id,
-        ctx.owner,
-        "succeeded",
-        fine_tuned_model=f"{row.target_model}:{version}",
-        result=result,
-        message=f"fine-tuned model {row.target_model}:{version} is ready",
-    )
+    name = f"{row.target_model}:{version}"
+    finish_with_version(ctx, row.id, name, result, f"fine-tuned model {name} is ready")
+
+
+def finish_with_version(
+    ctx: JobContext, job_id: str, fine_tuned_model: str, result: dict[str, Any], message: str
+) -> None:
+    """The job succeeded with its version registered. Cancelled meanwhile (LeaseLost), it still
+    names that version, which serves: never a version that no job points to."""
+    try:
+        ctx.store.finish(
+            job_id, ctx.owner, "succeeded", fine_tuned_model=fine_tuned_model, result=result, message=message
+        )
+    except LeaseLost:
+        if ctx.store.name_late_version(job_id, fine_tuned_model, result):
+            log.warning("job %s: cancelled after its version %s was registered", job_id, fine_tuned_model)
+        raise
 
 
 def prune(ctx: JobContext, job_id: str, keep_last: int) -> None:
@@ -298,10 +315,7 @@ def _lineage(
         },
         # the sharing grants this version depends on (model_store/grants.py): withdrawn, it stops serving
         "base_grants": ctx.registry.base_grants(base.version_id, row.tenant_id),
-        "training_file": {
-            "id": row.training_file,
-            "sha256": ctx.store.get_file(row.tenant_id, row.training_file).sha256,
-        },
+        "training_file": lineage_file(ctx, row.tenant_id, row.training_file),
         "validation_file": row.validation_file,
         "validation_split": None
         if row.validation_file
@@ -318,6 +332,14 @@ def _lineage(
         # a LoRA adapter is served on its base: the version it attaches to (registry.adapter_base)
         **({"adapter_of": base.version_id} if done.format == ADAPTER_FORMAT else {}),
     }
+
+
+def lineage_file(ctx: JobContext, tenant_id: int, file_id: str | None) -> dict[str, str] | None:
+    """A dataset file as every lineage names it: `{"id", "sha256"}` (None: the job had none).
+    model_store/blob_refs.py reads it (and the bare id that compression lineages held before)."""
+    if not file_id:
+        return None
+    return {"id": file_id, "sha256": ctx.store.get_file(tenant_id, file_id).sha256}
 
 
 def register_result(

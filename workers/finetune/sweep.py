@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from model_store.db import FineTuneJobRow, SweepRow
 from model_store.errors import NotFound
 from model_store.jobs import TERMINAL, new_id
-from model_store.sweeps import SWEEP_ACTIVE, SweepStore
+from model_store.sweeps import SWEEP_ACTIVE, SweepStore, last_epoch
 from workers.contract.finetune_spec import Hyperparameters, JobSpec
 from workers.contract.sweep_spec import SweepSpec
 from workers.finetune.job import JobContext, evaluate_in_fence
@@ -102,13 +102,19 @@ class SweepAdvancer:
         pruned = job.status == "cancelled" and (job.error or {}).get("code") == "pruned"
         value = (job.result or {}).get("metrics", {}).get(spec.metric) if job.status == "succeeded" else None
         by_epoch: dict[int, float] = {}
+        valid: list[tuple[int, dict[str, Any]]] = []
         if spec.early_termination is not None:
-            for m in self.ctx.store.metrics(job.tenant_id, job.id):
-                v = m.values.get(spec.metric)
-                if m.kind == "valid" and isinstance(v, int | float):
-                    by_epoch[m.epoch] = float(v)
+            valid = [
+                (m.epoch, m.values)
+                for m in self.ctx.store.metrics(job.tenant_id, job.id)
+                if m.kind == "valid"
+            ]
+            for epoch, values in valid:
+                v = values.get(spec.metric)
+                if isinstance(v, int | float):
+                    by_epoch[epoch] = float(v)
         state = "pruned" if pruned else job.status
-        return TrialView(job.sweep_trial or 0, params, state, value, by_epoch)
+        return TrialView(job.sweep_trial or 0, params, state, value, by_epoch, last_epoch(job.spec, valid))
 
     def _create(self, row: SweepRow, spec: SweepSpec, views: list[TrialView], room: int) -> None:
         jobs: list[FineTuneJobRow] = []
@@ -131,8 +137,9 @@ class SweepAdvancer:
             if view.state != "running" or not should_prune(spec, views, view):
                 continue
             epoch = max(view.by_epoch)
+            of = f" of {view.last_epoch}" if view.last_epoch else ""
             message = (
-                f"pruned by the sweep: {spec.metric} {view.by_epoch[epoch]:.6g} after epoch {epoch} "
+                f"pruned by the sweep: {spec.metric} {view.by_epoch[epoch]:.6g} after epoch {epoch}{of} "
                 "is worse than the median of the finished trials"
             )
             pruned |= self.sweeps.prune(job.id, message, {"epoch": epoch, spec.metric: view.by_epoch[epoch]})

@@ -26,13 +26,20 @@ _STATES = {"succeeded": "COMPLETE", "failed": "FAIL", "cancelled": "FAIL", "prun
 
 @dataclass(frozen=True, slots=True)
 class TrialView:
-    """One trial as the search sees it: its point, its state, its metric by epoch and at the end."""
+    """One trial as the search sees it: its point, its state, its metric by epoch and at the end,
+    and the epoch its training ends at (its budget, or where early stopping stopped it)."""
 
     number: int
     params: dict[str, Any]
     state: str  # queued/running/... as the job's status, or "pruned"
     value: float | None = None
     by_epoch: dict[int, float] = field(default_factory=dict)
+    last_epoch: int | None = None
+
+    @property
+    def trained_out(self) -> bool:
+        """Its last epoch is recorded: its version is on the way, pruning would save nothing."""
+        return bool(self.by_epoch) and self.last_epoch is not None and max(self.by_epoch) >= self.last_epoch
 
 
 def _distribution(p: Param) -> BaseDistribution:
@@ -105,9 +112,10 @@ def suggest(spec: SweepSpec, sweep_seed: int, number: int, views: list[TrialView
 
 def should_prune(spec: SweepSpec, views: list[TrialView], running: TrialView) -> bool:
     """The median rule: `running`'s metric at its last epoch is worse than the median of the
-    finished trials at that epoch (after the warm-up, once enough trials finished)."""
+    finished trials at that epoch (after the warm-up, once enough trials finished). Never once
+    it has trained its last epoch: that trial is finishing, and its result stands."""
     et = spec.early_termination
-    if et is None or not running.by_epoch:
+    if et is None or not running.by_epoch or running.trained_out:
         return False
     import optuna
 
