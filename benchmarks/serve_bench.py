@@ -296,8 +296,8 @@ def ensure_litserve() -> None:
         return
     subprocess.run([sys.executable, "-m", "venv", str(LITSERVE_VENV)], check=True)
     pip = str(LITSERVE_VENV / "bin" / "pip")
-    subprocess.run([pip, "install", "-q", "torch==2.13.0"], check=True)
-    subprocess.run([pip, "install", "-q", "litserve==0.2.19"], check=True)
+    lock = str(ROOT / "deploy" / "lock" / "test.txt")  # the locked versions, LitServe's own included
+    subprocess.run([pip, "install", "-q", "-c", lock, "torch", "litserve"], check=True)
 
 
 def report(results: list[Result], bare: dict[int, float]) -> str:
