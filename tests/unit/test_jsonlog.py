@@ -43,3 +43,22 @@ def test_exceptions_and_odd_values_stay_one_line() -> None:
     line = JsonFormatter().format(record)
     d = json.loads(line)
     assert "ValueError: boom" in d["exc"] and "obj" in d
+
+
+def test_the_handler_writes_to_stderr_as_it_is_now_not_as_it_was(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A stream swapped and closed after configure() (pytest's capture, a daemonised process) is no
+    'I/O operation on closed file' error: records go to the current sys.stderr."""
+    import io
+    import logging
+    import sys
+
+    from workers.contract import jsonlog
+
+    gone = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", gone)
+    jsonlog.configure()
+    gone.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    logging.getLogger("kiln.test").warning("still written")
+    assert "still written" in now.getvalue()

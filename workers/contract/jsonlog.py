@@ -49,12 +49,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the one it was made with:
+    a stream swapped and closed since (pytest's capture, a daemonised process) loses no record and
+    raises nothing (as logging's own last-resort handler does)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(fmt: str = "text", level: str = "INFO", requests: bool = False) -> None:
     """Set up the root logger once per process (again: only the format and levels change)."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_kiln", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler._kiln = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
