@@ -1,7 +1,7 @@
 """The official `openai` SDK, unmodified, against the gateway in-process (its ASGI app): every
 refusal on the files and fine-tuning routes reaches the SDK in OpenAI's error shape, so the SDK
 raises its own exception type with the server's message in it (not a bare "Error code: 422"),
-the field at fault in `param`."""
+the field at fault in `param`; the text routes refuse what they do not honour the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from openai import (
     AsyncOpenAI,
     AuthenticationError,
+    BadRequestError,
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
@@ -139,3 +140,29 @@ async def test_keys_that_may_not_reach_the_sdk_with_the_reason(
     with pytest.raises(NotFoundError):
         await sdk(other["Authorization"].removeprefix("Bearer ")).fine_tuning.jobs.cancel(job.id)
 
+
+async def test_text_routes_refuse_what_they_do_not_honour(client: httpx.AsyncClient, sdk) -> None:  # type: ignore[no-untyped-def]
+    oai: AsyncOpenAI = sdk()
+    messages = [{"role": "user", "content": "hi"}]
+    for extra in ({"presence_penalty": 0.5}, {"tools": [{"type": "function", "function": {"name": "f"}}]}):
+        with pytest.raises(BadRequestError) as refused:
+            await oai.chat.completions.create(model="chat", messages=messages, **extra)  # type: ignore[arg-type, call-overload]
+        (name,) = extra
+        assert refused.value.param == name and f"{name} is not supported" in str(refused.value)
+    with pytest.raises(BadRequestError) as refused:
+        await oai.completions.create(model="chat", prompt="hi", best_of=3)
+    assert refused.value.param == "best_of"
+    with pytest.raises(BadRequestError) as refused:
+        await oai.embeddings.create(model="chat", input="hi", extra_body={"truncate": True})
+    assert refused.value.param == "truncate" and "unrecognized request argument" in str(refused.value)
+    # the defaults, spelled out: past the body, the unknown model answers
+    with pytest.raises(NotFoundError) as missing:
+        await oai.chat.completions.create(
+            model="chat",
+            messages=messages,
+            presence_penalty=0,
+            logit_bias={},
+            tools=[],
+            n=1,  # type: ignore[arg-type]
+        )
+    assert missing.value.code == "model_not_found"
