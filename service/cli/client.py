@@ -45,15 +45,35 @@ def _reason(exc: httpx.TransportError) -> str:
     return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().lower() or "connection failed"
 
 
+def error_text(body: object) -> str | None:
+    """The message of an error body in either shape the server writes: its own
+    `{"error": "...", "code"}`, or OpenAI's `{"error": {"message", "type", "param", "code"}}` on
+    the OpenAI-compatible routes (the field at fault added when the message does not name it).
+    None for a body in neither shape."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        message, param = str(error["message"]), error.get("param")
+        if isinstance(param, str) and param and param not in message:
+            message += f" (param: {param})"
+        return message
+    return None
+
+
 def _error_message(r: httpx.Response) -> str:
-    """The server's `{"error": ...}`; for anything else (a proxy's HTML page), its short text or
-    the reason phrase."""
+    """The server's error message; for anything else (a proxy's HTML page, a JSON body of
+    another shape), its short text or the reason phrase."""
     try:
-        body = r.json()
+        text = error_text(r.json())
     except ValueError:
-        text = " ".join(r.text.split())
-        return text if text and len(text) <= 200 and "<" not in text else r.reason_phrase or "error"
-    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+        text = None
+    if text is not None:
+        return text
+    short = " ".join(r.text.split())
+    return short if short and len(short) <= 200 and "<" not in short else r.reason_phrase or "error"
 
 
 class _Counted:
@@ -82,11 +102,14 @@ class _Http(httpx.Client):
 
 
 class KilnClient:
-    def __init__(self, url: str, key: str, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str, key: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self._http = _Http(
             base_url=url.rstrip("/"),
             timeout=timeout,
             headers={"Authorization": f"Bearer {key}"} if key else {},
+            transport=transport,
         )
 
     def close(self) -> None:
