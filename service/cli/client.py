@@ -76,6 +76,11 @@ def _error_message(r: httpx.Response) -> str:
     return short if short and len(short) <= 200 and "<" not in short else r.reason_phrase or "error"
 
 
+def _of(tenant: str | None) -> dict[str, str]:
+    """The query that names another tenant (admin keys only)."""
+    return {"tenant": tenant} if tenant else {}
+
+
 class _Counted:
     """A binary file whose reads report their size (the upload progress bar)."""
 
@@ -195,6 +200,31 @@ class KilnClient:
     ) -> dict[str, Any]:
         params = {"group_by": group_by, **({"from": start} if start else {}), **({"to": end} if end else {})}
         return dict(self._check(self._http.get("/v1/usage", params=params)))
+
+    # keys and tenants (a `manage` key: its own tenant's keys; `admin`: any tenant's) -------------
+    def create_key(self, scopes: list[str], *, tenant: str | None = None, name: str = "") -> dict[str, Any]:
+        """A key with at most this key's power; the answer holds the secret, shown only here."""
+        body: dict[str, Any] = {"scopes": scopes, "name": name, **({"tenant": tenant} if tenant else {})}
+        return dict(self._check(self._http.post("/v1/keys", json=body), 201))
+
+    def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/keys", params=_of(tenant)))["data"])
+
+    def revoke_key(self, key_id: int, tenant: str | None = None) -> dict[str, Any]:
+        return dict(self._check(self._http.delete(f"/v1/keys/{key_id}", params=_of(tenant))))
+
+    def rotate_key(
+        self, key_id: int, overlap_s: int | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        body = {"overlap_s": overlap_s} if overlap_s is not None else None
+        r = self._http.post(f"/v1/keys/{key_id}/rotate", json=body, params=_of(tenant))
+        return dict(self._check(r, 201))
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        return dict(self._check(self._http.post("/v1/tenants", json={"name": name}), 201))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/tenants"))["data"])
 
     # fine-tuning: files --------------------------------------------------------------------------
     def upload_file(
