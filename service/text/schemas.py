@@ -86,7 +86,8 @@ class _Request(_Body):
             if name in data:
                 reason = unhonoured(name, data[name], accepted)
                 if reason is not None:
-                    raise PydanticCustomError("unsupported_parameter", reason, {"param": name})
+                    context = {"param": name, "reason": reason}
+                    raise PydanticCustomError("unsupported_parameter", "{reason}", context)
         return {k: v for k, v in data.items() if k not in cls.UNHONOURED}
 
 

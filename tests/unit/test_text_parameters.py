@@ -80,6 +80,15 @@ def test_unhonoured_parameters_are_refused_unless_they_change_nothing(
         assert exc.param == name and exc.message.startswith(f"{name} is not supported"), exc.message
 
 
+def test_a_refusal_says_what_is_accepted() -> None:
+    exc = _refused(ChatRequest, {**CHAT, "response_format": {"type": "json_object"}})
+    want = (
+        'response_format is not supported (accepted only as null or {"type": "text"}, which changes nothing)'
+    )
+    assert exc.message == want
+    assert _refused(ChatRequest, {**CHAT, "store": 0}).param == "store"  # false, not a number
+
+
 @pytest.mark.parametrize(
     ("kind", "name", "value"),
     [
