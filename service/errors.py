@@ -1,5 +1,6 @@
 """Typed errors, mapped to HTTP in one place. Error bodies are OIP-shaped
-`{"error": "...", "code": "..."}` and never carry a stack trace, path or address."""
+`{"error": "...", "code": "..."}`, or OpenAI's on its routes (service/openai_errors.py), and never
+carry a stack trace, path or address."""
 
 from __future__ import annotations
 
@@ -29,10 +30,16 @@ class KilnError(Exception):
     details: dict[str, object] | None = None  # extra body fields (a validation report)
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault (OpenAI's `param`; not in OIP bodies)
         self.headers = dict(headers or {})
         if retry_after is not None:
             self.headers["Retry-After"] = str(max(1, round(retry_after)))
@@ -77,8 +84,8 @@ class InvalidDataset(Unprocessable):
 
     code = "invalid_dataset"
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, report: dict[str, Any], param: str | None = None) -> None:
+        super().__init__(message, param=param)
         self.details = {"report": report}
 
 
@@ -144,14 +151,18 @@ def _body(
     message: str,
     headers: dict[str, str] | None = None,
     details: dict[str, object] | None = None,
+    param: str | None = None,
 ) -> JSONBody:
-    if openai_errors.is_openai(req.method, req.url.path):  # OpenAI's shape on its routes
-        return openai_errors.error_response(status, code, message, headers)
+    method, path = req.method, req.url.path
+    if openai_errors.is_openai(method, path):  # OpenAI's shape on its routes
+        return openai_errors.error_response(
+            method, path, status, code, message, headers, param=param, details=details
+        )
     return JSONBody({"error": message, "code": code, **(details or {})}, status_code=status, headers=headers)
 
 
 async def _kiln(req: Request, exc: KilnError) -> JSONBody:
-    return _body(req, exc.status, exc.code, exc.message, exc.headers, exc.details)
+    return _body(req, exc.status, exc.code, exc.message, exc.headers, exc.details, exc.param)
 
 
 async def _store(req: Request, exc: store.StoreError) -> JSONBody:
@@ -164,16 +175,29 @@ async def _engine(req: Request, exc: contract_errors.EngineError) -> JSONBody:
     return _body(req, mapped.status, mapped.code, mapped.message, mapped.headers)
 
 
+_SOURCES = ("body", "query", "path", "header", "cookie")  # where FastAPI found a parameter
+
+
+def _field(loc: tuple[object, ...] | list[object]) -> str | None:
+    """The field a validation error names, as OpenAI's `param` says it (`method.type`)."""
+    names = [str(x) for x in loc]
+    if names and names[0] in _SOURCES:
+        names = names[1:]
+    return ".".join(names) or None
+
+
 async def _validation(req: Request, exc: RequestValidationError) -> JSONBody:
     parts = []
-    for err in exc.errors()[:5]:
+    errors = exc.errors()
+    for err in errors[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
         if err.get("type") == "json_invalid":  # say where: FastAPI puts the offset in loc
             parts[-1] = f"body is not valid JSON: {err.get('ctx', {}).get('error', '')} (char {loc})"
         elif tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
             parts[-1] = "the body must be a JSON object: send it with Content-Type: application/json"
-    return _body(req, 422, "unprocessable", "; ".join(parts) or "invalid request")
+    param = _field(errors[0].get("loc", ())) if errors and errors[0].get("type") != "json_invalid" else None
+    return _body(req, 422, "unprocessable", "; ".join(parts) or "invalid request", param=param)
 
 
 async def _data(req: Request, _exc: DataError) -> JSONBody:

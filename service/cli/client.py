@@ -45,15 +45,40 @@ def _reason(exc: httpx.TransportError) -> str:
     return re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().lower() or "connection failed"
 
 
+def error_text(body: object) -> str | None:
+    """The message of an error body in either shape the server writes: its own
+    `{"error": "...", "code"}`, or OpenAI's `{"error": {"message", "type", "param", "code"}}` on
+    the OpenAI-compatible routes (the field at fault added when the message does not name it).
+    None for a body in neither shape."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        message, param = str(error["message"]), error.get("param")
+        if isinstance(param, str) and param and param not in message:
+            message += f" (param: {param})"
+        return message
+    return None
+
+
 def _error_message(r: httpx.Response) -> str:
-    """The server's `{"error": ...}`; for anything else (a proxy's HTML page), its short text or
-    the reason phrase."""
+    """The server's error message; for anything else (a proxy's HTML page, a JSON body of
+    another shape), its short text or the reason phrase."""
     try:
-        body = r.json()
+        text = error_text(r.json())
     except ValueError:
-        text = " ".join(r.text.split())
-        return text if text and len(text) <= 200 and "<" not in text else r.reason_phrase or "error"
-    return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+        text = None
+    if text is not None:
+        return text
+    short = " ".join(r.text.split())
+    return short if short and len(short) <= 200 and "<" not in short else r.reason_phrase or "error"
+
+
+def _of(tenant: str | None) -> dict[str, str]:
+    """The query that names another tenant (admin keys only)."""
+    return {"tenant": tenant} if tenant else {}
 
 
 class _Counted:
@@ -82,11 +107,14 @@ class _Http(httpx.Client):
 
 
 class KilnClient:
-    def __init__(self, url: str, key: str, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str, key: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self._http = _Http(
             base_url=url.rstrip("/"),
             timeout=timeout,
             headers={"Authorization": f"Bearer {key}"} if key else {},
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -172,6 +200,31 @@ class KilnClient:
     ) -> dict[str, Any]:
         params = {"group_by": group_by, **({"from": start} if start else {}), **({"to": end} if end else {})}
         return dict(self._check(self._http.get("/v1/usage", params=params)))
+
+    # keys and tenants (a `manage` key: its own tenant's keys; `admin`: any tenant's) -------------
+    def create_key(self, scopes: list[str], *, tenant: str | None = None, name: str = "") -> dict[str, Any]:
+        """A key with at most this key's power; the answer holds the secret, shown only here."""
+        body: dict[str, Any] = {"scopes": scopes, "name": name, **({"tenant": tenant} if tenant else {})}
+        return dict(self._check(self._http.post("/v1/keys", json=body), 201))
+
+    def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/keys", params=_of(tenant)))["data"])
+
+    def revoke_key(self, key_id: int, tenant: str | None = None) -> dict[str, Any]:
+        return dict(self._check(self._http.delete(f"/v1/keys/{key_id}", params=_of(tenant))))
+
+    def rotate_key(
+        self, key_id: int, overlap_s: int | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        body = {"overlap_s": overlap_s} if overlap_s is not None else None
+        r = self._http.post(f"/v1/keys/{key_id}/rotate", json=body, params=_of(tenant))
+        return dict(self._check(r, 201))
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        return dict(self._check(self._http.post("/v1/tenants", json={"name": name}), 201))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return list(self._check(self._http.get("/v1/tenants"))["data"])
 
     # fine-tuning: files --------------------------------------------------------------------------
     def upload_file(

@@ -149,7 +149,7 @@ def ready_lines(url: str, key: str | None, demo: bool) -> list[str]:
     if not key:
         lines.append(
             "admin key: not shown (this data directory's keys were made elsewhere); "
-            f"make one with: {kiln} keys create --scope admin"
+            f"make one with: {kiln} db create-key --scope admin"
         )
         return lines
     lines.append(f"admin key: {key}")

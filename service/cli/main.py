@@ -1,5 +1,5 @@
-"""`kiln`: run the platform (serve, gateway, worker, trainer), manage the database, keys and
-tenants on the host, and models, datasets, fine-tune jobs and usage over HTTP.
+"""`kiln`: run the platform (serve, gateway, worker, trainer), manage the database on the host, and
+keys, tenants, models, datasets, fine-tune jobs and usage over HTTP.
 
 Every expected failure is one line on stderr and a non-zero exit: an API error names the HTTP
 status and the server's message, a server that does not answer says so. No tracebacks."""
@@ -11,11 +11,12 @@ import sys
 import typer
 
 from service.cli import processes
-from service.cli.admin import db_app, keys_app, tenants_app
+from service.cli.admin import db_app
 from service.cli.client import KilnError, Unreachable
 from service.cli.compress import compress_app
 from service.cli.files import files_app, usage
 from service.cli.finetune import finetune_app
+from service.cli.keys import keys_app, tenants_app
 from service.cli.models import models_app
 from service.cli.output import Refused, error
 from service.cli.sweeps import sweeps_app

@@ -66,7 +66,7 @@ class FinetuneService:
     # files ---------------------------------------------------------------------------------------
     async def upload(self, tenant_id: int, upload: UploadFile, purpose: str) -> FilePublic:
         if purpose != PURPOSE:
-            raise Unprocessable(f"purpose must be {PURPOSE!r}")
+            raise Unprocessable(f"purpose must be {PURPOSE!r}", param="purpose")
         limit = self.state.settings.max_dataset_bytes
         tmp, sha, size = await self.state.blobs.receive(_chunks(upload), limit)
         try:
@@ -74,7 +74,7 @@ class FinetuneService:
             fmt = detect_format(upload.filename or "", data)
             _ds, report = await run_in_threadpool(parse, data, fmt)
             if not report.valid:
-                raise InvalidDataset(f"dataset is invalid: {report.summary()}", report.as_dict())
+                raise InvalidDataset(f"dataset is invalid: {report.summary()}", report.as_dict(), "file")
             self.state.blobs.commit(tmp, sha)
         finally:
             tmp.unlink(missing_ok=True)
@@ -183,7 +183,7 @@ class FinetuneService:
         valid_rows, split = self._validation(tenant_id, body, train, shapes, reports)
         if reports:
             first = next(iter(reports))
-            raise InvalidDataset(f"{first}: {_summary(reports[first])}", reports)
+            raise InvalidDataset(f"{first}: {_summary(reports[first])}", reports, first)
         n_train = len(train) - (valid_rows if split else 0)
         return Prepared(base, target, n_train, valid_rows, split, tenant_id)
 
@@ -230,15 +230,18 @@ class FinetuneService:
         base = self.state.registry.resolve(tenant_id, name, parsed)
         if base.format == "onnx":
             raise Unprocessable(
-                "ONNX versions are inference-only and cannot be fine-tuned; upload the model as TorchScript"
+                "ONNX versions are inference-only and cannot be fine-tuned; upload the model as TorchScript",
+                param="model",
             )
         if base.format in ("hf-encoder", "hf-causal-lm"):
             return base
         if base.format != "torchscript":
-            raise Unprocessable(f"versions of format {base.format!r} cannot be fine-tuned")
+            raise Unprocessable(f"versions of format {base.format!r} cannot be fine-tuned", param="model")
         sig = base.signature
         if len(sig.inputs) != 1 or not sig.batched() or sig.inputs[0].datatype not in ("FP32", "FP64"):
-            raise Unprocessable("fine-tuning needs a model with one float input and a batch dimension")
+            raise Unprocessable(
+                "fine-tuning needs a model with one float input and a batch dimension", param="model"
+            )
         return base
 
     def _dataset(self, tenant_id: int, file_id: str) -> Dataset:

@@ -24,7 +24,7 @@ async def upload_file(
 ) -> FilePublic:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > svc.state.settings.max_dataset_bytes + (1 << 20):
-        raise PayloadTooLarge("dataset is over the size limit")
+        raise PayloadTooLarge("dataset is over the size limit", param="file")
     return await svc.upload(principal.tenant_id, file, purpose)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from service.deps import AdminPrincipal, ManagePrincipal, SettingsDep, StateDep
 from service.tenancy.access_schemas import (
@@ -18,6 +20,10 @@ from service.tenancy.access_schemas import (
 from service.tenancy.limits import Limits
 
 router = APIRouter(tags=["tenants"])
+# admin keys only: act on another tenant's keys (any other key is 403 for naming one)
+OfTenant = Annotated[
+    str | None, Query(max_length=63, description="admin only: the tenant whose keys these are")
+]
 
 
 @router.post("/v1/tenants", status_code=201, response_model=TenantPublic)
@@ -44,19 +50,23 @@ async def create_key(body: KeyCreate, principal: ManagePrincipal, state: StateDe
 
 
 @router.get("/v1/keys", response_model=KeyList)
-async def list_keys(principal: ManagePrincipal, state: StateDep) -> KeyList:
-    return await state.key_admin.list_keys(principal.tenant_id)
+async def list_keys(principal: ManagePrincipal, state: StateDep, tenant: OfTenant = None) -> KeyList:
+    return await state.key_admin.list_keys(principal, tenant)
 
 
 @router.get("/v1/keys/{key_id}", response_model=KeyPublic)
-async def get_key(key_id: int, principal: ManagePrincipal, state: StateDep) -> KeyPublic:
-    return await state.key_admin.get_key(principal.tenant_id, key_id)
+async def get_key(
+    key_id: int, principal: ManagePrincipal, state: StateDep, tenant: OfTenant = None
+) -> KeyPublic:
+    return await state.key_admin.get_key(principal, key_id, tenant)
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyPublic)
-async def revoke_key(key_id: int, principal: ManagePrincipal, state: StateDep) -> KeyPublic:
+async def revoke_key(
+    key_id: int, principal: ManagePrincipal, state: StateDep, tenant: OfTenant = None
+) -> KeyPublic:
     """Revoked keys stop working on every gateway within the key cache TTL (seconds)."""
-    return await state.key_admin.revoke_key(principal, key_id)
+    return await state.key_admin.revoke_key(principal, key_id, tenant)
 
 
 @router.post("/v1/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated)
@@ -66,8 +76,9 @@ async def rotate_key(
     state: StateDep,
     settings: SettingsDep,
     body: KeyRotate | None = None,
+    tenant: OfTenant = None,
 ) -> KeyCreated:
     overlap = (
         body.overlap_s if body is not None and body.overlap_s is not None else settings.key_rotation_overlap_s
     )
-    return await state.key_admin.rotate_key(principal, key_id, overlap)
+    return await state.key_admin.rotate_key(principal, key_id, overlap, tenant)

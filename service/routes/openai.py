@@ -1,6 +1,6 @@
 """OpenAI-compatible text routes: chat completions, completions, embeddings (models: the
 /v1/models routes answer OpenAI's model objects too, service/routes/models.py). Thin: read the
-body, call on (service/text/). Errors on these routes are OpenAI-shaped (service/text/openai_errors.py)."""
+body, call on (service/text/). Errors on these routes are OpenAI-shaped (service/openai_errors.py)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ class BodyLimits:
                 return self.model_upload
             if _DATASET_UPLOAD.fullmatch(path):
                 return self.dataset_upload
-            if openai_errors.is_openai(method, path):
+            if openai_errors.is_text(method, path):
                 return self.text
         return self.json
 
@@ -92,11 +92,12 @@ def declared_body(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
 
 async def answer(exc: KilnError, scope: Scope, receive: Receive, send: Send) -> None:
     headers = {**exc.headers, "Connection": "close"}
-    if openai_errors.is_openai(scope["method"], scope["path"]):
-        await openai_errors.error_response(exc.status, exc.code, exc.message, headers)(scope, receive, send)
-        return
-    body = {"error": exc.message, "code": exc.code}
-    await JSONBody(body, status_code=exc.status, headers=headers)(scope, receive, send)
+    method, path = scope["method"], scope["path"]
+    if openai_errors.is_openai(method, path):
+        response = openai_errors.error_response(method, path, exc.status, exc.code, exc.message, headers)
+    else:
+        response = JSONBody({"error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
+    await response(scope, receive, send)
 
 
 class RequestGuard:

@@ -93,32 +93,48 @@ class KeyAdmin:
 
     def _key_tenant(self, principal: Principal, body: KeyCreate) -> int:
         """The tenant the new key belongs to (another tenant: admin keys only)."""
-        if body.tenant is None:
+        return self._tenant(principal, body.tenant, "create keys for")
+
+    def _tenant(self, principal: Principal, tenant: str | None, action: str) -> int:
+        """The caller's own tenant, or the one named (admin keys only: any other key is 403
+        before any lookup, so tenant names are not for it to probe)."""
+        if tenant is None:
             return principal.tenant_id
-        if not principal.has("admin"):  # before any lookup: tenant names are not for them to probe
-            raise Forbidden("only an admin key may create keys for another tenant")
-        return tenants.by_name(self.sessions, body.tenant).id
+        if not principal.has("admin"):
+            raise Forbidden(f"only an admin key may {action} another tenant")
+        return tenants.by_name(self.sessions, tenant).id
 
-    async def list_keys(self, tenant_id: int) -> KeyList:
-        rows = await run_in_threadpool(keys.list_keys, self.sessions, tenant_id)
-        return KeyList(data=[key_public(r) for r in rows])
+    async def list_keys(self, principal: Principal, tenant: str | None = None) -> KeyList:
+        def run() -> list[ApiKeyRow]:
+            return keys.list_keys(self.sessions, self._tenant(principal, tenant, "list the keys of"))
 
-    async def get_key(self, tenant_id: int, key_id: int) -> KeyPublic:
-        return key_public(await run_in_threadpool(keys.get_key, self.sessions, tenant_id, key_id))
+        return KeyList(data=[key_public(r) for r in await run_in_threadpool(run)])
 
-    async def revoke_key(self, principal: Principal, key_id: int) -> KeyPublic:
+    async def get_key(self, principal: Principal, key_id: int, tenant: str | None = None) -> KeyPublic:
+        def run() -> ApiKeyRow:
+            return keys.get_key(self.sessions, self._tenant(principal, tenant, "read the keys of"), key_id)
+
+        return key_public(await run_in_threadpool(run))
+
+    async def revoke_key(self, principal: Principal, key_id: int, tenant: str | None = None) -> KeyPublic:
         """Revoked keys stop working on every gateway within the key cache TTL (seconds)."""
-        row = await run_in_threadpool(
-            keys.revoke, self.sessions, principal.tenant_id, key_id, _guard(principal, "revoke")
-        )
-        return key_public(row)
 
-    async def rotate_key(self, principal: Principal, key_id: int, overlap_s: float) -> KeyCreated:
+        def run() -> ApiKeyRow:
+            tenant_id = self._tenant(principal, tenant, "revoke the keys of")
+            return keys.revoke(self.sessions, tenant_id, key_id, _guard(principal, "revoke"))
+
+        return key_public(await run_in_threadpool(run))
+
+    async def rotate_key(
+        self, principal: Principal, key_id: int, overlap_s: float, tenant: str | None = None
+    ) -> KeyCreated:
         """A successor with the old key's power; the old key works `overlap_s` longer."""
-        row, secret = await run_in_threadpool(
-            keys.rotate, self.sessions, principal.tenant_id, key_id, overlap_s, _guard(principal, "rotate")
-        )
-        return _created(row, secret)
+
+        def run() -> tuple[ApiKeyRow, str]:
+            tenant_id = self._tenant(principal, tenant, "rotate the keys of")
+            return keys.rotate(self.sessions, tenant_id, key_id, overlap_s, _guard(principal, "rotate"))
+
+        return _created(*await run_in_threadpool(run))
 
 
 def _guard(principal: Principal, action: str) -> Callable[[ApiKeyRow], None]:

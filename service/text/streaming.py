@@ -94,7 +94,7 @@ async def _events(
             yield sse(shapes.usage_event(shape, gen.usage))
         yield b"data: [DONE]\n\n"
     except KilnError as exc:
-        yield sse(error_json(status_of(exc.status), exc.code, exc.message))
+        yield sse(error_json(status_of(exc.status), exc.code, exc.message, exc.param))
     except Exception:  # never a silent truncation: the client learns the stream failed
         log.exception("a generation stream failed")
         yield sse(error_json(500, "internal", "internal error"))

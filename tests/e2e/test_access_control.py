@@ -133,7 +133,7 @@ def test_the_finetune_scope_makes_new_models_only(stack: Stack, tmp_path: Path) 
         ft = _bearer(_mint(c, scopes=["finetune"]).json()["key"])
         body = {"model": "clf", "training_file": train, "hyperparameters": {"epochs": 1}}
         r = c.post("/v1/fine_tuning/jobs", json={**body, "target_model": "clf"}, headers=ft)
-        assert r.status_code == 403 and "manage" in r.json()["error"], r.text
+        assert r.status_code == 403 and "manage" in r.json()["error"]["message"], r.text
         r = c.post("/v1/fine_tuning/jobs", json={**body, "target_model": "clf-new"}, headers=ft)
         assert r.status_code == 200, r.text
         both = _bearer(_mint(c, scopes=["finetune", "manage"]).json()["key"])
@@ -173,7 +173,7 @@ def test_a_shared_model_is_fine_tuned_only_with_a_grant_and_unsharing_stops_the_
         r = c.post("/v2/models/default~clf/infer", json={"inputs": [X]}, headers=g)
         assert r.status_code == 200, r.text  # read-only sharing: calling works
         r = c.post("/v1/fine_tuning/jobs", json={**job, "target_model": "mine"}, headers=g)
-        assert r.status_code == 403 and "fine-tun" in r.json()["error"], r.text
+        assert r.status_code == 403 and "fine-tun" in r.json()["error"]["message"], r.text
 
         grant = {"tenants": ["guest"], "allow_finetune": True}
         assert c.put("/v1/models/clf/sharing", json=grant, headers=AUTH).json()["allow_finetune"] is True

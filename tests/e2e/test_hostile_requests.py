@@ -94,7 +94,7 @@ def test_hostile_datasets_are_line_numbered_422s(live: Stack, name: str, data: b
     with httpx.Client(base_url=live.url, headers=AUTH, timeout=60) as c:
         r = c.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (name, data)})
         assert r.status_code == 422, r.text
-        issues = r.json()["report"]["errors"]
+        issues = r.json()["error"]["report"]["errors"]
         assert any(i["line"] == line for i in issues), issues
         assert c.get("/v1/files").json()["data"] == []
 
@@ -112,7 +112,7 @@ def test_a_label_of_three_million_is_refused_by_line_not_built(live: Stack) -> N
         for query in ("?dry_run=true", ""):
             r = c.post(f"/v1/fine_tuning/jobs{query}", json=job)
             assert r.status_code == 422, r.text
-            assert "line 21: label" in r.json()["error"], r.text
+            assert "line 21: label" in r.json()["error"]["message"], r.text
 
 
 def test_json_bodies_as_curl_sends_them_and_json_errors_with_positions(live: Stack) -> None:

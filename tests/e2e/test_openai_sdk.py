@@ -119,7 +119,7 @@ def _refusals_and_deletes(
     # files: a dataset a version's lineage names stays; an unused one is deleted
     with pytest.raises(ConflictError) as conflict:
         client.files.delete(train)
-    assert "lineage of clf-oai:1" in str(conflict.value.body)  # our error body: {"error", "code"}
+    assert "lineage of clf-oai:1" in conflict.value.message  # OpenAI's error shape: the SDK shows it
     (results,) = result_files
     assert client.files.delete(results).deleted is True
     with pytest.raises(NotFoundError):
@@ -129,3 +129,39 @@ def _refusals_and_deletes(
         other.files.delete(valid)
     with pytest.raises(NotFoundError):
         other.fine_tuning.jobs.cancel(job)
+
+
+def test_openai_sdk_shows_the_servers_message_on_refusals(stack: Stack, tmp_path: Path) -> None:
+    """A real gateway process, no trainer: every refusal on files and fine-tuning reaches the SDK
+    in OpenAI's error shape, so its exception says what the server said (not "Error code: 422")."""
+    stack.start_gateway()
+    key = _tenant_key(stack.url, "acme")
+    (tmp_path / "clf.pt").write_bytes(mlp_bytes())
+    with KilnClient(stack.url, key) as kiln:
+        kiln.push_model("clf", tmp_path / "clf.pt", "torchscript", signature=MLP_SIGNATURE)
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+
+    malformed = b'{"input": [1, 2, 3, 4], "label": 0}\n{"input": [1, 2, 3, 4], "label": 1\n'
+    with pytest.raises(UnprocessableEntityError) as refused:
+        client.files.create(file=("bad.jsonl", malformed), purpose="fine-tune")
+    assert "dataset is invalid: line 2" in refused.value.message, refused.value.message
+    assert refused.value.code == "invalid_dataset" and refused.value.param == "file"
+    with pytest.raises(UnprocessableEntityError) as refused:
+        client.files.create(file=("ok.jsonl", jsonl(*rows(8, 1))), purpose="assistants")
+    assert "purpose must be 'fine-tune'" in refused.value.message and refused.value.param == "purpose"
+
+    train = client.files.create(file=("train.jsonl", jsonl(*rows(64, 1))), purpose="fine-tune")
+    with pytest.raises(NotFoundError) as missing:
+        client.fine_tuning.jobs.create(model="no-such-model", training_file=train.id)
+    assert "'no-such-model'" in missing.value.message and "not found" in missing.value.message
+    with pytest.raises(UnprocessableEntityError) as refused:
+        client.fine_tuning.jobs.create(model="clf", training_file=train.id, hyperparameters={"n_epochs": 0})
+    assert "n_epochs must be a positive integer" in refused.value.message, refused.value.message
+    with pytest.raises(UnprocessableEntityError) as refused:
+        client.fine_tuning.jobs.create(
+            model="clf",
+            training_file=train.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}},  # type: ignore[typeddict-item]
+        )
+    assert "batch_size" in refused.value.message, refused.value.message
+    assert client.fine_tuning.jobs.list().data == []  # nothing was queued

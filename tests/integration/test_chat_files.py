@@ -51,9 +51,9 @@ async def test_a_chat_file_uploads_with_its_stats_and_a_broken_one_names_its_lin
     )
     r = await upload(client, broken, "broken.jsonl")
     assert r.status_code == 422
-    err = r.json()
+    err = r.json()["error"]
     assert err["code"] == "invalid_dataset"
-    assert "line 3: messages[0].role" in err["error"] and "line 4: messages[1].content" in err["error"]
+    assert "line 3: messages[0].role" in err["message"] and "line 4: messages[1].content" in err["message"]
     got = [(e["line"], e["field"]) for e in err["report"]["errors"]]
     assert got == [(3, "messages[0].role"), (4, "messages[1].content"), (5, "prompt")]
     assert err["report"]["stats"]["rows"] == 2
@@ -64,7 +64,7 @@ async def test_a_chat_file_is_refused_for_models_that_are_not_causal_lms(client:
     chat = (await upload(client, CHAT, "chat.jsonl")).json()["id"]
     for body in (job_body(chat, valid), job_body(train, chat)):
         r = await client.post("/v1/fine_tuning/jobs", json=body)
-        assert r.status_code == 422 and CHAT_NEEDS_CAUSAL in r.json()["error"], r.text
+        assert r.status_code == 422 and CHAT_NEEDS_CAUSAL in r.json()["error"]["message"], r.text
     r = await client.post(
         "/v1/compression/jobs", json={"model": "clf", "method": "quantize", "validation_file": chat}
     )

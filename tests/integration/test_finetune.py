@@ -104,25 +104,26 @@ async def test_same_seed_same_metrics(client, trainer) -> None:
 async def test_bad_inputs_are_refused_before_queueing(client, settings) -> None:
     r = await upload(client, b'{"input": [1, 2, 3, 4], "label": 0}\n{"input": [1, 2], "label": 1}\nnope\n')
     assert r.status_code == 422
-    body = r.json()
-    assert body["code"] == "invalid_dataset" and "line 2" in body["error"]
+    body = r.json()["error"]  # OpenAI's shape; the report rides inside it
+    assert body["code"] == "invalid_dataset" and "line 2" in body["message"] and body["param"] == "file"
     assert [(e["line"], e["field"]) for e in body["report"]["errors"]] == [(2, "input"), (3, "")]
-    assert (await upload(client, b"")).json()["report"]["errors"][0]["message"] == "file is empty (no rows)"
-    assert (
-        await client.post("/v1/files", data={"purpose": "other"}, files={"file": ("a.jsonl", b"{}")})
-    ).status_code == 422
+    empty = (await upload(client, b"")).json()["error"]
+    assert empty["report"]["errors"][0]["message"] == "file is empty (no rows)"
+    r = await client.post("/v1/files", data={"purpose": "other"}, files={"file": ("a.jsonl", b"{}")})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "purpose", r.text
 
     train, valid = await setup_classifier(client)
     x, y = rows(30, 3)
     y[4] = 5
     bad = (await upload(client, jsonl(x, y), "bad.jsonl")).json()["id"]
     r = await client.post("/v1/fine_tuning/jobs", json=job_body(bad, valid))
-    assert r.status_code == 422 and "line 5" in r.json()["error"] and "unknown label 5" in r.json()["error"]
-    assert r.json()["report"]["training_file"]["errors"][0]["line"] == 5
+    err = r.json()["error"]
+    assert r.status_code == 422 and "line 5" in err["message"] and "unknown label 5" in err["message"]
+    assert err["report"]["training_file"]["errors"][0]["line"] == 5 and err["param"] == "training_file"
 
     assert (await register(client, "onnxy", demo_onnx_bytes(), "onnx")).status_code == 201
     r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, model="onnxy"))
-    assert r.status_code == 422 and "ONNX" in r.json()["error"]
+    assert r.status_code == 422 and "ONNX" in r.json()["error"]["message"]
 
     r = await client.post("/v1/fine_tuning/jobs", json=job_body(train, valid, hyperparameters={"lr": 1}))
     assert r.status_code == 422
@@ -277,7 +278,7 @@ async def test_new_head_with_more_classes(client, settings, trainer, worker: Wor
     wide = (await upload(client, jsonl(x, y), "wide.jsonl")).json()["id"]
     body = {"model": "clf", "training_file": wide, "validation_split": 0.2, "seed": 1, "suffix": "wide"}
     r = await client.post("/v1/fine_tuning/jobs", json=body)
-    assert r.status_code == 422 and "unknown label" in r.json()["error"]
+    assert r.status_code == 422 and "unknown label" in r.json()["error"]["message"]
     body["hyperparameters"] = {"num_classes": 5, "epochs": 3, "learning_rate": 0.02}
     r = await client.post("/v1/fine_tuning/jobs", json=body)
     assert r.status_code == 200, r.text

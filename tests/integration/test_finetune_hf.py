@@ -45,7 +45,7 @@ async def setup_minilm(client) -> tuple[str, str]:  # type: ignore[no-untyped-de
 async def test_minilm_head_finetune_serves_text(client, settings, worker: WorkerThread) -> None:
     train, valid = await setup_minilm(client)
     bad = await upload(client, b'{"text": "fine", "label": 0}\n{"text": 7, "label": 1}\n', "bad.jsonl")
-    assert bad.status_code == 422 and bad.json()["report"]["errors"][0]["line"] == 2, bad.text
+    assert bad.status_code == 422 and bad.json()["error"]["report"]["errors"][0]["line"] == 2, bad.text
     numeric = await upload(client, b'{"input": [1.0, 2.0], "label": 0}\n' * 4, "num.jsonl")
     r = await client.post("/v1/fine_tuning/jobs", json=hf_job(numeric.json()["id"], valid))
     assert r.status_code == 422 and "text rows" in r.text, r.text

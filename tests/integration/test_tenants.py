@@ -1,4 +1,4 @@
-"""Tenants and keys over HTTP: key lifecycle, isolation, sharing, the CLI."""
+"""Tenants and keys over HTTP: key lifecycle, isolation, sharing; the host-only key command."""
 
 from __future__ import annotations
 
@@ -170,30 +170,70 @@ async def test_tenants_admin_api(client) -> None:
     assert (await client.put("/v1/tenants/nope/limits", json={})).status_code == 404
 
 
-def test_cli_tenants_and_keys(settings, monkeypatch, capsys) -> None:
+async def test_an_admin_names_another_tenant_and_no_other_key_may(client) -> None:
+    """`?tenant=` on the key routes: an admin key reads, rotates and revokes another tenant's
+    keys; any other key is 403 for naming a tenant at all (its own included, an unknown one too:
+    tenant names are not for it to probe), and without naming one sees only its own tenant's."""
+    await new_tenant(client, "acme")
+    await new_tenant(client, "other")
+    acme_id, _acme = await new_key(client, ["infer"], tenant="acme")
+    spare_id, _spare = await new_key(client, ["infer"], tenant="acme")
+    _oid, other = await new_key(client, ["manage", "infer", "finetune"], tenant="other")
+    mine_id, _mine = await new_key(client, ["infer"])
+
+    listed = (await client.get("/v1/keys", params={"tenant": "acme"})).json()["data"]
+    assert [k["id"] for k in listed] == [acme_id, spare_id]
+    r = await client.get(f"/v1/keys/{acme_id}", params={"tenant": "acme"})
+    assert r.status_code == 200 and r.json()["id"] == acme_id, r.text
+    assert (await client.get(f"/v1/keys/{acme_id}")).status_code == 404  # not in the admin's tenant
+    r = await client.post(f"/v1/keys/{spare_id}/rotate", params={"tenant": "acme"}, json={"overlap_s": 0})
+    assert r.status_code == 201 and r.json()["rotated_from"] == spare_id, r.text
+    r = await client.delete(f"/v1/keys/{acme_id}", params={"tenant": "acme"})
+    assert r.status_code == 200 and r.json()["active"] is False, r.text
+    assert (await client.get("/v1/keys", params={"tenant": "nope"})).status_code == 404
+
+    assert [k["id"] for k in (await client.get("/v1/keys", headers=other)).json()["data"]] == [_oid]
+    for tenant in ("default", "other", "nope"):
+        for method, path in (
+            ("GET", "/v1/keys"),
+            ("GET", f"/v1/keys/{mine_id}"),
+            ("DELETE", f"/v1/keys/{mine_id}"),
+            ("POST", f"/v1/keys/{mine_id}/rotate"),
+        ):
+            r = await client.request(method, path, params={"tenant": tenant}, headers=other)
+            assert r.status_code == 403 and "only an admin key" in r.json()["error"], (method, path, r.text)
+    for method, path in (("DELETE", f"/v1/keys/{mine_id}"), ("POST", f"/v1/keys/{mine_id}/rotate")):
+        assert (await client.request(method, path, headers=other)).status_code == 404
+    mine = {k["id"]: k for k in (await client.get("/v1/keys")).json()["data"]}
+    assert mine[mine_id]["active"] is True and mine[mine_id]["revoked_at"] is None
+
+
+def test_cli_db_create_key_is_the_host_only_way_in(settings, monkeypatch, capsys, tmp_path) -> None:
+    """`kiln db create-key`: a key made straight in the server's database (no key needed), its
+    tenant created if missing; where there is no database it creates nothing."""
     from migrations.upgrade import upgrade
 
     # the root logger must not keep a handler on pytest's captured (later closed) stderr
     monkeypatch.setattr("service.cli.main._setup_logging", lambda: None)
     monkeypatch.setenv("KILN_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("KILN_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("KILN_DATA_DIR", str(tmp_path / "never-made"))
     upgrade(settings.database_url)
 
-    def run(*argv: str) -> list[dict]:
+    def run(*argv: str) -> dict:
         assert kiln(list(argv)) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return dict(json.loads(capsys.readouterr().out))
 
-    assert run("tenants", "create", "acme")[0]["name"] == "acme"
-    assert [t["name"] for t in run("tenants", "list")] == ["acme"]
-    created = run("keys", "create", "--scope", "infer", "--tenant", "acme")[0]
-    listed = run("keys", "list", "--tenant", "acme")
-    assert [k["prefix"] for k in listed] == [created["prefix"]] and "key" not in listed[0]
-    rotated = run("keys", "rotate", str(created["id"]), "--tenant", "acme", "--overlap", "0")[0]
-    assert rotated["rotated_from"] == created["id"] and rotated["key"]
-    revoked = run("keys", "revoke", str(rotated["id"]), "--tenant", "acme")[0]
-    assert revoked["active"] is False and revoked["revoked_at"]
-    assert kiln(["keys", "revoke", str(rotated["id"]), "--tenant", "nope"]) == 1
-    assert capsys.readouterr().err == "kiln: tenant 'nope' not found\n"
+    admin = run("db", "create-key", "--scope", "admin", "--name", "recovery")
+    assert admin["scopes"] == ["admin"] and admin["key"].startswith("kiln_") and admin["name"] == "recovery"
+    acme = run("db", "create-key", "--scope", "infer", "--tenant", "acme")
+    assert acme["scopes"] == ["infer"] and acme["key"] != admin["key"]
+    assert kiln(["db", "create-key", "--scope", "infer", "--tenant", "Bad Name"]) == 1
+    assert capsys.readouterr().err.startswith("kiln: ")
+
+    monkeypatch.delenv("KILN_DATABASE_URL")  # embedded SQLite in a data directory that is not there
+    assert kiln(["db", "create-key", "--scope", "admin"]) == 1
+    assert capsys.readouterr().err.startswith(f"kiln: no database at {tmp_path / 'never-made' / 'kiln.db'}")
+    assert not (tmp_path / "never-made").exists()
 
 
 async def test_expired_key_is_refused(client) -> None:
