@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from service.settings import Settings
 from tests.conftest import WorkerThread, make_key
 from tests.ft_data import jsonl, rows, text_jsonl, topic_texts
 from tests.integration.compress_helpers import setup_mlp, teacher_bundle, tokens_of, trainer, wait_job
@@ -18,6 +19,14 @@ from tests.integration.ft_helpers import upload
 from tests.integration.helpers import register
 from tests.integration.test_hf_encoder import TEXTS, bundle_of, model_dir
 from workers.finetune.compress_measure import SAMPLE_TEXTS
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The first request to MiniLM loads it in a fenced child: far past 20 s on a loaded 2-core
+    machine (the suite runs on every core), so this module's requests wait longer."""
+    return settings.model_copy(update={"request_timeout_s": 120})
+
 
 JOBS = "/v1/compression/jobs"
 

@@ -29,6 +29,14 @@ from tests.integration.helpers import register
 from tests.integration.tenancy import eventually, new_key, new_tenant
 from workers.inference.fenced import fenced_of
 
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The first request to MiniLM loads it in a fenced child: far past 20 s on a loaded 2-core
+    machine (the suite runs on every core), so this module's requests wait longer."""
+    return settings.model_copy(update={"request_timeout_s": 120})
+
+
 pytest.importorskip("peft")
 
 TEXTS = ["the team won the final", "the chef baked bread", "garlic soup for dinner", "a coach"]

@@ -6,12 +6,21 @@ probabilities, servable at once with BYTES text in."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from service.settings import Settings
 from tests.conftest import WorkerThread
 from tests.ft_data import text_jsonl, topic_texts
 from tests.integration.ft_helpers import TrainerThread, upload, wait_for
 from tests.integration.helpers import register
 from tests.integration.test_hf_encoder import bundle_of, model_dir
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The first request to MiniLM loads it in a fenced child: far past 20 s on a loaded 2-core
+    machine (the suite runs on every core), so this module's requests wait longer."""
+    return settings.model_copy(update={"request_timeout_s": 120})
 
 
 def hf_job(train: str, valid: str, **hp: object) -> dict:

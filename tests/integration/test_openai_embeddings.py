@@ -11,10 +11,19 @@ import numpy as np
 import openai
 import pytest
 
+from service.settings import Settings
 from tests.conftest import WorkerThread
 from tests.integration.helpers import register
 from tests.integration.test_hf_encoder import bundle_of, model_dir, reference  # noqa: F401 (fixture)
 from tests.text_models import add_causal_model
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The first request to MiniLM loads it in a fenced child: far past 20 s on a loaded 2-core
+    machine (the suite runs on every core), so this module's requests wait longer."""
+    return settings.model_copy(update={"request_timeout_s": 120})
+
 
 TEXTS = ["A man is eating food.", "Naïve café owners serve crème brûlée.", "東京は日本の首都です。"]
 
