@@ -283,7 +283,8 @@ class EngineClient(Protocol):
 
     async def worker_infos(self) -> list[dict[str, Any]]:
         """The heartbeat of each live worker: "ready", "loaded" (version ids), "failed"
-        (version id -> load error). Raises EngineUnavailable."""
+        (version id -> load error); with a generation loop beside it, "generation" (the version
+        ids it hosts) and "generation_alive". Raises EngineUnavailable."""
         ...
 
     async def submit_async(
