@@ -119,9 +119,11 @@ def _from_gguf(path: Path, dtype: Any, limits: ArtifactLimits) -> tuple[Any, Any
 def _from_bundle(bundle: CausalBundle, dtype: Any) -> tuple[Any, Any]:
     import transformers
     from safetensors.torch import load as load_safetensors
+    from transformers.initialization import no_init_weights
 
     config = transformers.AutoConfig.for_model(**bundle.config)
-    model: Any = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with no_init_weights():  # every weight comes from the bundle (checked below): no random init
+        model: Any = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     state: dict[str, Any] = {}
     for shard in bundle.shards:
         state.update(load_safetensors(bundle.files[shard]))
