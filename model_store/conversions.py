@@ -10,8 +10,9 @@ A child that converts writes the bundle into its own directory; its parent copie
 (opened without following links, a regular file with one link, size-bounded), hashes it while
 copying and records that sha256 beside it. A later load hands the child the bundle and its
 recorded sha256, which the child checks before parsing it like any uploaded bundle (bounded, no
-pickle, no remote code). A bundle that fails to load is deleted (generation) or passed over (a
-fine-tune child falls back to the GGUF file) and the GGUF file is loaded again.
+pickle, no remote code). A bundle that fails to load is deleted and the GGUF file is loaded (and
+converted) again (generation); a fine-tune child loads the GGUF file when the bundle cannot be
+read or does not match its recorded sha256.
 
 Layout: <blob root>/derived/hf-causal-lm/<gguf sha256>.tar and <gguf sha256>.json
 ({"sha256": <the bundle's>}).
