@@ -100,10 +100,11 @@ class _Default:
         yield from REGISTRY.collect()
 
 
-def serve(host: str, port: int, *extra: Collector) -> None:
+def serve(host: str, port: int, *extra: Collector) -> int:
     """Serve /metrics (what `render` gives) on its own listener, in a thread of this process:
     the operators' port (KILN_METRICS_PORT), never the public one. In the parent of several
-    gateway processes it aggregates them (PROMETHEUS_MULTIPROC_DIR)."""
+    gateway processes it aggregates them (PROMETHEUS_MULTIPROC_DIR). Returns the port bound
+    (`port` 0: one the system picks); OSError when it cannot listen there."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
@@ -111,7 +112,8 @@ def serve(host: str, port: int, *extra: Collector) -> None:
         registry.register(_Default())
     for collector in extra:
         registry.register(collector)
-    start_http_server(port, addr=host, registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
 
 
 def render(*extra: Collector) -> tuple[bytes, str]:

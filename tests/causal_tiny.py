@@ -102,3 +102,73 @@ def smollm2_gguf() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
+
+
+# GGUF names of a Llama's tensors (what llama.cpp's converter writes)
+_GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_GGUF_LAYER = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def _rope_permute(w: Any, heads: int) -> Any:
+    """q/k rows reordered as llama.cpp stores them (transformers undoes this when it loads)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tiny_gguf(path: Path, seed: int = 0, context: int = 256) -> bytes:
+    """The tiny random Llama of tiny_files("llama") as one F32 GGUF file at `path` (the byte-level
+    tokenizer and chat template in its metadata); returns its bytes."""
+    import gguf
+    import numpy as np
+    import transformers
+
+    config = tiny_config("llama", context)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(config.num_hidden_layers)
+    w.add_context_length(context)
+    w.add_embedding_length(config.hidden_size)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    vocab = sorted(json.loads(byte_tokenizer().to_str())["model"]["vocab"].items(), key=lambda kv: kv[1])
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t in SPECIALS else 1 for t, _ in vocab])  # 3: control
+    w.add_token_scores([0.0] * len(vocab))
+    w.add_token_merges([])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(2)
+    w.add_chat_template(TEMPLATE)
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().numpy().astype(np.float32)
+        if name in _GGUF_NAMES:
+            w.add_tensor(_GGUF_NAMES[name], value)
+            continue
+        parts = name.split(".")
+        layer, kind = int(parts[2]), ".".join(parts[3:-1])
+        if kind in ("self_attn.q_proj", "self_attn.k_proj"):
+            heads = config.num_attention_heads if kind.endswith("q_proj") else config.num_key_value_heads
+            value = _rope_permute(value, heads)
+        w.add_tensor(f"blk.{layer}.{_GGUF_LAYER[kind]}.weight", np.ascontiguousarray(value))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()

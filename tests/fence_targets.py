@@ -123,3 +123,27 @@ def train_rank1_exits(ch: Channel, args: dict[str, Any]) -> None:
     from workers.finetune import child as ft_child
 
     ft_child.train_main(ch, args)
+
+
+def check_counting_conversions(ch: Channel, args: dict[str, Any]) -> None:
+    """The gateway's model check (workers.finetune.child.check_main), its answer's counts adding
+    how many times a GGUF file was dequantised in this child ("gguf_conversions")."""
+    from workers.common import causal_model
+    from workers.finetune import child as ft_child
+
+    real, calls = causal_model._from_gguf, [0]
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real(*a, **kw)
+
+    causal_model._from_gguf = counted  # type: ignore[assignment]
+    send = ch.send
+
+    def send_counted(header: dict[str, Any], buffers: Any = ()) -> None:
+        if header.get("type") == "checked" and header.get("ok"):
+            header = {**header, "counts": {**header["counts"], "gguf_conversions": calls[0]}}
+        send(header, buffers)
+
+    ch.send = send_counted  # type: ignore[method-assign]
+    ft_child.check_main(ch, args)

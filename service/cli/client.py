@@ -30,11 +30,29 @@ class KilnError(RuntimeError):
         self.message = message
 
 
+DEFAULT_TIMEOUT_S = 120.0  # any one call
+# a dry run loads the model and times a training step on the server: it may take up to the
+# server's limit for that check (service/finetune/jobs.py: CAUSAL_CHECK_S, 600 s), and more
+DRY_RUN_TIMEOUT_S = 900.0
+
+
 class Unreachable(RuntimeError):
-    """No answer from the server at all (refused, unknown host, timed out)."""
+    """No connection to the server at all (refused, unknown host, connecting timed out)."""
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach {url} ({reason})")
+        self.url = url
+
+
+class NoAnswer(RuntimeError):
+    """Connected, but the server's answer did not come within the client's timeout."""
+
+    def __init__(self, url: str, timeout_s: float | None) -> None:
+        waited = f" {timeout_s:g} s" if timeout_s else ""
+        super().__init__(
+            f"timed out after{waited} waiting for {url} to answer (the server may still be working "
+            "on it); wait longer with --timeout SECONDS or $KILN_TIMEOUT",
+        )
         self.url = url
 
 
@@ -61,6 +79,14 @@ def error_text(body: object) -> str | None:
             message += f" (param: {param})"
         return message
     return None
+
+
+def _read_timeout(exc: httpx.TimeoutException) -> float | None:
+    try:
+        value = exc.request.extensions.get("timeout", {}).get("read")
+    except RuntimeError:  # no request attached
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _error_message(r: httpx.Response) -> str:
@@ -100,19 +126,26 @@ class _Http(httpx.Client):
     """httpx.Client that raises Unreachable instead of httpx's transport errors."""
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        url = str(self.base_url).rstrip("/")
         try:
             return super().send(request, **kwargs)
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as e:  # connected: the answer is late
+            raise NoAnswer(url, _read_timeout(e)) from None
         except httpx.TransportError as e:
-            raise Unreachable(str(self.base_url).rstrip("/"), _reason(e)) from None
+            raise Unreachable(url, _reason(e)) from None
 
 
 class KilnClient:
+    """`timeout`: seconds to wait for any one answer; None: DEFAULT_TIMEOUT_S, and
+    DRY_RUN_TIMEOUT_S for a dry run (which loads the model on the server)."""
+
     def __init__(
-        self, url: str, key: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None
+        self, url: str, key: str, timeout: float | None = None, transport: httpx.BaseTransport | None = None
     ) -> None:
+        self._timeout = timeout
         self._http = _Http(
             base_url=url.rstrip("/"),
-            timeout=timeout,
+            timeout=timeout or DEFAULT_TIMEOUT_S,
             headers={"Authorization": f"Bearer {key}"} if key else {},
             transport=transport,
         )
@@ -252,7 +285,10 @@ class KilnClient:
         """POST /v1/fine_tuning/jobs with `body` (model, training_file, hyperparameters, ...)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         params = {"dry_run": "true"} if dry_run else {}
-        r = self._http.post("/v1/fine_tuning/jobs", json=body, params=params, headers=headers)
+        timeout = self._timeout or (DRY_RUN_TIMEOUT_S if dry_run else DEFAULT_TIMEOUT_S)
+        r = self._http.post(
+            "/v1/fine_tuning/jobs", json=body, params=params, headers=headers, timeout=timeout
+        )
         return dict(self._check(r))
 
     def get_job(self, job_id: str) -> dict[str, Any]:

@@ -121,7 +121,9 @@ def _register_chat(registry: Registry, blobs: BlobStore, tenant: int) -> None:
     registry.set_alias(tenant, CHAT_MODEL, "production", row.version)
 
 
-def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float = 60) -> None:
+def _announce_when_ready(
+    url: str, key: str | None, demo: bool, metrics_url: str | None, timeout_s: float = 60
+) -> None:
     """Say "up" (with the key and a curl line) only once the stack answers ready; else say why not."""
     deadline = time.monotonic() + timeout_s
     why = "no answer"
@@ -138,14 +140,16 @@ def _announce_when_ready(url: str, key: str | None, demo: bool, timeout_s: float
     else:
         print(f"modelkiln at {url} is not ready after {timeout_s:.0f} s: {why}", file=sys.stderr, flush=True)
         return
-    print("\n".join(ready_lines(url, key, demo)), flush=True)
+    print("\n".join(ready_lines(url, key, demo, metrics_url)), flush=True)
 
 
-def ready_lines(url: str, key: str | None, demo: bool) -> list[str]:
+def ready_lines(url: str, key: str | None, demo: bool, metrics_url: str | None = None) -> list[str]:
     """What `kiln serve` says once it is up: the key, a curl line and the command line, each of
-    which pastes into a shell as it is."""
+    which pastes into a shell as it is, and where Prometheus scrapes the gateway's metrics."""
     kiln = kiln_command()
     lines = [f"modelkiln is up at {url}"]
+    if metrics_url:
+        lines.append(f"metrics (Prometheus): {metrics_url}")
     if not key:
         lines.append(
             "admin key: not shown (this data directory's keys were made elsewhere); "
@@ -191,6 +195,30 @@ class ServeOptions:
     data_dir: str | None = None
     workers: int = 1
     demo: bool = False
+    metrics_port: int | None = None  # None: port + 1 (a free port when that one is taken); 0: off
+
+
+METRICS_HOST = "127.0.0.1"  # the operators' port stays on loopback, as `kiln gateway`'s does
+
+
+def _metrics(args: ServeOptions, settings: Settings) -> str | None:
+    """Start the gateway's Prometheus /metrics listener (the one `kiln gateway --metrics-port`
+    starts) on its own port, beside the public one; its URL, or None when off. A port asked for
+    that is taken stops `kiln serve` (AlreadyServing); the default one falls back to a free port."""
+    from service.cli.procs import serve_metrics
+
+    if args.metrics_port == 0:
+        return None
+    wanted = args.port + 1 if args.metrics_port is None else args.metrics_port
+    try:
+        bound = serve_metrics(settings, METRICS_HOST, wanted if wanted <= 65535 else 0)
+    except OSError as e:
+        if args.metrics_port is not None:
+            raise AlreadyServing(
+                f"cannot serve metrics on {METRICS_HOST}:{wanted}: {e.strerror or e}"
+            ) from None
+        bound = serve_metrics(settings, METRICS_HOST, 0)
+    return f"http://{METRICS_HOST}:{bound}/metrics"
 
 
 def serve(args: ServeOptions) -> int:
@@ -228,6 +256,11 @@ def _serve_locked(args: ServeOptions, data_dir: Path, sock: socket.socket) -> in
         settings = Settings()
         children = Supervisor(settings.serve_restart_delay_s, settings.serve_restart_max_delay_s)
         upgrade(settings.resolved_database_url)
+        try:
+            metrics_url = _metrics(args, settings)
+        except AlreadyServing as e:
+            print(f"kiln serve: {e}", file=sys.stderr, flush=True)
+            return 2
         key = _admin_key(settings)
         if args.demo:
             register_demo(settings)
@@ -242,7 +275,8 @@ def _serve_locked(args: ServeOptions, data_dir: Path, sock: socket.socket) -> in
         # cleanup below (workers, the private redis-server) always runs
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         url = f"http://{client_host(args.host)}:{args.port}"
-        threading.Thread(target=_announce_when_ready, args=(url, key, args.demo), daemon=True).start()
+        announce = (url, key, args.demo, metrics_url)
+        threading.Thread(target=_announce_when_ready, args=announce, daemon=True).start()
         config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

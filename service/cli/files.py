@@ -71,7 +71,7 @@ def usage(
     key: Key = "",
     as_json: AsJson = False,
 ) -> None:
-    """the tenant's usage: requests, items and compute seconds"""
+    """the tenant's usage: requests, items, compute seconds, prompt and completion tokens"""
     with connect(url, key) as client:
         report = client.usage(start, end, group_by.value)
     if as_json:
@@ -79,8 +79,20 @@ def usage(
         return
     group = {"model": "model", "key": "key_id", "day": "day"}[group_by.value]
     print(f"usage from {report['from']} to {report['to']}, by {group_by.value}")
-    rows = [(r.get(group), r["requests"], r["items"], r["compute_s"]) for r in report["data"]]
-    total = report["total"]
+    rows = [(r.get(group), *_usage_cells(r)) for r in report["data"]]
     if rows:
-        rows.append(("total", total["requests"], total["items"], total["compute_s"]))
-    table("usage in this period", [group_by.value, "requests", "items", "compute s"], rows)
+        rows.append(("total", *_usage_cells(report["total"])))
+    columns = [group_by.value, "requests", "items", "compute s", "prompt tokens", "completion tokens"]
+    table("usage in this period", columns, rows)
+
+
+def _usage_cells(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A usage row's measures, in the table's order (tokens: text generation; 0 when the server
+    reports none)."""
+    return (
+        row["requests"],
+        row["items"],
+        row["compute_s"],
+        row.get("prompt_tokens", 0),
+        row.get("completion_tokens", 0),
+    )

@@ -11,7 +11,7 @@ import typer
 from service.cli.curve import watch
 from service.cli.files import when
 from service.cli.output import note, print_json, table
-from service.cli.remote import DEFAULT_URL, AsJson, Key, Url, connect
+from service.cli.remote import DEFAULT_URL, AsJson, Key, Timeout, Url, connect
 
 finetune_app = typer.Typer(help="fine-tune jobs (over HTTP)", no_args_is_help=True)
 
@@ -149,6 +149,7 @@ def create(
     ] = False,
     url: Url = DEFAULT_URL,
     key: Key = "",
+    timeout: Timeout = None,
 ) -> None:
     """create a fine-tune job (file paths are uploaded first)"""
     req = JobRequest(
@@ -156,7 +157,7 @@ def create(
         target_model, seed, promote, epochs, batch_size, learning_rate, optimizer, hyperparameters,
         processes, promote_metric, keep_checkpoints, lora,
     )  # fmt: skip
-    with connect(url, key) as client:
+    with connect(url, key, timeout) as client:
         job = client.create_job(dry_run=dry_run, idempotency_key=idempotency_key, **job_body(req, client))
         if dry_run or not watch_:
             print_json(job)

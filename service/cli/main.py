@@ -12,13 +12,14 @@ import typer
 
 from service.cli import processes
 from service.cli.admin import db_app
-from service.cli.client import KilnError, Unreachable
+from service.cli.client import KilnError, NoAnswer, Unreachable
 from service.cli.compress import compress_app
 from service.cli.files import files_app, usage
 from service.cli.finetune import finetune_app
 from service.cli.keys import keys_app, tenants_app
 from service.cli.models import models_app
 from service.cli.output import Refused, error
+from service.cli.remote import ROOT_TIMEOUT, Timeout
 from service.cli.sweeps import sweeps_app
 from service.settings import Settings
 
@@ -32,6 +33,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _options(timeout: Timeout = None) -> None:
+    """modelkiln: models as a service"""
+    ROOT_TIMEOUT.set(timeout)  # every command's client waits this long (service/cli/remote.py)
+
+
 app.command("serve")(processes.serve)
 app.command("gateway")(processes.gateway)
 app.command("worker")(processes.worker)
@@ -71,7 +80,7 @@ def _one_line(exc: BaseException) -> str | None:
 
     if isinstance(exc, KilnError):
         return f"HTTP {exc.status}: {exc.message}"
-    if isinstance(exc, Unreachable | Refused | StoreError | NotPackable):
+    if isinstance(exc, Unreachable | NoAnswer | Refused | StoreError | NotPackable):
         return str(exc)
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"

@@ -22,22 +22,19 @@ def serve(
     data_dir: Annotated[str | None, Opt(help="default: $KILN_DATA_DIR or .kiln")] = None,
     workers: Annotated[int, Opt(help="inference worker processes")] = 1,
     demo: Annotated[bool, Opt("--demo", help="register the demo model, print a curl")] = False,
+    metrics_port: Annotated[
+        int | None,
+        Opt(
+            help="serve Prometheus /metrics here (default: --port + 1, or a free port; 0: off)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """the whole platform in one command (embedded mode)"""
     from service.cli.embedded_serve import ServeOptions
     from service.cli.embedded_serve import serve as run_serve
 
-    raise typer.Exit(run_serve(ServeOptions(host, port, data_dir, workers, demo)))
-
-
-def _gateway_metrics(settings: Settings, host: str, port: int) -> None:
-    """/metrics on the operators' port, in this (parent) process; never on the public port."""
-    from model_store.db import make_db_engine, make_sessionmaker
-    from service import metrics
-    from service.ops_metrics import FineTuneJobsCollector
-
-    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
-    metrics.serve(host, port, FineTuneJobsCollector(sessions))
+    raise typer.Exit(run_serve(ServeOptions(host, port, data_dir, workers, demo, metrics_port)))
 
 
 def gateway(
@@ -54,12 +51,14 @@ def gateway(
     """the HTTP gateway"""
     import uvicorn
 
+    from service.cli.procs import serve_metrics
+
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kiln-prom-")
     settings = Settings()
     m_port = metrics_port if metrics_port is not None else settings.metrics_port
     if m_port:
-        _gateway_metrics(settings, metrics_host or settings.metrics_host, m_port)
+        serve_metrics(settings, metrics_host or settings.metrics_host, m_port)
     uvicorn.run(
         "service.app:create_app",
         factory=True,

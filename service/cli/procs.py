@@ -1,5 +1,6 @@
 """Small helpers shared by `kiln serve` and the process commands: child processes, free ports,
-the curl line that `kiln serve --demo` prints. Nothing here imports the command line itself."""
+the curl line that `kiln serve --demo` prints, the operators' /metrics listener. Nothing here
+imports the command line itself."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 def free_port() -> int:
@@ -66,3 +70,15 @@ def kiln_command() -> str:
         except ValueError:
             return shlex.quote(str(with_venv))
     return f"{shlex.quote(sys.executable)} -m service.cli"
+
+
+def serve_metrics(settings: Settings, host: str, port: int) -> int:
+    """The gateway's /metrics (and the fine-tune jobs by status, from the database) on the
+    operators' port, in this (parent) process; never on the public port. Returns the port bound
+    (0: one the system picks); OSError when it cannot listen there."""
+    from model_store.db import make_db_engine, make_sessionmaker
+    from service import metrics
+    from service.ops_metrics import FineTuneJobsCollector
+
+    sessions = make_sessionmaker(make_db_engine(settings.resolved_database_url))
+    return metrics.serve(host, port, FineTuneJobsCollector(sessions))

@@ -46,10 +46,7 @@ def run_worker(threads: int, metrics_port: int, metrics_host: str) -> int:
     )
     generation = _generation(settings, metrics_port, threads) if settings.gen_enabled else None
     if generation is not None:
-        worker.extra_info = lambda: {
-            "generation": generation.loaded_ids(),
-            "generation_alive": generation.alive(),
-        }
+        worker.extra_info = generation.heartbeat
     preload_runtimes()  # import torch/onnxruntime now, not on the first request
     freeze_startup_objects()
     worker.install_signal_handlers()

@@ -256,7 +256,11 @@ class FinetuneService:
         resized, does the freeze list leave something to train? Waits for the verdict only."""
         task = body.task or "classification"
         spec = JobSpec(task=task, hyperparameters=body.hyperparameters).model_dump(mode="json")
-        args: dict[str, Any] = {"v": 1, "spec": spec, "base": version_ref(self.state.blobs, prep.base)}
+        args: dict[str, Any] = {
+            "v": 1,
+            "spec": spec,
+            "base": version_ref(self.state.blobs, prep.base, convert=True),
+        }
         limits = self.limits
         if _is_text(prep.base) or task == "causal-lm":  # a head as wide as the labels; tokens
             train = self.store.get_file(prep.tenant_id, body.training_file)

@@ -52,6 +52,7 @@ class ParsedRequest:
 class EncodedResponse:
     body: bytes
     header_length: int | None = None  # set when binary output bytes follow the JSON header
+    prompt_tokens: int = 0  # the input's tokens, where the model tokenised it (hf-encoder)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -338,9 +339,10 @@ def encode_response(version: ResolvedVersion, parsed: ParsedRequest, reply: Infe
         outputs.append(out)
     body["outputs"] = outputs
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    tokens = reply.prompt_tokens
     if not tail:
-        return EncodedResponse(header)
-    return EncodedResponse(b"".join([header, *tail]), header_length=len(header))
+        return EncodedResponse(header, prompt_tokens=tokens)
+    return EncodedResponse(b"".join([header, *tail]), header_length=len(header), prompt_tokens=tokens)
 
 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}

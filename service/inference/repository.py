@@ -1,7 +1,8 @@
 """The OIP model repository extension: index, load, unload; readiness, metadata and config per
 version.
 
-A version is ready when a ready worker reports it loaded (and so warmed up). Load and unload
+A version is ready when a ready worker reports it loaded (and so warmed up); an hf-causal-lm
+version, when the generation loop of a ready worker hosts it. Load and unload
 are commands left in Redis for every worker (workers/inference/lifecycle.py); the calls wait, as
 Triton's do, until the workers have acted or the time runs out.
 """
@@ -36,13 +37,16 @@ class ModelRepository:
         self.wait_s = wait_s
 
     async def _loaded(self) -> tuple[set[int], dict[int, str]]:
-        """Versions loaded on some ready worker; load failures any worker reports."""
+        """Versions loaded on some ready worker (by its inference loop, or by the generation loop
+        beside it while that loop turns: an hf-causal-lm version); load failures any worker reports."""
         infos = await self.engine.worker_infos()
         loaded: set[int] = set()
         failed: dict[int, str] = {}
         for info in infos:
             if info.get("ready", True):
                 loaded.update(int(v) for v in info.get("loaded", []))
+                if info.get("generation_alive", True):
+                    loaded.update(int(v) for v in info.get("generation", []))
             failed.update({int(k): str(v) for k, v in (info.get("failed") or {}).items()})
         return loaded, failed
 

@@ -2,7 +2,8 @@
 (service/inference/sync.py): the texts go as one BYTES input, the worker's runner tokenises,
 mean-pools over the attention mask and L2-normalises (workers/inference/hf_runner.py: what
 sentence-transformers' Transformer -> Pooling(mean) -> Normalize does), and the FP32 rows come
-back as binary output, returned as floats or as base64 of little-endian float32 (as OpenAI).
+back as binary output, returned as floats or as base64 of little-endian float32 (as OpenAI), with
+the number of tokens the worker counted as `usage`.
 
 A lora-adapter version of an hf-encoder base (lineage `adapter_of`) is called by its own name:
 the worker runs it on its base (workers/inference/adapter_versions.py). Like an hf-encoder with
@@ -69,7 +70,8 @@ async def embeddings(
         "object": "list",
         "data": data,
         "model": req.model,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},  # the gateway does not tokenise
+        # the worker tokenises (workers/inference/hf_runner.py) and says how many in its reply
+        "usage": {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens},
     }
 
 

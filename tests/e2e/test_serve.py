@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -69,6 +70,20 @@ def test_serve_demo_prints_a_curl_that_matches_the_model(tmp_path: Path) -> None
         (y,) = body["outputs"]
         np.testing.assert_allclose(np.array(y["data"]).reshape(y["shape"]), demo_reference(x), atol=1e-5)
         assert not (tmp_path / "data" / "redis.sock").is_symlink()
+        # the banner names the Prometheus endpoint (the operators' port, not the public one),
+        # and it counts the request just answered
+        (metrics_url,) = [
+            ln.split(": ", 1)[1]
+            for ln in log.read_text().splitlines()
+            if ln.startswith("metrics (Prometheus): ")
+        ]
+        assert metrics_url.startswith("http://127.0.0.1:") and metrics_url.endswith("/metrics")
+        assert f":{port}/" not in metrics_url
+        scraped = httpx.get(metrics_url, timeout=10).text
+        assert 'kiln_inference_request_success_total{model="demo",version="1"} 1.0' in scraped, scraped[
+            -2000:
+        ]
+        assert "kiln_finetune_jobs" in scraped  # the jobs-by-status gauge, as `kiln gateway`'s endpoint has
         if smollm2_gguf() is not None:  # the chat curl answers too (the first call loads SmolLM2)
             chat = shlex.split(_wait_for_curl(proc, log, route="/v1/chat/completions"))
             answer = subprocess.run(chat, capture_output=True, text=True, timeout=300, check=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_store import conversions
 from model_store.fence import fence_available
 from model_store.formats import validate
 from model_store.hf_causal_lm import causal_lm_signature
@@ -25,7 +26,6 @@ from tests.generation_helpers import MAX_POLLS, Result, chat, completion, drain
 from workers.common.causal_model import load_model, sha256_file
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode
-from workers.generation import conversions
 from workers.generation.backend import GenInputError
 from workers.generation.engine import Engine
 from workers.generation.fenced import FencedGenerationBackend, GenLoadSettings, load_backend

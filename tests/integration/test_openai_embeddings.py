@@ -80,3 +80,26 @@ async def test_embeddings_equal_sentence_transformers(
         await api.embeddings.create(model="gen", input="x")
     with pytest.raises(openai.NotFoundError):
         await api.embeddings.create(model="ghost", input="x")
+
+
+async def test_embeddings_usage_counts_the_tokens_the_worker_tokenised(
+    client: httpx.AsyncClient, worker: WorkerThread
+) -> None:
+    """usage.prompt_tokens is what the worker's tokenizer made of the inputs (the tiny BERT's
+    word-level tokenizer: one token per word, no special tokens), per request, also when
+    concurrent requests share a batch."""
+    import asyncio
+
+    from tests.hf_tiny import tiny_bundle
+
+    assert (await register(client, "tiny-enc", tiny_bundle(), "hf-encoder")).status_code == 201
+    inputs = [["the team won the match"], ["chef baked bread", "the final"], ["goal"]]
+    replies = await asyncio.gather(
+        *(client.post("/v1/embeddings", json={"model": "tiny-enc", "input": texts}) for texts in inputs)
+    )
+    assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
+    assert [r.json()["usage"] for r in replies] == [
+        {"prompt_tokens": 5, "total_tokens": 5},
+        {"prompt_tokens": 5, "total_tokens": 5},
+        {"prompt_tokens": 1, "total_tokens": 1},
+    ]

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tarfile
+from typing import Any
 
 import pytest
 import torch
@@ -213,3 +214,51 @@ def test_a_compression_lineage_names_its_training_file_as_fine_tunes_do(
     lineage = _lineage(ctx, row, spec, base, SimpleNamespace(comparison={}))  # type: ignore[arg-type]
     expected = {"id": "file-t", "sha256": "a" * 64} if train else None
     assert lineage["training_file"] == expected and lineage["validation_file"] == "file-v"
+
+
+class _Clock:
+    """A clock the fake models advance: timing without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_served(
+    clock: _Clock, name: str, slow_ms: float, slow_calls: int, ms: float, calls: list[Any]
+) -> Any:
+    """A model whose first `slow_calls` calls with each new input shape take `slow_ms` (first-call
+    allocations, a JIT compiling for the shape), every later one `ms`."""
+    from workers.finetune.compress_measure import Served
+
+    seen: dict[tuple[int, ...], int] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = seen[tuple(x.shape)] = seen.get(tuple(x.shape), 0) + 1
+        clock.now += (slow_ms if n <= slow_calls else ms) / 1000
+        calls.append((name, id(x)))
+        return x
+
+    return Served(run, lambda rows: torch.as_tensor(rows), False)
+
+
+def test_compression_latency_excludes_warm_up_and_times_both_sides_alike() -> None:
+    import numpy as np
+
+    from workers.contract.compress_spec import LATENCY_RUNS
+    from workers.finetune.compress_measure import compare_latency
+
+    clock, calls = _Clock(), []
+    parent = _fake_served(clock, "parent", 1000.0, 3, 1.0, calls)
+    result = _fake_served(clock, "result", 5000.0, 1, 2.0, calls)
+    rows = np.zeros((24, 4), dtype=np.float32)
+    parent_ms, result_ms = compare_latency(parent, result, rows, clock)
+    assert parent_ms == {"p50_batch_1": 1.0, "p50_batch_32": 1.0}  # not 1000: warm-up is untimed
+    assert result_ms == {"p50_batch_1": 2.0, "p50_batch_32": 2.0}
+    # the timed rounds alternate the two models, each on one input prepared once per batch size
+    names = [n for n, _ in calls]
+    warmed = names.index("parent", names.index("result"))  # after each model's untimed calls
+    assert names[warmed : warmed + 2 * LATENCY_RUNS[0]] == ["parent", "result"] * LATENCY_RUNS[0]
+    assert len({x for n, x in calls if n == "parent"}) == 2  # one input per batch size

@@ -20,7 +20,7 @@ from tests.hf_tiny import tiny_bundle
 from workers.common.lora import AdapterMismatch, LoraLinear
 from workers.contract.errors import LoadError
 from workers.inference.adapter_versions import read_adapter_bytes
-from workers.inference.runtime import AdapterMissing, AdapterRef, run_adapter
+from workers.inference.runtime import PROMPT_TOKENS, AdapterMissing, AdapterRef, run_adapter
 
 pytest.importorskip("peft")
 
@@ -55,7 +55,8 @@ def test_adapters_equal_peft_on_one_copy_of_the_base() -> None:
     got_cls = runner.run_adapter(_inputs(TEXTS), 11)
     got_emb = runner.run_adapter(_inputs(TEXTS), 12)
     want_cls, want_emb = cls.reference(TEXTS), emb.reference(TEXTS)
-    assert set(got_cls) == {"logits", "probabilities"} and got_cls["logits"].shape == (4, 3)
+    assert set(got_cls) == {"logits", "probabilities", PROMPT_TOKENS} and got_cls["logits"].shape == (4, 3)
+    assert got_cls[PROMPT_TOKENS].shape == (4,) and (got_cls[PROMPT_TOKENS] > 0).all()  # usage
     for name in want_cls:
         np.testing.assert_allclose(got_cls[name], want_cls[name], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_emb["embedding"], want_emb["embedding"], rtol=1e-4, atol=1e-5)

@@ -6,7 +6,9 @@ extracted): the model is built from config.json (transformers' own classes, no r
 takes its weights from safetensors bytes; the tokenizer from tokenizer.json with the special
 tokens and chat template of tokenizer_config.json / chat_template.jinja. A GGUF file is checked
 (model_store.gguf_check) and then read by transformers (`gguf_file=`), dequantised; its sha256
-is checked again afterwards, since transformers reads it by path.
+is checked again afterwards, since transformers reads it by path. Its dequantised model can be
+exported as a bundle (export_bundle) for the conversion cache (model_store/conversions.py), which
+later loads read instead (load_model on the cached file, or load_bundle on its checked bytes).
 """
 
 from __future__ import annotations
@@ -52,17 +54,33 @@ def verify(path: Path, sha256: str) -> None:
         raise LoadError("artifact bytes do not match the sha256 recorded at registration")
 
 
-def load_model(path: Path, sha256: str, device: str, limits: ArtifactLimits) -> LoadedModel:
-    """The version's model (eval mode, on `device`) and tokenizer, after its sha256 is checked."""
+def _dtype(device: str) -> Any:
     import torch
 
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_model(path: Path, sha256: str, device: str, limits: ArtifactLimits) -> LoadedModel:
+    """The version's model (eval mode, on `device`) and tokenizer, after its sha256 is checked."""
     verify(path, sha256)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = _dtype(device)
     if is_gguf(path):
         model, tokenizer = _from_gguf(path, dtype, limits)
         verify(path, sha256)
     else:
         model, tokenizer = _from_bundle(open_causal_bundle(path, limits), dtype)
+    return _placed(model, tokenizer, device)
+
+
+def load_bundle(data: bytes, device: str, limits: ArtifactLimits) -> LoadedModel:
+    """A bundle's model and tokenizer from bytes the caller has already checked against their
+    sha256 (a fine-tune child's base, or the cached conversion of a GGUF base): parsed in memory,
+    nothing written to disk."""
+    model, tokenizer = _from_bundle(open_causal_bundle(io.BytesIO(data), limits), _dtype(device))
+    return _placed(model, tokenizer, device)
+
+
+def _placed(model: Any, tokenizer: Any, device: str) -> LoadedModel:
     model = model.to(device).eval()
     context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     if context <= 0:
@@ -101,9 +119,11 @@ def _from_gguf(path: Path, dtype: Any, limits: ArtifactLimits) -> tuple[Any, Any
 def _from_bundle(bundle: CausalBundle, dtype: Any) -> tuple[Any, Any]:
     import transformers
     from safetensors.torch import load as load_safetensors
+    from transformers.initialization import no_init_weights
 
     config = transformers.AutoConfig.for_model(**bundle.config)
-    model: Any = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with no_init_weights():  # every weight comes from the bundle (checked below): no random init
+        model: Any = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     state: dict[str, Any] = {}
     for shard in bundle.shards:
         state.update(load_safetensors(bundle.files[shard]))

@@ -76,7 +76,15 @@ PARAMS: dict[str, type[BaseModel]] = {
     "distill": DistillParams,
     "export": ExportParams,
 }
-LATENCY_RUNS = (10, 3)  # timed runs at batch 1 and batch 32 (after one warm-up run each)
+LATENCY_RUNS = (20, 7)  # timed rounds at least, at batch 1 and batch 32 (their median is reported)
+LATENCY_TIMED_S = 0.5  # ... and timed rounds go on until this long has passed
+# untimed calls first, per model and batch size, at least this many and this long: first-call
+# allocations, lazy init, TorchScript's optimising executor (2nd-3rd call of a new shape), and the
+# intra-op thread pool settling on a busy machine (seen: ~35 ms a call for the first 0.4 s
+# against 0.03 ms after; timed, the "p50" of a small TorchScript model swung 1000x)
+LATENCY_WARMUP = 5
+LATENCY_WARMUP_S = 1.0
+LATENCY_MAX_CALLS = 10_000  # per phase: the time minimums never make a fast model run forever
 
 
 def parse_params(method: str, params: dict[str, Any]) -> BaseModel:

@@ -6,6 +6,7 @@ evaluates a version for promotion. Limits of every fenced fine-tune process are 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -15,12 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from model_store import conversions
 from model_store.blobs import BlobStore
 from model_store.channel import FenceError
 from model_store.db import FileRow
 from model_store.fence import FencedChild, FenceDied, FenceSpec, FenceTimeout, cuda_available
 from model_store.registry import ResolvedVersion
-from workers.contract.finetune_messages import Checked, Evaluated, Exported, open_child_file
+from workers.contract.finetune_messages import Checked, Evaluated, Exported, open_child_file, plain_name
+
+log = logging.getLogger("kiln.finetune")
+CAUSAL_FORMAT = "hf-causal-lm"
 
 # what the fenced children run (workers/finetune/child.py); tests swap in variants
 CHECK_TARGET = "workers.finetune.child:check_main"
@@ -65,15 +70,28 @@ class CheckFailed(Exception):
     """The model check refused the model or did not finish (the gateway answers 422)."""
 
 
-def version_ref(blobs: BlobStore, version: ResolvedVersion) -> dict[str, Any]:
-    """What a fenced child needs to know of a version, and where its blob is (read-only)."""
+def version_ref(blobs: BlobStore, version: ResolvedVersion, convert: bool = False) -> dict[str, Any]:
+    """What a fenced child needs to know of a version, and where its blob is (read-only).
+
+    An hf-causal-lm version whose GGUF file has a cached conversion (model_store/conversions.py)
+    also names that bundle and its recorded sha256 ("converted"): the child loads it instead of
+    dequantising the GGUF file again. Without one, `convert` asks the child to write the bundle
+    it converts into its directory, for check_model to keep."""
     keys = ("version_id", "tenant_id", "model", "version", "format", "sha256")
-    return {
+    path = blobs.path_for(version.sha256).resolve()
+    ref: dict[str, Any] = {
         **{k: getattr(version, k) for k in keys},
         "signature": version.signature.model_dump(mode="json"),
         "config": version.config.model_dump(mode="json"),
-        "path": str(blobs.path_for(version.sha256).resolve()),
+        "path": str(path),
     }
+    if version.format == CAUSAL_FORMAT:
+        hit = conversions.cached_for_blob(path, version.sha256)
+        if hit is not None:
+            ref["converted"] = {"path": str(hit[0].resolve()), "sha256": hit[1]}
+        elif convert and conversions.cache_dir_for(path, version.sha256) is not None:
+            ref["convert"] = True
+    return ref
 
 
 def file_ref(blobs: BlobStore, row: FileRow) -> dict[str, Any]:
@@ -85,7 +103,8 @@ def file_ref(blobs: BlobStore, row: FileRow) -> dict[str, Any]:
 def readable_paths(args: dict[str, Any]) -> list[Path]:
     """The files named in a child's arguments: all it may read beyond the Python installation."""
     refs = [args.get(k) for k in ("base", "train", "valid", "checkpoint", "best_checkpoint")]
-    return [Path(r["path"]) for r in refs if r]
+    converted = (args.get("base") or {}).get("converted")
+    return [Path(r["path"]) for r in [*refs, converted] if r]
 
 
 def _one_call(
@@ -94,13 +113,16 @@ def _one_call(
     read: list[Path],
     limits: FenceLimits,
     then: Callable[[FencedChild, dict[str, Any]], Any] | None = None,
+    file_bytes: int = 256 << 20,
 ) -> Any:
     """One request to a fresh fenced child and its answer, within check_timeout_s; `then` (if
-    given) acts on the answer while the child's temp dir still exists, and its value is returned."""
+    given) acts on the answer while the child's temp dir still exists, and its value is returned.
+    `file_bytes`: the largest file the child may write."""
     spec = FenceSpec(
         read=tuple(str(p) for p in read),
         memory_bytes=limits.check_memory_mb << 20,
         cpu_s=int(limits.check_timeout_s) + 5,
+        file_bytes=file_bytes,
         require=limits.require,
     )
     timeout = limits.check_timeout_s
@@ -126,14 +148,37 @@ def _one_call(
 
 
 def check_model(args: dict[str, Any], read: list[Path], limits: FenceLimits) -> dict[str, int]:
-    """Build the base model as a job would and count its (trainable) parameters, fenced."""
-    try:
-        answer = Checked.model_validate(_one_call(CHECK_TARGET, args, read, limits))
-    except ValidationError as exc:
-        raise CheckFailed("the model check answered a malformed message") from exc
+    """Build the base model as a job would and count its (trainable) parameters, fenced. A GGUF
+    base the child was asked to convert (version_ref's "convert") lands in the conversion cache."""
+    base = args.get("base") or {}
+    gguf = Path(base["path"]) if base.get("convert") else None
+    max_bytes = 16 * gguf.stat().st_size + (64 << 20) if gguf is not None else 256 << 20
+
+    def take(child: FencedChild, reply: dict[str, Any]) -> Checked:
+        try:
+            answer = Checked.model_validate(reply)
+        except ValidationError as exc:
+            raise CheckFailed("the model check answered a malformed message") from exc
+        if gguf is not None and answer.ok and answer.converted:
+            _keep_conversion(child, gguf, str(base["sha256"]), answer.converted, max_bytes)
+        return answer
+
+    answer: Checked = _one_call(CHECK_TARGET, args, read, limits, take, max_bytes)
     if not answer.ok:
         raise CheckFailed(answer.message or "the model was refused")
     return answer.counts
+
+
+def _keep_conversion(child: FencedChild, gguf: Path, sha256: str, name: str, max_bytes: int) -> None:
+    """Copy the bundle the child converted the GGUF base into to the cache (best effort: the
+    check's answer stands either way)."""
+    cache = conversions.cache_dir_for(gguf, sha256)
+    if cache is None or not plain_name(name):
+        return
+    try:
+        conversions.keep(cache, sha256, Path(child.tmp_dir).resolve() / name, max_bytes)
+    except (OSError, ValueError) as exc:
+        log.warning("could not keep the converted model: %s", exc)
 
 
 def evaluate_version(args: dict[str, Any], read: list[Path], limits: FenceLimits) -> dict[str, Any]:

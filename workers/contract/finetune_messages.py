@@ -112,10 +112,14 @@ JOB_MESSAGE: TypeAdapter[Started | Step | Epoch | Done | Error] = TypeAdapter(Jo
 
 
 class Checked(_Msg):
+    """check_main's answer; `converted`: the file in the child's temp dir holding the bundle a
+    GGUF base was converted into (asked for by the base's "convert"), for the conversion cache."""
+
     type: Literal["checked"]
     ok: bool
     counts: dict[str, int] = Field(default_factory=dict)
     message: str = Field(default="", max_length=1000)
+    converted: str = Field(default="", max_length=64)
 
 
 class Exported(_Msg):

@@ -123,6 +123,7 @@ class InferReplyMsg:
     compute_us: int = 0
     batch_size: int = 0
     worker: str = ""
+    prompt_tokens: int = 0  # the request's input tokens, where the model tokenises (hf-encoder)
 
     def to_fields(self) -> dict[bytes, bytes]:
         header: dict[str, Any] = {
@@ -133,6 +134,8 @@ class InferReplyMsg:
             "b": self.batch_size,
             "w": self.worker,
         }
+        if self.prompt_tokens:
+            header["t"] = self.prompt_tokens
         if self.ok:
             header["outputs"] = [t.to_json() for t in self.outputs]
         else:
@@ -161,6 +164,7 @@ class InferReplyMsg:
                 compute_us=int(h.get("c", 0)),
                 batch_size=int(h.get("b", 0)),
                 worker=str(h.get("w", "")),
+                prompt_tokens=int(h.get("t", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"malformed reply message: {exc}") from exc
@@ -283,7 +287,8 @@ class EngineClient(Protocol):
 
     async def worker_infos(self) -> list[dict[str, Any]]:
         """The heartbeat of each live worker: "ready", "loaded" (version ids), "failed"
-        (version id -> load error). Raises EngineUnavailable."""
+        (version id -> load error); with a generation loop beside it, "generation" (the version
+        ids it hosts) and "generation_alive". Raises EngineUnavailable."""
         ...
 
     async def submit_async(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,10 +55,13 @@ def build(
     datasets: list[Dataset],
     device: torch.device,
     seed: int,
+    convert_to: Path | None = None,
 ) -> Built:
+    """`convert_to`: where a GGUF base's dequantised model is also written as a bundle (the
+    conversion cache, model_store/conversions.py); other bases ignore it."""
     if base.format == "hf-causal-lm":
         torch.manual_seed(seed)  # LoRA's A matrices start the same for the same seed
-        return _causal_lm(base, data, spec, device)
+        return _causal_lm(base, data, spec, device, convert_to)
     if base.format == "hf-encoder":
         torch.manual_seed(seed)  # a new head starts the same for the same seed
         return _hf_encoder(base, data, spec, datasets, device)
@@ -94,10 +98,12 @@ def _hf_encoder(
     )
 
 
-def _causal_lm(base: ResolvedVersion, data: bytes, spec: JobSpec, device: torch.device) -> Built:
+def _causal_lm(
+    base: ResolvedVersion, data: bytes, spec: JobSpec, device: torch.device, convert_to: Path | None
+) -> Built:
     """A LoRA adapter on an hf-causal-lm base (its only way to be fine-tuned here)."""
     lora = spec.hyperparameters.lora or LoraSpec()
-    built = lora_build.load_causal(base, data, device, lora)
+    built = lora_build.load_causal(base, data, device, lora, convert_to)
     targets = built.targets
     return Built(
         built.module,

@@ -11,6 +11,7 @@ messages; the parent reads, hashes and stores them.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ from workers.finetune.promote import evaluate_loaded
 from workers.finetune.training import Run, split
 
 RESULT_NAME = "result.bin"
+CONVERTED_NAME = "converted.tar"  # a GGUF base as a bundle, for the conversion cache (check_main)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -75,6 +77,22 @@ def read_checked(ref: dict[str, Any]) -> bytes:
     if hashlib.sha256(data).hexdigest() != ref["sha256"]:
         raise Integrity("stored bytes do not match the sha256 recorded for them")
     return data
+
+
+def base_of(ref: dict[str, Any]) -> tuple[ResolvedVersion, bytes]:
+    """The base version and the bytes to build it from: the cached conversion of a GGUF base
+    when the parent names one (its recorded sha256 checked here; the version then carries it),
+    else the version's own blob. A conversion that cannot be read falls back to the blob."""
+    version = resolved(ref)
+    converted = ref.get("converted")
+    if converted:
+        try:
+            data = read_checked(converted)
+        except (OSError, Integrity):
+            pass
+        else:
+            return dataclasses.replace(version, sha256=str(converted["sha256"])), data
+    return version, read_checked(ref)
 
 
 def _dataset(ref: dict[str, Any]) -> Dataset:
@@ -151,7 +169,7 @@ def _train(channel: Channel, args: dict[str, Any], rank: RankInfo | None) -> Non
         torch.set_num_threads(int(args["threads"]))
     train, valid = load_data(args, spec)
     device = torch.device(args["device"])
-    built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, seed)
+    built = build(*base_of(args["base"]), spec, [train, valid], device, seed)
     run = Run(built.module, built.sig, train, valid, spec, seed, device, built.encode, rank, lora_of(built))
     main = rank is None or rank.main
     parent_metrics = run.evaluate() if main else {}
@@ -232,11 +250,13 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
     """Build the base model as the job would and count its parameters; one answer."""
     channel.recv()
     spec = JobSpec.model_validate(args["spec"])
+    convert = CONVERTED_NAME if args["base"].get("convert") else ""
     try:
         datasets = [_dataset(args["train"])] if args.get("train") else []
-        built = build(
-            resolved(args["base"]), read_checked(args["base"]), spec, datasets, torch.device("cpu"), 0
-        )
+        cpu = torch.device("cpu")
+        to = Path(os.environ["TMPDIR"]) / convert if convert else None
+        built = build(*base_of(args["base"]), spec, datasets, cpu, 0, convert_to=to)
+        convert = convert if to is not None and to.is_file() else ""
         names = built.trainable or trainable_names(built.module, spec.hyperparameters.freeze)
         counts = parameter_counts(built.module, names)
         if built.tensors is not None and datasets:  # a causal LM: tokens and one measured step
@@ -247,7 +267,7 @@ def check_main(channel: Channel, args: dict[str, Any]) -> None:
     except Exception as exc:
         _send(channel, "checked", ok=False, message=f"the model could not be built: {_model_error(exc)}")
         return
-    _send(channel, "checked", ok=True, counts=counts)
+    _send(channel, "checked", ok=True, counts=counts, converted=convert)
 
 
 def measure_step(built: Built, ds: Dataset, batch_size: int) -> dict[str, int]:
@@ -272,7 +292,7 @@ def export_main(channel: Channel, args: dict[str, Any]) -> None:
     try:
         train, valid = load_data(args, spec)
         device = torch.device("cpu")
-        built = build(resolved(args["base"]), read_checked(args["base"]), spec, [train, valid], device, 0)
+        built = build(*base_of(args["base"]), spec, [train, valid], device, 0)
         state = torch.load(
             io.BytesIO(read_checked(args["checkpoint"])), map_location=device, weights_only=True
         )
@@ -302,7 +322,7 @@ def evaluate_main(channel: Channel, args: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(args["spec"])
     try:
         _train, valid = load_data(args, spec)
-        base, data = resolved(args["base"]), read_checked(args["base"])
+        base, data = base_of(args["base"])
         metrics = evaluate_loaded(base, data, spec, valid, torch.device(args["device"]))
     except Exception as exc:
         _send(channel, "evaluated", ok=False, message=_model_error(exc))

@@ -216,12 +216,13 @@ def compare(
     outputs, the validation accuracy; and the per-row table for the results file."""
     base, data, result = versions
     rows = measure.sample_rows(base.signature, parent.text, valid, seed)
+    parent_ms, result_ms = measure.compare_latency(parent, child, rows)
     out: dict[str, Any] = {
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "rows": len(rows),
-        "parent": measure.side(parent, len(data), rows),
-        "result": measure.side(child, len(result.data), rows),
+        "parent": {"bytes": len(data), "latency_ms": parent_ms},
+        "result": {"bytes": len(result.data), "latency_ms": result_ms},
     }
     out["size_ratio"] = round(len(result.data) / max(1, len(data)), 4)
     a, b = measure.outputs(parent, rows), measure.outputs(child, rows)

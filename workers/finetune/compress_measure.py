@@ -3,16 +3,18 @@
 A `Served` model is the version loaded the way a worker runs it (TorchScript, ONNX Runtime, or an
 hf-encoder through workers/common/hf_model.py, int8 included) with a function from a batch of rows
 (numbers or texts) to its first output. `compare` measures a parent and its compressed child on
-the same hardware in the same process: artifact bytes, latency p50 at batch 1 and 32, the
-validation metric when there are labelled rows, and how far the outputs are apart.
+the same hardware in the same process: artifact bytes, latency p50 at batch 1 and 32 (warm-up
+calls untimed, several timed rounds alternating the two models on the same input, the median),
+the validation metric when there are labelled rows, and how far the outputs are apart.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,13 @@ from torch.nn import functional as F
 from model_store.hf_encoder import open_bundle
 from model_store.signature import Signature
 from workers.common.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
-from workers.contract.compress_spec import LATENCY_RUNS
+from workers.contract.compress_spec import (
+    LATENCY_MAX_CALLS,
+    LATENCY_RUNS,
+    LATENCY_TIMED_S,
+    LATENCY_WARMUP,
+    LATENCY_WARMUP_S,
+)
 from workers.contract.datasets import Dataset
 from workers.finetune.model import first_output, load_scripted
 
@@ -143,16 +151,41 @@ def _batch(rows: Any, n: int) -> Any:
     return np.concatenate([rows] * reps)[:n]
 
 
-def p50_ms(model: Served, rows: Any, batch: int, runs: int) -> float:
-    x = model.prepare(_batch(rows, batch))
+Clock = Callable[[], float]  # seconds, monotonic
+
+
+def latencies_ms(
+    models: Sequence[Served], rows: Any, batch: int, runs: int, clock: Clock = time.perf_counter
+) -> list[float]:
+    """The median latency (ms) of each model on the same rows at one batch size. Each model's
+    input is prepared once, outside the clock. Each model is warmed up first with untimed calls
+    (at least LATENCY_WARMUP of them and LATENCY_WARMUP_S seconds). Then timed rounds call the
+    models in turn (at least `runs` rounds and LATENCY_TIMED_S seconds), so that the machine's
+    load drifting during the measurement falls on every model alike. Threads: the process's
+    (torch's, and ONNX Runtime's, which load_served sets from torch's), the same for every model."""
+    inputs = [model.prepare(_batch(rows, batch)) for model in models]
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        model.run(x)  # warm-up
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model.run(x)
-            times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 3)
+        for model, x in zip(models, inputs, strict=True):
+            _repeat(functools.partial(model.run, x), LATENCY_WARMUP, LATENCY_WARMUP_S, clock)
+
+        def one_round() -> None:
+            for model, x, spent in zip(models, inputs, times, strict=True):
+                t0 = clock()
+                model.run(x)
+                spent.append((clock() - t0) * 1000)
+
+        _repeat(one_round, runs, LATENCY_TIMED_S, clock)
+    return [round(statistics.median(t), 3) for t in times]
+
+
+def _repeat(call: Callable[[], Any], at_least: int, seconds: float, clock: Clock) -> None:
+    """`call` at least `at_least` times and until `seconds` have passed (LATENCY_MAX_CALLS at most)."""
+    start = clock()
+    for n in range(1, LATENCY_MAX_CALLS + 1):
+        call()
+        if n >= at_least and clock() - start >= seconds:
+            return
 
 
 def outputs(model: Served, rows: Any, chunk: int = 32) -> torch.Tensor:
@@ -161,15 +194,17 @@ def outputs(model: Served, rows: Any, chunk: int = 32) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def side(model: Served, size: int, rows: Any) -> dict[str, Any]:
-    runs1, runs32 = LATENCY_RUNS
-    return {
-        "bytes": size,
-        "latency_ms": {
-            "p50_batch_1": p50_ms(model, rows, 1, runs1),
-            "p50_batch_32": p50_ms(model, rows, 32, runs32),
-        },
-    }
+def compare_latency(
+    parent: Served, result: Served, rows: Any, clock: Clock = time.perf_counter
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Latency p50 (ms) at batch 1 and 32 of the parent and the result, measured together
+    (latencies_ms): (the parent's, the result's)."""
+    out: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    for batch, runs in zip((1, 32), LATENCY_RUNS, strict=True):
+        p50 = latencies_ms([parent, result], rows, batch, runs, clock)
+        for side, value in zip(out, p50, strict=True):
+            side[f"p50_batch_{batch}"] = value
+    return out
 
 
 def closeness(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

@@ -135,18 +135,13 @@ class CausalBuilt:
     targets: list[str]
 
 
-def load_causal(base: ResolvedVersion, data: bytes, device: torch.device, lora: LoraSpec) -> CausalBuilt:
-    """The base (fp32, from its bundle or GGUF bytes) with LoRA layers injected, and its tokenizer."""
-    from model_store.limits import ArtifactLimits
-    from workers.common.causal_model import load_model
-
-    folder = Path(tempfile.mkdtemp(prefix="kiln-base-", dir=os.environ.get("TMPDIR")))
-    path = folder / "base.bin"
-    path.write_bytes(data)
-    try:
-        loaded = load_model(path, base.sha256, "cpu", ArtifactLimits())
-    finally:
-        path.unlink(missing_ok=True)
+def load_causal(
+    base: ResolvedVersion, data: bytes, device: torch.device, lora: LoraSpec, convert_to: Path | None = None
+) -> CausalBuilt:
+    """The base (fp32, from its bundle or GGUF bytes) with LoRA layers injected, and its tokenizer.
+    `convert_to`: a GGUF base's dequantised model is also written there as a bundle (for the
+    conversion cache, model_store/conversions.py)."""
+    loaded = _load_base(base, data, convert_to)
     lm = loaded.model  # fp32: loaded for the CPU (a GGUF is dequantised)
     for p in lm.parameters():
         p.requires_grad_(False)
@@ -155,6 +150,28 @@ def load_causal(base: ResolvedVersion, data: bytes, device: torch.device, lora: 
         lm.config.use_cache = False
     module = CausalLM(lm).to(device)
     return CausalBuilt(module, loaded.tokenizer, loaded.context_length, targets)
+
+
+def _load_base(base: ResolvedVersion, data: bytes, convert_to: Path | None) -> Any:
+    """A bundle is parsed from the bytes (checked against their sha256 by the caller; nothing is
+    written); a GGUF file goes through a temporary file (transformers reads it by path) and is
+    dequantised."""
+    from model_store.gguf_check import MAGIC
+    from model_store.limits import ArtifactLimits
+    from workers.common.causal_model import export_bundle, load_bundle, load_model
+
+    if not data.startswith(MAGIC):
+        return load_bundle(data, "cpu", ArtifactLimits())
+    folder = Path(tempfile.mkdtemp(prefix="kiln-base-", dir=os.environ.get("TMPDIR")))
+    path = folder / "base.bin"
+    path.write_bytes(data)
+    try:
+        loaded = load_model(path, base.sha256, "cpu", ArtifactLimits())
+    finally:
+        path.unlink(missing_ok=True)
+    if convert_to is not None:
+        export_bundle(loaded, convert_to)
+    return loaded
 
 
 def causal_tensors(built: CausalBuilt, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from model_store import conversions
 from model_store.channel import FenceError
 from model_store.fence import FencedChild, FenceSpec, FenceTimeout
 from model_store.gguf_check import is_gguf
@@ -32,7 +33,6 @@ from model_store.registry import ResolvedVersion
 from workers.common.device import pick_device
 from workers.contract.errors import LoadError
 from workers.contract.generation import GenErrorCode, GenRequestMsg
-from workers.generation import conversions
 from workers.generation.backend import AdapterBytes, GenerationBackend, GenEvent, GenInputError, GenStats
 from workers.generation.engine import EngineOptions
 from workers.generation.host import CONVERTED
@@ -56,7 +56,9 @@ class GenLoadSettings:
     load_timeout_s: float = 300.0
     limits: ArtifactLimits = field(default_factory=ArtifactLimits)
     options: EngineOptions = field(default_factory=EngineOptions)
-    cache_dir: Path | None = None  # GGUF conversions; None: next to the blob store (conversions.py)
+    cache_dir: Path | None = (
+        None  # GGUF conversions; None: next to the blob store (model_store/conversions.py)
+    )
 
 
 class FencedGenerationBackend:
@@ -285,7 +287,7 @@ def load_backend(
     version: ResolvedVersion, path: Path, settings: GenLoadSettings | None = None
 ) -> GenerationBackend:
     """One generation model: in a fenced child unless the mode is off. A GGUF version loads from
-    its converted bundle where one is cached (conversions.py), and is converted on first load."""
+    its converted bundle where one is cached (model_store/conversions.py), and is converted on first load."""
     settings = settings or GenLoadSettings()
     device = pick_device(version.config.device)
     if settings.mode == "off":

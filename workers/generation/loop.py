@@ -86,6 +86,11 @@ class GenerationLoop:
     def loaded_ids(self) -> list[int]:
         return self.backends.loaded_ids()
 
+    def heartbeat(self) -> dict[str, object]:
+        """What the heartbeat of the worker beside this loop says of it: the versions it hosts and
+        whether it turns (the gateway counts them loaded then: service/inference/repository.py)."""
+        return {"generation": self.loaded_ids(), "generation_alive": self.alive()}
+
     def run(self, drain_s: float = 10.0) -> None:
         log.info("generation loop %s starting", self.worker_id)
         renew = threading.Thread(target=self._renew, name="kiln-gen-leases", daemon=True)

@@ -26,7 +26,7 @@ from workers.inference.charging import charge_batch, request_of
 from workers.inference.fenced import MARGIN_S, deadline_scope, fenced_of
 from workers.inference.metrics import WorkerMetrics
 from workers.inference.model_cache import Loaded
-from workers.inference.runtime import InputRejected, run_adapter, split_failed
+from workers.inference.runtime import PROMPT_TOKENS, InputRejected, run_adapter, split_failed
 from workers.inference.validation import Reply, now_ms
 from workers.inference.watchdog import Watchdog
 
@@ -136,16 +136,18 @@ class Executor:
         replies: list[Reply] = []
         offset = 0
         total = sum(i.count for i in items)
+        tokens = outputs.get(PROMPT_TOKENS)
         for item in items:
             msg = request_of(item)
             metas: list[TensorMeta] = []
             bufs: list[bytes] = []
+            rows = slice(offset, offset + item.count) if loaded.policy.batching else slice(None)
             for name in msg.outputs or [t.name for t in sig.outputs]:
                 spec = sig.output(name)
                 assert spec is not None
                 arr = outputs[name]
                 if loaded.policy.batching:
-                    arr = arr[offset : offset + item.count]
+                    arr = arr[rows]
                 metas.append(TensorMeta(name, spec.datatype, tuple(int(d) for d in arr.shape)))
                 bufs.append(to_bytes(arr, spec.datatype))
             offset += item.count
@@ -157,6 +159,7 @@ class Executor:
                 compute_us=int(compute_s * 1e6),
                 batch_size=total,
                 worker=self.worker_id,
+                prompt_tokens=_tokens(tokens, rows),
             )
             replies.append((msg.reply_to, reply))
         return replies
@@ -181,3 +184,11 @@ def forward(loaded: Loaded, items: list[Item]) -> dict[str, np.ndarray]:
                 f"model returned {out.shape[0] if out.ndim else 0} rows of {spec.name!r} for {total} items"
             )
     return outputs
+
+
+def _tokens(counts: np.ndarray | None, rows: slice) -> int:
+    """A request's input tokens: the sum of its rows' counts (PROMPT_TOKENS), when the runner
+    returned them."""
+    if counts is None:
+        return 0
+    return int(np.asarray(counts).reshape(-1)[rows].sum())

@@ -5,6 +5,8 @@ weights come from safetensors bytes (never pickle); nothing is fetched from a hu
 
 A bundle with a head (a fine-tuned version) answers the head's outputs instead of the embedding:
 `logits` and `probabilities` for classification, `prediction` for regression (its signature).
+Each batch also returns its rows' token counts (runtime.PROMPT_TOKENS), which the worker puts in
+each request's reply (the embeddings route's `usage`).
 
 The same runner serves the LoRA adapter versions of its version on its one copy of the encoder
 (`add_adapter`, `run_adapter`: workers/inference/encoder_adapters.py)."""
@@ -21,7 +23,7 @@ from model_store.limits import ArtifactLimits
 from model_store.registry import ResolvedVersion
 from workers.common.hf_model import build_encoder, embed, load_head, make_tokenizer, tokenize
 from workers.inference.encoder_adapters import EncoderAdapters
-from workers.inference.runtime import InputRejected
+from workers.inference.runtime import PROMPT_TOKENS, InputRejected
 
 
 class HFEncoderRunner:
@@ -69,14 +71,19 @@ class HFEncoderRunner:
 
         with self._torch.inference_mode():
             out = self.adapters.run(key, pooled)
-        return out if texts else {name: arr[:0] for name, arr in out.items()}
+        if not texts:
+            return {name: arr[:0] for name, arr in out.items()}
+        return {**out, PROMPT_TOKENS: _tokens(x)}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
         texts = self._texts(inputs)
         if not texts:
             return {name: np.zeros((0, width), dtype=np.float32) for name, width in self._outputs}
         x = tokenize(self._tokenizer, texts).to(self._device)
+        return {**self._outputs_of(x), PROMPT_TOKENS: _tokens(x)}
+
+    def _outputs_of(self, x: Any) -> dict[str, np.ndarray]:
+        torch = self._torch
         with torch.inference_mode():
             emb = embed(self._model, self._wants_types, x)
             if self._head is None:
@@ -86,3 +93,8 @@ class HFEncoderRunner:
                 probs = torch.softmax(out, dim=1)
                 return {"logits": out.cpu().numpy(), "probabilities": probs.cpu().numpy()}
         return {"prediction": out.cpu().numpy()}
+
+
+def _tokens(x: Any) -> np.ndarray:
+    """Each row's tokens (special tokens included, padding not): its attention mask's sum."""
+    return np.asarray(x[:, 1].sum(dim=1).cpu().numpy(), dtype=np.int64)

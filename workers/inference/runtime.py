@@ -12,6 +12,10 @@ import numpy as np
 
 log = logging.getLogger("kiln.runner")
 T = TypeVar("T")
+# an extra output a runner that tokenises may return beside the signature's: the input tokens of
+# each row, [N] int64 (hf-encoder). Never a tensor name a signature allows (model_store/signature.py);
+# the worker sums each request's rows into its reply (InferReplyMsg.prompt_tokens) and drops it.
+PROMPT_TOKENS = "#prompt_tokens"
 
 
 class Runner(Protocol):
